@@ -1,0 +1,54 @@
+"""The ``easytune`` command line.
+
+Each group of subcommands lives in ``easytune_lab/commands/<name>.py`` and exposes ``register(subparsers)``.
+User errors (:class:`easytune_lab.errors.UserError`) print one line and exit non-zero, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import UserError
+
+# Command modules, in the order their groups appear in ``easytune --help``.
+COMMAND_MODULES = [
+    "data",
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse's convention)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="easytune", description="easytune_lab: differentiable-reward fine-tuning of text-to-motion diffusion models")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"easytune_lab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"easytune_lab.commands.{name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except UserError as exc:
+        print(f"easytune: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("easytune: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
