@@ -1,0 +1,50 @@
+"""Devices, seeds and profiles shared by every stage.
+
+Profiles name the scale a stage runs at: ``smoke`` (tiny, seconds on CPU, for tests and CI), ``quick``
+(a 2-core CPU laptop, minutes) and ``paper`` (GPU, the paper's model sizes). Each stage keeps its own
+config dataclass per profile; this module only validates the name.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+
+from .errors import UserError
+
+PROFILES = ("smoke", "quick", "paper")
+
+
+def check_profile(profile: str) -> str:
+    if profile not in PROFILES:
+        raise UserError(f"--profile: unknown profile '{profile}' (choose from {', '.join(PROFILES)})")
+    return profile
+
+
+def resolve_device(device: str = "auto"):
+    """``auto`` -> ``cuda`` when available, else ``cpu``; ``cuda`` without a GPU is a user error."""
+    import torch
+
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine (use --device cpu or auto)")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise UserError(f"--device: unknown device '{device}' (choose auto, cpu or cuda)")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def default_threads() -> int:
+    """Threads for CPU work: ``EASYTUNE_THREADS`` or the number of cores."""
+    return int(os.environ.get("EASYTUNE_THREADS", os.cpu_count() or 1))
