@@ -15,6 +15,7 @@ from .errors import UserError
 # Command modules, in the order their groups appear in ``easytune --help``.
 COMMAND_MODULES = [
     "data",
+    "reproduce",
 ]
 
 
