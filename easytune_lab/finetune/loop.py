@@ -1,0 +1,214 @@
+"""The one trajectory loop that every fine-tuning method runs through.
+
+A method is a :class:`~easytune_lab.finetune.policy.Policy` that hands the loop one
+:class:`~easytune_lab.finetune.policy.StepPlan` per denoising step; the loop, the optimiser, gradient clipping,
+the regulariser, memory/time probes and (later) distributed all-reduce are shared, so comparisons between
+methods are fair. Gradients are computed on the live parameters: no copy of the model is made per batch.
+
+The loop talks to the backbone through a :class:`Trajectory` (how to draw x_T, run reverse step ``i`` and
+re-noise a clean sample) and to the reward through a callable ``reward(x, t) -> (B,)``:
+
+* ODE samplers (DDIM, consistency): the reward is taken on the step's predicted clean motion x̂0 with t = 0
+  (paper Eq. 9, ``reward_on="x0_hat"``);
+* SDE samplers with a noise-aware reward: the reward scores the step's output x_{t-1} at its noise level
+  (``reward_on="x_t"``).
+
+Per-step EasyTune loss (paper Eq. 9): ``L_t(θ) = −w_t · R(π_θ(sg(x_t), t, c))`` with one optimiser step per
+trained step, so the graph alive at any time covers one denoiser call.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from .policy import Policy, StepPlan
+
+
+class Trajectory(Protocol):
+    """What the loop needs from a backbone + sampler + condition (see ``finetune.adapters``)."""
+
+    num_steps: int
+
+    def initial_noise(self, generator: torch.Generator | None) -> torch.Tensor: ...
+
+    def draw_noise(self, i: int, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor | None: ...
+
+    def step(self, x_t: torch.Tensor, i: int, noise: torch.Tensor | None, detach_input: bool
+             ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def noise_level(self, i: int) -> int: ...
+
+    def renoise(self, x0: torch.Tensor, i: int, generator: torch.Generator | None) -> torch.Tensor: ...
+
+
+RewardFn = Callable[[torch.Tensor, int], torch.Tensor]
+RegulariserFn = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class LoopConfig:
+    """Options of the shared loop."""
+
+    reward_on: str = "x0_hat"        # "x0_hat" (ODE samplers) or "x_t" (noise-aware reward)
+    grad_clip: float = 1.0           # max global grad norm (0 = off)
+    reg_weight: float = 0.0          # weight of the regulariser toward the frozen base model
+
+
+@dataclass
+class TrajectoryStats:
+    """What one trajectory did: rewards, losses, counted graph-building calls, memory and time per phase."""
+
+    rewards: list[float] = field(default_factory=list)      # mean reward at each reward-taking step
+    reward_steps: list[int] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)   # per optimiser step, before clipping
+    graph_calls: list[int] = field(default_factory=list)    # step indices whose denoiser call built a graph
+    optimizer_steps: int = 0
+    final_reward: float = float("nan")
+    peak_bytes: int = 0
+    time: dict = field(default_factory=lambda: {"sampling": 0.0, "reward": 0.0, "backward": 0.0, "optimizer": 0.0})
+
+
+class _Clock:
+    def __init__(self, device: torch.device):
+        self.sync = device.type == "cuda"
+
+    def now(self) -> float:
+        if self.sync:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+
+def run_trajectory(
+    trajectory: Trajectory,
+    policy: Policy,
+    plans: Sequence[StepPlan],
+    reward: RewardFn,
+    optimizer: torch.optim.Optimizer,
+    params: Sequence[torch.nn.Parameter],
+    config: LoopConfig | None = None,
+    probe=None,
+    generator: torch.Generator | None = None,
+    regulariser: RegulariserFn | None = None,
+    after_update: Callable[[], None] | None = None,
+) -> TrajectoryStats:
+    """Run one denoising trajectory under ``plans`` and apply the policy's updates.
+
+    ``probe`` is a memory probe from :mod:`easytune_lab.analysis.memory` already entered (its ``observe`` is
+    called before every backward). ``after_update`` runs after each optimiser step (LR scheduler, all-reduce
+    bookkeeping).
+    """
+    config = config or LoopConfig()
+    stats = TrajectoryStats()
+    x = trajectory.initial_noise(generator)
+    device = x.device
+    clock = _Clock(device)
+    pending: list[torch.Tensor] = []  # losses of this trajectory not yet back-propagated
+
+    def take_reward(x_prev: torch.Tensor, x0_hat: torch.Tensor, i: int) -> torch.Tensor:
+        start = clock.now()
+        if config.reward_on == "x_t" and i < trajectory.num_steps - 1:
+            r = reward(x_prev, trajectory.noise_level(i))
+        else:
+            r = reward(x0_hat, 0)
+        stats.time["reward"] += clock.now() - start
+        return r
+
+    def backward(loss: torch.Tensor) -> None:
+        if probe is not None:
+            probe.observe()
+        start = clock.now()
+        loss.backward()
+        stats.time["backward"] += clock.now() - start
+        if probe is not None:
+            probe.backward_done()
+
+    def update() -> None:
+        start = clock.now()
+        norm = _grad_norm(params)
+        stats.grad_norms.append(norm)
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        stats.optimizer_steps += 1
+        stats.time["optimizer"] += clock.now() - start
+        if after_update is not None:
+            after_update()
+
+    for i, plan in enumerate(plans):
+        if plan.detach == "state":
+            x = x.detach()
+        noise = trajectory.draw_noise(i, x, generator)
+        start = clock.now()
+        with torch.set_grad_enabled(plan.grad):
+            if plan.grad and plan.checkpoint:
+                x_prev, x0_hat = checkpoint(trajectory.step, x, i, noise, plan.detach == "input",
+                                            use_reentrant=False)
+            else:
+                x_prev, x0_hat = trajectory.step(x, i, noise, plan.detach == "input")
+        stats.time["sampling"] += clock.now() - start
+        if plan.grad:
+            stats.graph_calls.append(i)
+
+        if plan.reward_weight > 0:
+            r = take_reward(x_prev, x0_hat, i)
+            stats.rewards.append(float(r.detach().mean()))
+            stats.reward_steps.append(i)
+            if r.requires_grad:
+                loss = -plan.reward_weight * r.mean()
+                if regulariser is not None and config.reg_weight > 0:
+                    loss = loss + config.reg_weight * regulariser(x, i, x0_hat)
+                stats.losses.append(float(loss.detach()))
+                pending.append(loss)
+        if plan.update and pending:
+            # One backward over the losses gathered since the last update (one loss for EasyTune; all the
+            # per-step losses of the trajectory for EasyTune-chain, whose parameters must not move mid-graph).
+            backward(torch.stack(pending).sum())
+            update()
+            pending = []
+        x = x_prev
+        if plan.stop:
+            break
+    if pending:  # a policy that stopped before its update step
+        backward(torch.stack(pending).sum())
+        update()
+
+    stats.final_reward = stats.rewards[-1] if stats.rewards else float("nan")
+
+    lv = getattr(policy, "lv_samples", 0)
+    if lv:
+        # DRaFT-LV: re-noise the final sample to the last step's level n times; one grad step each.
+        x0 = x.detach()
+        last = trajectory.num_steps - 1
+        losses = []
+        for _ in range(lv):
+            x_t = trajectory.renoise(x0, last, generator)
+            start = clock.now()
+            _, x0_hat = trajectory.step(x_t, last, trajectory.draw_noise(last, x_t, generator), False)
+            stats.time["sampling"] += clock.now() - start
+            stats.graph_calls.append(last)
+            r = take_reward(x0_hat, x0_hat, last)
+            losses.append(-r.mean())
+            stats.rewards.append(float(r.detach().mean()))
+            stats.reward_steps.append(last)
+        loss = torch.stack(losses).mean()
+        stats.losses.append(float(loss.detach()))
+        backward(loss)
+        update()
+
+    if probe is not None:
+        stats.peak_bytes = int(max(probe.peak_bytes, probe.observe()))
+    return stats
+
+
+def _grad_norm(params: Sequence[torch.nn.Parameter]) -> float:
+    norms = [p.grad.detach().norm() for p in params if p.grad is not None]
+    if not norms:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack(norms)))

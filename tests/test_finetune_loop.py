@@ -1,0 +1,222 @@
+"""The shared trajectory loop on a tiny float64 model: gradients, counted graph calls, memory scaling.
+
+The toy trajectory is a deterministic DDIM-like sampler (x_{t-1} = a_i·x̂0 + b_i·x_t) around a small network
+x̂0 = tanh(W x_t + u·s_i), with a quadratic reward; every quantity can be recomputed independently.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from easytune_lab.analysis.memory import SavedTensorMeter
+from easytune_lab.finetune.loop import LoopConfig, run_trajectory
+from easytune_lab.finetune.policy import POLICIES, PolicyConfig, graph_steps, make_policy
+
+torch.set_default_dtype(torch.float64)
+DIM, BATCH = 6, 3
+
+
+class ToyNet(torch.nn.Module):
+    def __init__(self, width: int = DIM):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.W = torch.nn.Parameter(0.3 * torch.randn(width, width, generator=g))
+        self.u = torch.nn.Parameter(0.3 * torch.randn(width, generator=g))
+        self.calls: list[tuple[int, bool]] = []  # (step, built a graph)
+
+    def forward(self, x: torch.Tensor, s: float, i: int) -> torch.Tensor:
+        out = torch.tanh(x @ self.W.T + s * self.u)
+        self.calls.append((i, out.requires_grad))
+        return out
+
+
+class ToyTrajectory:
+    """x_T ~ N(0, I); step i maps x_t to a_i·x̂0 + b_i·x_t; re-noising mixes x0 with fresh noise."""
+
+    def __init__(self, net: ToyNet, num_steps: int, batch: int = BATCH, seed: int = 1):
+        self.net, self.num_steps, self.batch, self.seed = net, num_steps, batch, seed
+        self.levels = np.linspace(1.0, 1.0 / num_steps, num_steps)
+
+    def initial_noise(self, generator):
+        return torch.randn(self.batch, DIM, generator=torch.Generator().manual_seed(self.seed))
+
+    def draw_noise(self, i, x, generator):
+        return None
+
+    def coefficients(self, i):
+        s = float(self.levels[i])
+        s_prev = float(self.levels[i + 1]) if i + 1 < self.num_steps else 0.0
+        return s_prev / s, 1.0 - s_prev / s  # (b: weight of x_t, a: weight of x0_hat)
+
+    def step(self, x_t, i, noise, detach_input):
+        net_in = x_t.detach() if detach_input else x_t
+        x0_hat = self.net(net_in, float(self.levels[i]), i)
+        b, a = self.coefficients(i)
+        return a * x0_hat + b * x_t, x0_hat
+
+    def noise_level(self, i):
+        return int(1000 * self.levels[i])
+
+    def renoise(self, x0, i, generator):
+        s = float(self.levels[i])
+        return (1 - s) * x0 + s * torch.randn(x0.shape, generator=generator)
+
+
+TARGET = torch.linspace(-0.5, 0.5, DIM)
+
+
+def reward(x: torch.Tensor, t: int) -> torch.Tensor:
+    return -((x - TARGET) ** 2).sum(-1)
+
+
+class RecordingSGD(torch.optim.SGD):
+    """SGD that records the gradient it is asked to apply at every step."""
+
+    def __init__(self, params, lr):
+        super().__init__(params, lr=lr)
+        self.recorded: list[list[torch.Tensor]] = []
+
+    def step(self, closure=None):
+        self.recorded.append([p.grad.detach().clone() for g in self.param_groups for p in g["params"]])
+        return super().step(closure)
+
+
+def run(method: str, num_steps: int, lr: float = 0.0, cfg: PolicyConfig | None = None, seed: int = 0,
+        meter: SavedTensorMeter | None = None):
+    net = ToyNet()
+    traj = ToyTrajectory(net, num_steps)
+    policy = make_policy(method, cfg or PolicyConfig(k=num_steps))
+    plans = policy.plan(num_steps, np.random.default_rng(seed))
+    params = list(net.parameters())
+    opt = RecordingSGD(params, lr=lr)
+    stats = run_trajectory(traj, policy, plans, reward, opt, params, LoopConfig(grad_clip=0.0), probe=meter,
+                           generator=torch.Generator().manual_seed(5))
+    return net, traj, plans, opt, stats
+
+
+def test_easytune_step_gradient_equals_isolated_step_gradient():
+    num_steps = 5
+    net, traj, plans, opt, stats = run("easytune", num_steps, lr=0.0)
+    assert stats.optimizer_steps == num_steps
+    # Recompute x_t along the (unchanged, lr = 0) trajectory and the gradient of R(pi(sg(x_t))) per step.
+    x = traj.initial_noise(None)
+    for i in range(num_steps):
+        x = x.detach()
+        net.zero_grad()
+        x_prev, x0_hat = traj.step(x, i, None, False)
+        (-reward(x0_hat, 0).mean()).backward()
+        expected = [p.grad.clone() for p in net.parameters()]
+        for got, want in zip(opt.recorded[i], expected):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        x = x_prev
+
+
+def trajectory_reward(net: ToyNet, num_steps: int) -> float:
+    traj = ToyTrajectory(net, num_steps)
+    x = traj.initial_noise(None)
+    with torch.no_grad():
+        for i in range(num_steps):
+            x, x0_hat = traj.step(x, i, None, False)
+    return float(reward(x0_hat, 0).mean())
+
+
+def test_draft_full_chain_matches_finite_differences():
+    num_steps = 6
+    net, _, _, opt, stats = run("draft", num_steps, lr=0.0, cfg=PolicyConfig(k=num_steps))
+    grads = opt.recorded[0]  # gradient of -R
+    rng = torch.Generator().manual_seed(3)
+    eps = 1e-6
+    for _ in range(3):
+        directions = [torch.randn(p.shape, generator=rng) for p in net.parameters()]
+        analytic = -sum(float((g * d).sum()) for g, d in zip(grads, directions))
+        with torch.no_grad():
+            for p, d in zip(net.parameters(), directions):
+                p.add_(eps * d)
+        r_plus = trajectory_reward(net, num_steps)
+        with torch.no_grad():
+            for p, d in zip(net.parameters(), directions):
+                p.sub_(2 * eps * d)
+        r_minus = trajectory_reward(net, num_steps)
+        with torch.no_grad():
+            for p, d in zip(net.parameters(), directions):
+                p.add_(eps * d)
+        numeric = (r_plus - r_minus) / (2 * eps)
+        assert abs(analytic - numeric) <= 1e-6 * max(1.0, abs(numeric))
+
+
+def test_draft_truncated_gradient_differs_from_full_chain():
+    _, _, _, full, _ = run("draft", 6, cfg=PolicyConfig(k=6))
+    _, _, _, last, _ = run("draft", 6, cfg=PolicyConfig(k=1))
+    assert not torch.allclose(full.recorded[0][0], last.recorded[0][0])
+
+
+@pytest.mark.parametrize("method", sorted(POLICIES))
+def test_graph_building_calls_are_exactly_those_the_policy_names(method):
+    num_steps = 8
+    cfg = PolicyConfig(k=3, lv_samples=2)
+    net, _, plans, _, stats = run(method, num_steps, lr=0.01, cfg=cfg, seed=4)
+    named = graph_steps(plans) + [num_steps - 1] * getattr(make_policy(method, cfg), "lv_samples", 0)
+    built = [i for i, grad in net.calls if grad]
+    assert sorted(built) == sorted(named)
+    assert stats.graph_calls == named
+    assert stats.optimizer_steps >= 1
+
+
+def test_policy_shapes():
+    rng = np.random.default_rng(0)
+    T = 50
+    easy = make_policy("easytune").plan(T, rng)
+    assert all(p.grad and p.detach == "state" and p.update and p.reward_weight > 0 for p in easy)
+    draft = make_policy("draft", PolicyConfig(k=5)).plan(T, rng)
+    assert graph_steps(draft) == list(range(T - 5, T))
+    assert [i for i, p in enumerate(draft) if p.reward_weight] == [T - 1]
+    ref = make_policy("refl").plan(T, rng)
+    assert len(graph_steps(ref)) == 1 and ref[graph_steps(ref)[0]].stop
+    dr = make_policy("drtune", PolicyConfig(k=4)).plan(T, rng)
+    stop = next(i for i, p in enumerate(dr) if p.stop)
+    assert stop >= int(T * 0.7) - 1 and len(graph_steps(dr)) <= 4
+    assert all(p.detach == "input" for p in dr[: stop + 1])
+    sub = make_policy("easytune", PolicyConfig(train_steps="uniform", num_train_steps=7)).plan(T, rng)
+    assert len(graph_steps(sub)) == 7
+    early = make_policy("easytune", PolicyConfig(train_steps="weighted", weighting="early")).plan(T, rng)
+    assert early[0].reward_weight > early[-1].reward_weight
+    assert abs(np.mean([p.reward_weight for p in early]) - 1.0) < 1e-12
+
+
+def test_easytune_updates_parameters_every_step_and_raises_reward():
+    net0 = ToyNet()
+    before = trajectory_reward(net0, 10)
+    net, _, _, _, stats = run("easytune", 10, lr=0.05)
+    assert stats.optimizer_steps == 10
+    assert trajectory_reward(net, 10) > before
+
+
+def peak(method: str, num_steps: int, k: int | None = None, plans=None) -> int:
+    net = ToyNet()
+    meter = SavedTensorMeter(exclude=list(net.parameters()))
+    traj = ToyTrajectory(net, num_steps)
+    policy = make_policy(method, PolicyConfig(k=k or num_steps))
+    plans = plans or policy.plan(num_steps, np.random.default_rng(0))
+    params = list(net.parameters())
+    with meter:
+        stats = run_trajectory(traj, policy, plans, reward, torch.optim.SGD(params, lr=0.0), params,
+                               LoopConfig(grad_clip=0.0), probe=meter)
+    return stats.peak_bytes
+
+
+def test_saved_tensor_memory_is_constant_for_easytune_and_linear_for_draft():
+    e10, e200 = peak("easytune", 10), peak("easytune", 200)
+    d10, d200 = peak("draft", 10), peak("draft", 200)
+    assert e10 > 0 and e10 == e200
+    assert d200 >= 0.9 * 20 * d10
+    assert e10 < 0.2 * d10
+
+
+def test_checkpointing_saves_less_than_the_same_plan_without_it():
+    from dataclasses import replace
+
+    plans = make_policy("draft", PolicyConfig(k=20)).plan(20, np.random.default_rng(0))
+    checkpointed = [replace(p, checkpoint=p.grad) for p in plans]
+    assert peak("draft", 20, plans=checkpointed) < peak("draft", 20, plans=plans)
