@@ -1,1 +1,10 @@
-"""easytune_lab.motion"""
+"""easytune_lab.motion: the HumanML3D motion representation.
+
+* :mod:`.quaternion`: quaternion / rotation-matrix / 6-D helpers for numpy and torch.
+* :mod:`.skeleton`: the t2m (22 joints) and KIT (21 joints) skeletons, forward and inverse kinematics.
+* :mod:`.features`: joints <-> the HumanML3D 263-d (KIT 251-d) feature vectors.
+"""
+
+from .skeleton import KIT, T2M, Skeleton, forward_kinematics, get_skeleton, inverse_kinematics
+
+__all__ = ["KIT", "T2M", "Skeleton", "forward_kinematics", "get_skeleton", "inverse_kinematics"]
