@@ -16,6 +16,8 @@ from .errors import UserError
 COMMAND_MODULES = [
     "data",
     "reproduce",
+    "evaluator",
+    "reward",
 ]
 
 

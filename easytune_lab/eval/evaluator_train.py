@@ -1,0 +1,229 @@
+"""Training the text–motion matching evaluator (:mod:`easytune_lab.eval.evaluator`).
+
+Loss (config ``loss``):
+
+* ``"infonce"`` (default): symmetric InfoNCE over the batch with logits ``-|t_i - m_j| / tau`` — the negative
+  Euclidean distance, so that training optimises exactly the ranking R-Precision measures. Pairs of different
+  rows whose captions are identical are not used as negatives (template captions repeat in procedural data).
+* ``"margin"``: T2M's contrastive margin loss (Guo et al. 2022): ``d(t_i, m_i)^2`` for positives plus
+  ``max(0, margin - d(t_i, m_{i+s}))^2`` for the batch shifted by a random ``s`` in ``[1, B-1]`` (margin 10).
+
+The evaluator has its own fixed seed (:data:`EVALUATOR_SEED`), different from the reward model's, so that the judge
+is never the model being optimised. Validation retrieval (R-Precision top-1/2/3 and MM-Dist on the val split, groups
+of 32) is measured after every epoch; the best epoch's weights are kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from ..data.humanml import HumanMLDataset, MotionBatch, collate_motions
+from ..errors import UserError
+from ..io import write_json
+from ..runs import WEIGHTS, make_manifest, save_tensors, write_manifest
+from ..runtime import check_profile, seed_everything
+from . import metrics as M
+from .evaluator import (EVALUATOR_KIND, NORMALISATION_FILE, VOCABULARY_FILE, EvaluatorConfig,
+                        TextMotionEvaluator, save_normalisation)
+
+EVALUATOR_SEED = 2022  # the evaluator's own seed (the reward model and backbones use the run's --seed)
+
+
+@dataclass
+class EvaluatorTrainConfig:
+    """Everything that decides the trained evaluator (saved in its manifest)."""
+
+    profile: str = "quick"
+    model: EvaluatorConfig = field(default_factory=EvaluatorConfig)
+    loss: str = "infonce"  # "infonce" | "margin"
+    temperature: float = 0.1  # InfoNCE tau on Euclidean distances
+    margin: float = 10.0  # T2M negative margin
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    epochs: int = 40
+    max_seconds: float | None = None  # wall-clock budget for the training loop (stops after the current epoch)
+    grad_clip: float = 1.0
+    max_text_len: int = 20
+
+
+def profile_config(profile: str) -> EvaluatorTrainConfig:
+    """The training config of a profile: ``smoke`` (seconds), ``quick`` (<= 10 min, 2 CPU cores), ``paper`` (GPU,
+    T2M's sizes: conv 512, motion GRU 1024, text GRU 512, 512-d output)."""
+    check_profile(profile)
+    if profile == "smoke":
+        model = EvaluatorConfig(movement_hidden=32, movement_latent=32, motion_hidden=48, word_dim=32,
+                                text_hidden=48, dropout=0.0)
+        return EvaluatorTrainConfig(profile, model, batch_size=32, lr=3e-3, epochs=30, max_seconds=12.0)
+    if profile == "quick":
+        model = EvaluatorConfig(movement_hidden=128, movement_latent=128, motion_hidden=192, word_dim=96,
+                                text_hidden=192, dropout=0.1)
+        return EvaluatorTrainConfig(profile, model, batch_size=64, lr=1e-3, epochs=40, max_seconds=480.0)
+    return EvaluatorTrainConfig(profile, EvaluatorConfig(), batch_size=32, lr=1e-4, epochs=300,
+                                max_seconds=None)
+
+
+# ------------------------------------------------------------------------------------------------------ losses
+
+
+def same_caption_mask(captions: list[str]) -> torch.Tensor:
+    """(B, B) bool: True where rows i != j carry the identical caption (not valid negatives)."""
+    keys = {}
+    codes = torch.tensor([keys.setdefault(c.strip().lower(), len(keys)) for c in captions])
+    same = codes[:, None] == codes[None, :]
+    same.fill_diagonal_(False)
+    return same
+
+
+def infonce_loss(text: torch.Tensor, motion: torch.Tensor, temperature: float,
+                 exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE with logits ``-|t_i - m_j| / tau``; ``exclude[i, j]`` removes pair (i, j) as a negative."""
+    diff = text[:, None, :] - motion[None, :, :]
+    dist = torch.sqrt((diff * diff).sum(-1) + 1e-8)
+    logits = -dist / temperature
+    if exclude is not None:
+        logits = logits.masked_fill(exclude.to(logits.device), float("-inf"))
+    labels = torch.arange(len(text), device=text.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+def margin_loss(text: torch.Tensor, motion: torch.Tensor, margin: float, shift: int,
+                exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """T2M contrastive loss: positives pulled together (``d^2``), the batch shifted by ``shift`` pushed past
+    ``margin`` (``max(0, margin - d)^2``); shifted pairs with ``exclude`` set are skipped."""
+    pos = F.pairwise_distance(text, motion).pow(2).mean()
+    idx = (torch.arange(len(text)) + shift) % len(text)
+    d_neg = F.pairwise_distance(text, motion[idx.to(motion.device)])
+    neg_terms = torch.clamp(margin - d_neg, min=0.0).pow(2)
+    if exclude is not None:
+        keep = ~exclude[torch.arange(len(text)), idx].to(neg_terms.device)
+        neg = (neg_terms * keep).sum() / keep.sum().clamp(min=1)
+    else:
+        neg = neg_terms.mean()
+    return pos + neg
+
+
+# ------------------------------------------------------------------------------------------------------ training
+
+
+def encode_batch(model: TextMotionEvaluator, batch: MotionBatch, device: torch.device):
+    text = model.encode_text(batch.token_ids.to(device), batch.pos_one_hot.to(device), batch.sent_lens)
+    motion = model.encode_motion(batch.features.to(device), batch.lengths)
+    return text, motion
+
+
+@torch.no_grad()
+def embed_dataset(model: TextMotionEvaluator, dataset: HumanMLDataset, device: torch.device,
+                  batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """(text, motion) embeddings of every item of a dataset in order (use ``mode="eval"`` for determinism)."""
+    was_training = model.training
+    model.eval()
+    texts, motions = [], []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_motions)
+    for batch in loader:
+        t, m = encode_batch(model, batch, device)
+        texts.append(t.float().cpu().numpy())
+        motions.append(m.float().cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(texts), np.concatenate(motions)
+
+
+def retrieval_scores(text: np.ndarray, motion: np.ndarray, seed: int = 0) -> dict:
+    """R-Precision top-1/2/3 and MM-Dist on (text, motion) rows, shuffled once with ``seed`` (the T2M eval
+    loader shuffles) in groups of 32 (or all rows when fewer than 32), with the chance levels."""
+    n = len(text)
+    group = min(M.R_PRECISION_GROUP, n)
+    order = np.random.default_rng(seed).permutation(n)
+    top = M.r_precision(text[order], motion[order], top_k=3, group_size=group)
+    return {
+        "rows": int(n), "group_size": int(group),
+        "r_precision_top1": float(top[0]), "r_precision_top2": float(top[1]), "r_precision_top3": float(top[2]),
+        "chance_top1": 1.0 / group, "chance_top3": min(3, group) / group,
+        "mm_dist": M.matching_score(text[order], motion[order], group_size=group),
+    }
+
+
+def train_evaluator(data_root: str | Path, config: EvaluatorTrainConfig, out_dir: str | Path,
+                    seed: int = EVALUATOR_SEED, device: torch.device | str = "cpu", progress: bool = True) -> dict:
+    """Train on ``DATA/train.txt``, select on ``DATA/val.txt``, write the run directory; returns metrics.json."""
+    from tqdm import tqdm
+
+    if config.loss not in ("infonce", "margin"):
+        raise UserError(f"loss: unknown loss '{config.loss}' (choose infonce or margin)")
+    device = torch.device(device)
+    out_dir = Path(out_dir)
+    seed_everything(seed)
+    train = HumanMLDataset(data_root, "train", mode="train", max_text_len=config.max_text_len, seed=seed)
+    val = HumanMLDataset(data_root, "val", mode="eval", max_text_len=config.max_text_len, vocab=train.vocab,
+                         seed=seed)
+    if val.spec.dim != config.model.feature_dim:
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, feature_dim=val.spec.dim))
+    if len(train) < 2:
+        raise UserError(f"{data_root}/train.txt: needs at least 2 usable clips, got {len(train)}")
+    if len(val) < 2:
+        raise UserError(f"{data_root}/val.txt: needs at least 2 usable clips, got {len(val)}")
+
+    model = TextMotionEvaluator(config.model, len(train.vocab)).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    loader = DataLoader(train, batch_size=config.batch_size, shuffle=True, drop_last=len(train) > config.batch_size,
+                        collate_fn=collate_motions, generator=gen)
+    shift_rng = np.random.default_rng(seed)
+
+    history, best, best_state = [], None, None
+    start = time.perf_counter()
+    bar = tqdm(range(config.epochs), desc="evaluator", unit="epoch", disable=not progress)
+    for epoch in bar:
+        model.train()
+        losses = []
+        for batch in loader:
+            text, motion = encode_batch(model, batch, device)
+            exclude = same_caption_mask(batch.captions)
+            if config.loss == "infonce":
+                loss = infonce_loss(text, motion, config.temperature, exclude)
+            else:
+                loss = margin_loss(text, motion, config.margin, int(shift_rng.integers(1, len(text))), exclude)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            opt.step()
+            losses.append(float(loss.detach()))
+        scores = retrieval_scores(*embed_dataset(model, val, device), seed=seed)
+        elapsed = time.perf_counter() - start
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(elapsed, 2),
+                        **{k: scores[k] for k in ("r_precision_top1", "r_precision_top3", "mm_dist")}})
+        key = scores["r_precision_top1"] + scores["r_precision_top2"] + scores["r_precision_top3"]
+        if best is None or key > best[0]:
+            best = (key, epoch + 1, scores)
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        bar.set_postfix(loss=f"{np.mean(losses):.3f}", val_top1=f"{scores['r_precision_top1']:.3f}")
+        if config.max_seconds is not None and elapsed > config.max_seconds:
+            break
+    bar.close()
+    train_seconds = time.perf_counter() - start
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.load_state_dict(best_state)
+    save_tensors(out_dir / WEIGHTS, best_state, metadata={"kind": EVALUATOR_KIND})
+    train.vocab.save(out_dir / VOCABULARY_FILE)
+    save_normalisation(out_dir / NORMALISATION_FILE, train.mean, train.std)
+    metrics = {
+        "val": best[2], "best_epoch": best[1], "epochs_run": len(history), "train_seconds": round(train_seconds, 2),
+        "train_clips": len(train), "val_clips": len(val), "vocab_size": len(train.vocab),
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "threads": torch.get_num_threads(), "history": history,
+    }
+    write_json(out_dir / "metrics.json", metrics)
+    manifest = make_manifest(EVALUATOR_KIND, config, seed=seed, device=str(device),
+                             extra={"data": {"root": str(Path(data_root).resolve()), "skeleton": train.skeleton}})
+    write_manifest(out_dir, manifest)
+    return metrics
