@@ -1,0 +1,78 @@
+"""Self-refinement Preference Learning (SPL): preference pairs mined by the reward's own retrieval errors.
+
+For each caption c_i of a batch, the reward ranks the N motions of the batch (or a gallery) by R(x_j, c_i).
+If the ground-truth motion x_i is among the top-k, the reward already retrieves it and the caption is
+skipped. Otherwise the pair (x_w = x_i) ≻ (x_l = the best-scoring wrong motion) is formed and the reward is
+trained to prefer the winner by minimising
+
+    KL(Q ‖ P),  P = softmax(R(x_w, c), R(x_l, c)),  Q = (1, 0),
+
+which, since Q log Q = 0, equals −log P_w = softplus(R_l − R_w) (a Bradley–Terry / DPO-style loss on the
+reward margin). No extra annotation is needed: the data's own pairing is the preference.
+
+Why skipped captions contribute exactly zero gradient: they are excluded from the sum — the loss is
+``Σ_i m_i · KL_i / B`` with m_i = 0 for a caption whose ground truth is in the top-k, and rows with m_i = 0
+are never indexed into the computation, so no term of theirs exists in the graph. This is *not* the same as
+giving them a target Q = (½, ½): ∂KL((½,½) ‖ P)/∂R_w = P_w − ½, which is zero only when R_w = R_l and would
+otherwise pull an already-correct ranking back toward a tie. Excluding them is the right reading of "no
+preference is formed".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class MinedPairs:
+    """Which captions formed a pair, and their winner/loser motion indices."""
+
+    rows: torch.Tensor      # (P,) caption indices whose ground truth is outside the top-k
+    winners: torch.Tensor   # (P,) ground-truth motion indices
+    losers: torch.Tensor    # (P,) best-scoring wrong motion indices
+
+    def __len__(self) -> int:
+        return int(self.rows.numel())
+
+
+@torch.no_grad()
+def mine_pairs(scores: torch.Tensor, targets: torch.Tensor | None = None, k: int = 10) -> MinedPairs:
+    """Mine SPL pairs from a (N_text, N_motion) reward matrix.
+
+    ``targets[i]`` is the index of caption i's ground-truth motion (default: i, the diagonal). A caption
+    forms a pair iff its ground truth is not in the top-k by score, i.e. iff at least k wrong motions score
+    strictly higher than it (ties are resolved in the ground truth's favour).
+    The loser is the highest-scoring motion other than the ground truth.
+    """
+    n_text, n_motion = scores.shape
+    if targets is None:
+        targets = torch.arange(n_text, device=scores.device)
+    targets = targets.to(scores.device).long()
+    gt = scores.gather(1, targets[:, None])
+    higher = (scores > gt).sum(1)                       # wrong motions strictly above the ground truth
+    mined = higher >= min(k, n_motion)
+    wrong = scores.scatter(1, targets[:, None], float("-inf"))
+    losers = wrong.argmax(1)
+    rows = mined.nonzero(as_tuple=True)[0]
+    return MinedPairs(rows=rows, winners=targets[rows], losers=losers[rows])
+
+
+def spl_loss(scores: torch.Tensor, pairs: MinedPairs, normaliser: int | None = None) -> torch.Tensor:
+    """Σ over mined pairs of KL((1,0) ‖ softmax(R_w, R_l)), divided by ``normaliser`` (default: N_text).
+
+    ``scores`` must carry the graph (it is the reward matrix τ · E_T E_Mᵀ); skipped captions are not
+    indexed, so their gradient is exactly zero (see the module docstring).
+    """
+    n = scores.shape[0] if normaliser is None else normaliser
+    if len(pairs) == 0:
+        return scores.sum() * 0.0
+    r_w = scores[pairs.rows, pairs.winners]
+    r_l = scores[pairs.rows, pairs.losers]
+    log_p = F.log_softmax(torch.stack([r_w, r_l], dim=-1), dim=-1)
+    q = torch.tensor([1.0, 0.0], device=scores.device, dtype=scores.dtype)
+    # KL(Q‖P) = Σ Q log Q − Σ Q log P, with 0·log 0 = 0
+    kl = (torch.xlogy(q, q) - q * log_p).sum(-1)
+    return kl.sum() / max(n, 1)
