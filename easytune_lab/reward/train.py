@@ -1,0 +1,243 @@
+"""Training of the retrieval reward (InfoNCE), its noise-aware variant, and SPL refinement; evaluation.
+
+One config dataclass per profile (``smoke`` tiny for tests/CI, ``quick`` a 2-core CPU in minutes, ``paper``
+a GPU at TMR-like sizes). Training reads the dataset through :class:`easytune_lab.data.humanml.HumanMLDataset`
+(``mode="train"``: a random caption and crop per access), evaluation through ``mode="eval"`` (deterministic).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from ..data.humanml import HumanMLDataset, MotionBatch, collate_motions
+from .metrics import batched_retrieval_metrics, retrieval_metrics
+from .retrieval import CaptionTokenizer, FrozenTextModel, Reward, RewardModelConfig, identical_captions, info_nce, noise_motion
+from .spl import mine_pairs, spl_loss
+
+
+@dataclass
+class RewardTrainConfig:
+    """Retrieval-reward training (InfoNCE, optionally noise-aware) for one profile."""
+
+    model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 1e-2
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    dup_threshold: float = 0.95      # captions at least this similar are not negatives of each other
+    t_max: int = 999                 # noise-aware: t ~ U(1, t_max) for noised samples
+    p_clean: float = 0.25            # noise-aware: fraction of samples kept clean (t = 0)
+    max_train_items: int = 0         # 0 = the whole train split
+    max_test_items: int = 0          # 0 = the whole test split
+    eval_timesteps: tuple[int, ...] = (0, 100, 250, 500, 750)
+    eval_batch: int = 32             # gallery size of the batched retrieval protocol
+
+
+@dataclass
+class SPLConfig:
+    """SPL refinement of a trained reward: L = L_InfoNCE + weight · L_SPL (see :mod:`.spl`)."""
+
+    epochs: int = 4
+    batch_size: int = 128            # the gallery the top-k is taken in
+    lr: float = 1e-4
+    k: int = 10
+    weight: float = 1.0              # 0 = the control: the same extra epochs without SPL
+
+
+def _model(**kw) -> RewardModelConfig:
+    return RewardModelConfig(**kw)
+
+
+PROFILES: dict[str, tuple[RewardTrainConfig, SPLConfig]] = {
+    "smoke": (RewardTrainConfig(model=_model(d_model=32, n_layers=1, text_layers=1, n_heads=2, d_ff=64, embed_dim=32),
+                                epochs=2, batch_size=16, warmup_steps=2, max_train_items=64, max_test_items=64,
+                                eval_timesteps=(0, 500)),
+              SPLConfig(epochs=1, batch_size=32, k=5)),
+    "quick": (RewardTrainConfig(model=_model(d_model=128, n_layers=2, text_layers=2, n_heads=4, d_ff=256, embed_dim=128),
+                                epochs=15, batch_size=64),
+              SPLConfig(epochs=4, batch_size=128, k=10)),
+    "paper": (RewardTrainConfig(model=_model(d_model=256, n_layers=4, text_layers=4, n_heads=4, d_ff=1024, embed_dim=256),
+                                epochs=120, batch_size=128, lr=1e-4, warmup_steps=500),
+              SPLConfig(epochs=20, batch_size=256, lr=5e-5, k=10)),
+}
+
+
+def profile_configs(profile: str, noise_aware: bool = False) -> tuple[RewardTrainConfig, SPLConfig]:
+    """Fresh copies of the profile's configs (``noise_aware`` toggles R(x_t, t, c))."""
+    train_cfg, spl_cfg = PROFILES[profile]
+    train_cfg = dataclasses.replace(train_cfg, model=dataclasses.replace(train_cfg.model, noise_aware=noise_aware))
+    return train_cfg, dataclasses.replace(spl_cfg)
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+def load_splits(root, max_train: int = 0, max_test: int = 0, seed: int = 0):
+    """(train dataset, test dataset, index lists) — the test split shares the train vocabulary."""
+    train = HumanMLDataset(root, "train", mode="train")
+    test = HumanMLDataset(root, "test", mode="eval", vocab=train.vocab, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    train_idx = torch.randperm(len(train), generator=g)[: max_train or len(train)].tolist()
+    test_idx = list(range(len(test)))[: max_test or len(test)]
+    return train, test, train_idx, test_idx
+
+
+def tokenizer_for(dataset: HumanMLDataset, max_words: int) -> CaptionTokenizer:
+    """Vocabulary of every caption of the (train) dataset, as the reward tokenises them."""
+    return CaptionTokenizer.from_captions([c.text for clip in dataset.clips for c in clip.captions], max_words)
+
+
+def _batches(dataset, indices: Sequence[int], batch_size: int, shuffle: bool, drop_last: bool):
+    order = torch.randperm(len(indices)).tolist() if shuffle else list(range(len(indices)))
+    stop = len(order) - (len(order) % batch_size if drop_last else 0)
+    for s in range(0, stop, batch_size):
+        chunk = [indices[j] for j in order[s:s + batch_size]]
+        if chunk:
+            yield collate_motions([dataset[i] for i in chunk])
+
+
+def _text_side(reward: Reward, batch: MotionBatch, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(text embeddings, caption-similarity matrix used to filter near-duplicate negatives)."""
+    if isinstance(reward.text_encoder, FrozenTextModel):
+        feats = reward.text_encoder.sentence_embeddings(batch.captions, device)
+        feats = torch.nn.functional.normalize(feats, dim=-1)
+        return reward.embed_text(batch.captions), feats @ feats.T
+    ids = reward.text_ids(batch.captions)
+    return reward.embed_text(ids=ids), identical_captions(ids)
+
+
+def _timesteps(cfg: RewardTrainConfig, n: int, device) -> torch.Tensor | None:
+    """t = 0 with probability ``p_clean``, else t ~ U{1..t_max} (noise-aware training only)."""
+    if not cfg.model.noise_aware:
+        return None
+    t = torch.randint(1, cfg.t_max + 1, (n,))
+    t[torch.rand(n) < cfg.p_clean] = 0
+    return t.to(device)
+
+
+def _lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warm-up then cosine decay to 10 % of the base rate."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+# ----------------------------------------------------------------------------------------------- loops
+
+def _run_epochs(reward: Reward, train, train_idx, cfg: RewardTrainConfig, device, epochs: int, batch_size: int,
+                lr: float, warmup: int, spl: SPLConfig | None, log: Callable[[str], None]) -> list[dict]:
+    params = [p for p in reward.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, len(train_idx) // batch_size)
+    total = epochs * steps_per_epoch
+    history, step = [], 0
+    for epoch in range(epochs):
+        reward.train()
+        start = time.perf_counter()
+        sums = {"loss": 0.0, "nce": 0.0, "spl": 0.0, "pairs": 0, "batches": 0}
+        for batch in _batches(train, train_idx, batch_size, shuffle=True, drop_last=True):
+            batch = batch.to(device)
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, total, lr, warmup)
+            t = _timesteps(cfg, len(batch), device)
+            x = batch.features if t is None else noise_motion(batch.features, t, reward.alphas_cumprod)
+            m = reward.embed_motion(x, batch.mask, t=t)
+            c, cap_sim = _text_side(reward, batch, device)
+            scale = reward.logit_scale()
+            nce = info_nce(m, c, scale, cap_sim, cfg.dup_threshold)
+            loss = nce
+            if spl is not None and spl.weight > 0:
+                scores = scale * c @ m.T                         # (texts, motions) reward matrix
+                pairs = mine_pairs(scores.detach(), k=spl.k)
+                s_loss = spl_loss(scores, pairs)
+                loss = loss + spl.weight * s_loss
+                sums["spl"] += float(s_loss.detach())
+                sums["pairs"] += len(pairs)
+            elif spl is not None:                                # control run: count what SPL would mine
+                with torch.no_grad():
+                    sums["pairs"] += len(mine_pairs(scale * c @ m.T, k=spl.k))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            step += 1
+            sums["loss"] += float(loss.detach())
+            sums["nce"] += float(nce.detach())
+            sums["batches"] += 1
+        nb = max(1, sums["batches"])
+        row = {"epoch": epoch + 1, "loss": sums["loss"] / nb, "infonce": sums["nce"] / nb,
+               "logit_scale": float(reward.logit_scale()), "seconds": time.perf_counter() - start}
+        if spl is not None:
+            row.update({"spl_loss": sums["spl"] / nb, "mined_pairs": sums["pairs"],
+                        "texts_seen": sums["batches"] * batch_size})
+        history.append(row)
+        log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    reward.eval()
+    return history
+
+
+def build_reward(train: HumanMLDataset, cfg: RewardTrainConfig) -> Reward:
+    model_cfg = cfg.model
+    tokenizer = None
+    if not model_cfg.text_model_path:
+        tokenizer = tokenizer_for(train, model_cfg.max_words)
+        model_cfg = dataclasses.replace(model_cfg, vocab_size=len(tokenizer))
+    model_cfg = dataclasses.replace(model_cfg, feat_dim=int(train.frames.shape[-1]))
+    cfg.model = model_cfg
+    return Reward(model_cfg, tokenizer)
+
+
+def train_reward(train, train_idx, cfg: RewardTrainConfig, device, log: Callable[[str], None] = print):
+    """Train a fresh reward with InfoNCE (noise-aware if ``cfg.model.noise_aware``); returns (reward, history)."""
+    reward = build_reward(train, cfg).to(device)
+    history = _run_epochs(reward, train, train_idx, cfg, device, cfg.epochs, cfg.batch_size, cfg.lr,
+                          cfg.warmup_steps, None, log)
+    return reward, history
+
+
+def refine_spl(reward: Reward, train, train_idx, cfg: RewardTrainConfig, spl: SPLConfig, device,
+               log: Callable[[str], None] = print) -> list[dict]:
+    """Continue training with L_InfoNCE + weight · L_SPL; the history logs mined pairs per epoch."""
+    return _run_epochs(reward, train, train_idx, cfg, device, spl.epochs, spl.batch_size, spl.lr,
+                       warmup=0, spl=spl, log=log)
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def embed_split(reward: Reward, dataset, indices: Sequence[int], device, t: int = 0, noise_seed: int = 0,
+                batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """(motion embeddings, text embeddings) of a split; motions noised to level ``t`` (fixed noise seed)."""
+    reward.eval()
+    g = torch.Generator().manual_seed(noise_seed)
+    ms, cs = [], []
+    for batch in _batches(dataset, indices, batch_size, shuffle=False, drop_last=False):
+        batch = batch.to(device)
+        x = batch.features
+        tt = torch.full((len(batch),), int(t), dtype=torch.long, device=device)
+        if t > 0:
+            noise = torch.randn(x.shape, generator=g).to(device)
+            x = noise_motion(x, tt, reward.alphas_cumprod, noise) * batch.mask[..., None]
+        ms.append(reward.embed_motion(x, batch.mask, t=tt).cpu())
+        cs.append(_text_side(reward, batch, device)[0].cpu())
+    return torch.cat(ms), torch.cat(cs)
+
+
+def evaluate_reward(reward: Reward, dataset, indices: Sequence[int], device, timesteps: Sequence[int] = (0,),
+                    batch: int = 32, seed: int = 0) -> dict:
+    """Retrieval metrics at each noise level: ``{"t=0": {"all": {...}, "batch32": {...}}, ...}``."""
+    out = {}
+    for t in timesteps:
+        m, c = embed_split(reward, dataset, indices, device, t=t, noise_seed=seed)
+        out[f"t={t}"] = {"all": retrieval_metrics(m, c),
+                         f"batch{batch}": batched_retrieval_metrics(m, c, batch_size=batch, seed=seed)}
+    return out
