@@ -226,18 +226,30 @@ def forward_kinematics(local_quats: Array, root_pos: Array, skeleton: Skeleton |
 # --------------------------------------------------------------------------------------------------
 # inverse kinematics
 # --------------------------------------------------------------------------------------------------
-def facing_direction(joints: np.ndarray, skeleton: Skeleton | str, smooth_sigma: float = 0.0) -> np.ndarray:
-    """(T, 3) unit horizontal forward direction of each frame, as HumanML3D computes it.
+def facing_direction(joints: np.ndarray, skeleton: Skeleton | str, smooth_sigma: float = 0.0, ik_hips: bool = False) -> np.ndarray:
+    """(..., T, 3) unit horizontal forward direction of each frame, as HumanML3D computes it.
 
     ``across = (p[r_hip] - p[l_hip]) + (p[r_shoulder] - p[l_shoulder])``, normalised; the forward direction
-    is ``ŷ × across`` (so a body whose right side is at -X faces +Z). With ``smooth_sigma > 0`` the
-    forward vectors are Gaussian-filtered over time (``scipy.ndimage.gaussian_filter1d``, mode
-    ``"nearest"``; HumanML3D uses sigma 20 frames for the rotation features) before normalising.
+    is ``ŷ × across`` (so a body whose right side is at -X faces +Z). This is ``process_file``'s
+    "all initially face Z+" step.
+
+    ``ik_hips=True`` reproduces HumanML3D's ``inverse_kinematics_np``, which unpacks ``face_joint_indx``
+    (ordered r_hip, l_hip, ...) as ``l_hip, r_hip, ...`` and so uses ``(p[l_hip] - p[r_hip])`` as the hip
+    term: the shoulder line (wider than the hips) still dominates, so the direction is roughly forward,
+    but the hips count against it. The released features were computed this way (checked on sample
+    012314: the root angular velocities match to 3e-4 only with this variant).
+
+    With ``smooth_sigma > 0`` the forward vectors are Gaussian-filtered over time
+    (``scipy.ndimage.gaussian_filter1d``, mode ``"nearest"``; HumanML3D uses sigma 20 frames for the
+    rotation features) before normalising.
     """
     skel = get_skeleton(skeleton)
     r_hip, l_hip, r_sdr, l_sdr = skel.face_joints
     joints = np.asarray(joints, dtype=np.float64)
-    across = (joints[..., r_hip, :] - joints[..., l_hip, :]) + (joints[..., r_sdr, :] - joints[..., l_sdr, :])
+    hips = joints[..., r_hip, :] - joints[..., l_hip, :]
+    if ik_hips:
+        hips = -hips
+    across = hips + (joints[..., r_sdr, :] - joints[..., l_sdr, :])
     across = across / np.linalg.norm(across, axis=-1, keepdims=True)
     forward = np.cross(np.array([0.0, 1.0, 0.0]), across)
     if smooth_sigma > 0:
@@ -245,21 +257,31 @@ def facing_direction(joints: np.ndarray, skeleton: Skeleton | str, smooth_sigma:
     return forward / np.linalg.norm(forward, axis=-1, keepdims=True)
 
 
-def inverse_kinematics(joints: np.ndarray, skeleton: Skeleton | str, smooth_forward: bool = False) -> np.ndarray:
+def inverse_kinematics(
+    joints: np.ndarray,
+    skeleton: Skeleton | str,
+    smooth_forward: bool = False,
+    *,
+    first_frame_identity: bool = True,
+) -> np.ndarray:
     """HumanML3D's inverse kinematics (``Skeleton.inverse_kinematics_np``): local quaternions from positions.
 
-    The root rotation of each frame turns the facing direction (:func:`facing_direction`, smoothed with
-    sigma 20 frames if ``smooth_forward``) onto +Z: ``q_root = qbetween(forward, ẑ)``. Along every chain,
-    starting from ``R = q_root``, the joint quaternion is ``q_j = R⁻¹ · qbetween(raw_offset_j, p_j - p_parent)``
-    and ``R = R q_j``, i.e. the shortest-arc rotation of the rest bone onto the observed bone, expressed in
-    the frame accumulated so far. Twist about a bone is not observable from positions and is set to
-    zero (in the shortest-arc sense). Hence ``forward_kinematics(inverse_kinematics(J), J[:, 0])``
-    reproduces ``J`` whenever its bone lengths equal the skeleton's.
+    The root rotation of each frame turns the facing direction onto +Z: ``q_root = qbetween(forward, ẑ)``
+    with ``forward = facing_direction(joints, ik_hips=True)`` (HumanML3D's IK variant), Gaussian-smoothed over
+    time with sigma 20 frames if ``smooth_forward``. As in the release that produced the dataset, frame
+    0's root quaternion is then set to the identity (``first_frame_identity``; the stored root angular
+    velocities of sample 012314 match only with this). Along every chain, starting from ``R = q_root``,
+    the joint quaternion is ``q_j = R⁻¹ · qbetween(raw_offset_j, p_j - p_parent)`` and ``R = R q_j``: the
+    shortest-arc rotation of the rest bone onto the observed bone, expressed in the frame accumulated
+    so far. Twist about a bone is not observable from positions and is left at zero. Whatever the root
+    rotation, ``forward_kinematics(inverse_kinematics(J), J[..., 0, :])`` reproduces ``J`` whenever its
+    bone lengths equal the skeleton's.
 
     Args:
         joints: (..., T, J, 3) positions (numpy; a torch tensor is converted).
         skeleton: a :class:`Skeleton` or its name.
         smooth_forward: smooth the facing direction over time (HumanML3D does for its rotation features).
+        first_frame_identity: set frame 0's root quaternion to (1, 0, 0, 0).
 
     Returns:
         (..., T, J, 4) float64 quaternions (wxyz).
@@ -270,8 +292,10 @@ def inverse_kinematics(joints: np.ndarray, skeleton: Skeleton | str, smooth_forw
     joints = np.asarray(joints, dtype=np.float64)
     if joints.shape[-2:] != (skel.num_joints, 3):
         raise UserError(f"joints: expected shape (..., {skel.num_joints}, 3) for {skel.name}, got {joints.shape}")
-    forward = facing_direction(joints, skel, smooth_sigma=20.0 if smooth_forward else 0.0)
+    forward = facing_direction(joints, skel, smooth_sigma=20.0 if smooth_forward else 0.0, ik_hips=True)
     root_quat = qbetween(forward, np.array([0.0, 0.0, 1.0]))
+    if first_frame_identity:
+        root_quat[..., 0, :] = np.array([1.0, 0.0, 0.0, 0.0])
     quats = np.zeros(joints.shape[:-1] + (4,))
     quats[..., 0] = 1.0
     quats[..., 0, :] = root_quat
