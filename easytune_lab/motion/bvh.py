@@ -417,26 +417,23 @@ def motion_joints(features_or_joints: Any, skeleton: str = "t2m", source: str = 
 def rot6d_joints(features: np.ndarray, skeleton: str = "t2m") -> np.ndarray:
     """Positions from the features' own rotations: FK of the 6-D joint rotations (T2M layout) on the skeleton.
 
-    The root's rotation about Y is the integral of the root angular velocity (feature 0), its position the root
-    of ``recover_from_ric``; joint j's 6-D rotation (``feature_layout['rot6d']``, joints 1..J-1) is the local
+    The root's rotation and position come from ``recover_root_rot_pos`` (as in HumanML3D's
+    ``recover_from_rot``); joint j's 6-D rotation (``feature_layout['rot6d']``, joints 1..J-1) is the local
     rotation of the bone ending at j, as in HumanML3D's forward kinematics.
     """
-    from .features import feature_layout, joints_num_for_dim, recover_from_ric
-    from .quaternion import cont6d_to_quat, quat_about_y
+    from .features import feature_layout, joints_num_for_dim, recover_root_rot_pos
+    from .quaternion import cont6d_to_quat
     from .skeleton import forward_kinematics, get_skeleton
 
     skel = get_skeleton(skeleton)
     num = joints_num_for_dim(features.shape[1])
     if num != skel.num_joints:
         raise UserError(f"--skeleton {skeleton}: features of width {features.shape[1]} are for {num} joints")
-    feats = features.astype(np.float32)
-    root = np.asarray(recover_from_ric(feats, num))[:, 0]
-    angle = np.zeros(len(feats), dtype=np.float32)
-    angle[1:] = np.cumsum(feats[:-1, 0])
-    root_quat = np.asarray(quat_about_y(angle))
+    feats = features.astype(np.float64)
+    root_quat, root = (np.asarray(a) for a in recover_root_rot_pos(feats))
     d6 = feats[:, feature_layout(num)["rot6d"]].reshape(len(feats), num - 1, 6)
     quats = np.concatenate([root_quat[:, None], np.asarray(cont6d_to_quat(d6))], axis=1)
-    return np.asarray(forward_kinematics(quats, root.astype(np.float32), skel), dtype=np.float64)
+    return np.asarray(forward_kinematics(quats, root, skel), dtype=np.float64)
 
 
 def write_bvh(

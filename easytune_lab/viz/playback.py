@@ -355,8 +355,11 @@ def demo_joints(num_frames: int = 196, seed: int = 0, skeleton: str = "t2m") -> 
     half = np.linalg.norm(angles, axis=-1, keepdims=True) / 2
     axis = angles / np.maximum(2 * half, 1e-12)
     quats = np.concatenate([np.cos(half), np.sin(half) * axis], axis=-1)
-    height = float(-np.min(np.asarray(skel.offsets)[:, 1]) * 4 + 1.0)
-    root = np.stack([0.4 * np.sin(0.5 * t), np.full_like(t, height * 0.9 if skeleton == "t2m" else height), 0.8 * t], -1)
+    identity = np.zeros((1, skel.num_joints, 4), dtype=np.float32)
+    identity[..., 0] = 1.0
+    rest = _to_numpy(forward_kinematics(identity, np.zeros((1, 3), dtype=np.float32), skel))[0]
+    unit = float(np.ptp(rest[:, 1])) / 1.7  # body-height units: metres for t2m, millimetres for KIT
+    root = np.stack([0.4 * np.sin(0.5 * t), np.zeros_like(t), 0.8 * t], -1) * unit
     joints = _to_numpy(forward_kinematics(quats.astype(np.float32), root.astype(np.float32), skel))
     joints[..., 1] -= joints[..., 1].min()
     return joints
@@ -381,8 +384,15 @@ def bench(num_motions: int = 4, num_frames: int = 196, out_dir: Path | None = No
         "num_motions": num_motions, "num_frames": num_frames, "plotly": plotly.__version__,
         "figure_dict_seconds": round(t_frames, 3), "write_html_seconds": round(t_total, 3),
         "html_bytes": size, "html_mib": round(size / 2**20, 3),
-        "frames_json_bytes": len(json.dumps(fig["frames"])), "uses_cdn": "cdn.plot.ly" in html,
+        "frames_json_bytes": len(json.dumps(fig["frames"])), "external_scripts": len(external_scripts(html)),
     }
+
+
+def external_scripts(html: str) -> list[str]:
+    """``src`` of every ``<script>`` tag that loads code from elsewhere (an offline playback has none)."""
+    import re
+
+    return re.findall(r"<script[^>]*\bsrc\s*=\s*[\"']([^\"']+)", html)
 
 
 def main(argv: list[str] | None = None) -> int:
