@@ -131,3 +131,38 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
     assert main(["evaluator", "train", "--data", str(tmp_path / "nope"), "--profile", "smoke",
                  "--out", str(tmp_path / "o")]) == 2
     assert "--data" in capsys.readouterr().err
+
+
+def run_eval(data, evaluator, out, model, reps=3, extra=()):
+    rc = main(["eval", "--model", model, "--evaluator", str(evaluator), "--data", str(data), "--split", "val",
+               "--replications", str(reps), "--out", str(out), "--device", "cpu", "--no-progress", *extra])
+    assert rc == 0
+    return json.loads(out.read_text())
+
+
+def test_eval_gt_and_sanity_baselines(smoke_run, tmp_path):
+    data, ev_dir = smoke_run
+    gt = run_eval(data, ev_dir, tmp_path / "gt.json", "gt")
+    keys = ("r_precision_top1", "r_precision_top2", "r_precision_top3", "fid", "mm_dist", "diversity")
+    for key in keys:
+        assert set(gt[key]) == {"mean", "ci95"} and np.isfinite(gt[key]["mean"]), key
+    assert "multimodality" not in gt
+    assert gt["fid"]["mean"] < 1e-6  # the ground truth against itself
+    assert gt["r_precision_top3"]["mean"] >= gt["r_precision_top1"]["mean"] > 3 / 32
+    assert gt["manifest"]["kind"] == "eval" and gt["manifest"]["model"] == "gt"
+    assert len(gt["per_replication"]) == 3
+    noise = run_eval(data, ev_dir, tmp_path / "noise.json", "noise", reps=2)
+    repeat = run_eval(data, ev_dir, tmp_path / "repeat.json", "repeat", reps=2)
+    assert noise["fid"]["mean"] > 100 * max(gt["fid"]["mean"], 1e-3)
+    # one motion (cropped to each row's length) is far less diverse than the real motions
+    assert repeat["diversity"]["mean"] < 0.25 * gt["diversity"]["mean"]
+
+
+def test_eval_rejects_non_generator_runs(smoke_run, tmp_path, capsys):
+    data, ev_dir = smoke_run
+    args = ["eval", "--evaluator", str(ev_dir), "--data", str(data), "--out", str(tmp_path / "x.json")]
+    assert main(["eval", "--model", str(ev_dir), *args[1:]]) == 2
+    assert "not a generator" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tmp_path / "missing"), *args[1:]]) == 2
+    assert main(["eval", "--model", "gt", "--multimodality", *args[1:]]) == 2
+    assert "--multimodality" in capsys.readouterr().err

@@ -30,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
+    import os
 
     import torch
 
@@ -46,7 +47,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.max_seconds is not None and args.max_seconds <= 0:
         raise UserError(f"--max-seconds: must be positive (got {args.max_seconds})")
     device = resolve_device(args.device)
-    if device.type == "cpu":
+    if device.type == "cpu" and "EASYTUNE_THREADS" in os.environ:
         torch.set_num_threads(default_threads())
     config = profile_config(args.profile)
     overrides = {k: v for k, v in (("loss", args.loss), ("epochs", args.epochs), ("max_seconds", args.max_seconds))

@@ -62,7 +62,7 @@ def profile_config(profile: str) -> EvaluatorTrainConfig:
     if profile == "smoke":
         model = EvaluatorConfig(movement_hidden=32, movement_latent=32, motion_hidden=48, word_dim=32,
                                 text_hidden=48, dropout=0.0)
-        return EvaluatorTrainConfig(profile, model, batch_size=32, lr=3e-3, epochs=30, max_seconds=12.0)
+        return EvaluatorTrainConfig(profile, model, batch_size=32, lr=3e-3, epochs=25, max_seconds=None)
     if profile == "quick":
         model = EvaluatorConfig(movement_hidden=128, movement_latent=128, motion_hidden=192, word_dim=96,
                                 text_hidden=192, dropout=0.1)

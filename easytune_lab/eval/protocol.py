@@ -1,0 +1,253 @@
+"""The T2M evaluation protocol: a set of motions -> evaluator embeddings -> every metric, over replications.
+
+One replication (Guo et al. 2022; MDM and MLD evaluate the same way):
+
+1. Every clip of the split is one row; its caption is drawn per replication (a clip with several captions gets a
+   different one each time) and the rows are shuffled. Each row holds the caption text (the generator's prompt),
+   its tokens (what the evaluator reads) and the ground-truth length.
+2. A *motion source* produces one motion per row — the ground truth itself (``gt``), a generator's sample for the
+   row's caption and length, or a sanity baseline — so gt and generated motions are judged on the same texts.
+3. Metrics from the embeddings: R-Precision top-1/2/3 and MM-Dist in groups of 32 rows (the incomplete last group
+   dropped), FID against the ground-truth motion embeddings of the whole split, Diversity (300 pairs) and, when
+   asked, MultiModality (``mm_texts`` rows x ``mm_repeats`` generations, 10 pairs).
+
+Replications are summarised as mean ± 1.96·std/√n (:func:`easytune_lab.eval.metrics.replicate`; T2M uses 20).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..data.humanml import HumanMLDataset
+from ..errors import UserError
+from . import metrics as M
+from .evaluator import LoadedEvaluator, embed_motions, embed_text_tensors
+
+# A motion source: (captions, lengths, rows) -> raw (un-normalised) features, one (length_i, D) array per row.
+MotionSource = Callable[[list[str], np.ndarray, "EvalRows"], Sequence[np.ndarray]]
+
+BASELINES = ("gt", "noise", "repeat")
+METRIC_KEYS = ("r_precision_top1", "r_precision_top2", "r_precision_top3", "fid", "mm_dist", "diversity")
+
+
+@dataclass
+class ProtocolConfig:
+    """The protocol's constants (T2M's values by default)."""
+
+    split: str = "test"
+    replications: int = 20
+    group_size: int = M.R_PRECISION_GROUP  # R-Precision batch
+    diversity_times: int = M.DIVERSITY_TIMES
+    multimodality: bool = False
+    mm_texts: int = 100  # rows that get several generations
+    mm_repeats: int = 30  # generations per such row
+    mm_times: int = M.MULTIMODALITY_TIMES
+    seed: int = 0
+    max_text_len: int = 20
+
+
+@dataclass
+class EvalRows:
+    """One replication's rows, in evaluation order."""
+
+    clip_index: np.ndarray  # (N,) index of each row's clip in the dataset
+    motion_ids: list[str]  # clip names (``<id>`` or ``<id>@a-b``)
+    captions: list[str]  # caption text, the generator's prompt
+    token_ids: torch.Tensor  # (N, L) int64
+    pos_one_hot: torch.Tensor  # (N, L, 15)
+    sent_lens: torch.Tensor  # (N,)
+    lengths: np.ndarray  # (N,) ground-truth lengths (multiples of 4)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+
+class GroundTruth:
+    """The ground-truth clips of a split, raw features (crops at the start, as T2M's evaluation loader)."""
+
+    def __init__(self, root: str | Path, split: str, ev: LoadedEvaluator, max_text_len: int = 20):
+        self.dataset = HumanMLDataset(root, split, mode="eval", max_text_len=max_text_len, vocab=ev.vocab,
+                                      normalise=False)
+        if self.dataset.spec.dim != ev.config.feature_dim:
+            raise UserError(f"{root}: feature width {self.dataset.spec.dim} does not match the evaluator's "
+                            f"{ev.config.feature_dim}")
+        self.motions = [self._motion(i) for i in range(len(self.dataset))]
+
+    def _motion(self, index: int) -> np.ndarray:
+        item = self.dataset[index]
+        return item.features.numpy()
+
+    def rows(self, replication_seed: int) -> EvalRows:
+        """All clips, captions drawn with ``replication_seed``, shuffled with it."""
+        self.dataset.seed = replication_seed
+        order = np.random.default_rng((replication_seed, 1)).permutation(len(self.dataset))
+        items = [self.dataset[int(i)] for i in order]
+        return EvalRows(
+            clip_index=order, motion_ids=[it.motion_id for it in items], captions=[it.caption for it in items],
+            token_ids=torch.stack([it.token_ids for it in items]),
+            pos_one_hot=torch.stack([it.pos_one_hot for it in items]),
+            sent_lens=torch.tensor([it.sent_len for it in items]),
+            lengths=np.array([it.length for it in items]))
+
+    def source(self) -> MotionSource:
+        return lambda captions, lengths, rows: [self.motions[i] for i in rows.clip_index]
+
+
+def noise_source(gt: GroundTruth, seed: int) -> MotionSource:
+    """Sanity baseline: Gaussian noise shaped like the motions (same lengths; each feature with the data's
+    Mean/Std, no temporal structure)."""
+    mean, std = gt.dataset.mean, gt.dataset.std
+
+    def source(captions, lengths, rows):
+        rng = np.random.default_rng((seed, 7))
+        return [(mean + std * rng.standard_normal((int(n), len(mean)))).astype(np.float32) for n in lengths]
+
+    return source
+
+
+def repeat_source(gt: GroundTruth) -> MotionSource:
+    """Sanity baseline: one ground-truth motion (the split's first clip) for every row, cropped to each length."""
+    first = gt.motions[0]
+
+    def source(captions, lengths, rows):
+        out = []
+        for n in lengths:
+            reps = int(np.ceil(int(n) / len(first)))
+            out.append(np.concatenate([first] * reps)[: int(n)])
+        return out
+
+    return source
+
+
+# --------------------------------------------------------------------------------------------- generator runs
+
+
+def generator_source(run_dir: str | Path) -> Callable[[list[str], np.ndarray], Sequence[np.ndarray]]:
+    """The ``generate(run, texts, lengths)`` hook of the diffusion module for a generator run directory.
+
+    The hook must return raw HumanML3D features, one (length_i, D) array per text. Raises UserError while the
+    hook is not available or ``run_dir`` is not a generator run.
+    """
+    from ..runs import read_manifest
+
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    kind = manifest.get("kind")
+    if kind in ("evaluator", "reward", "eval"):
+        raise UserError(f"--model {run_dir}: is a '{kind}' run, not a generator (a backbone or fine-tuned run)")
+    try:
+        module = importlib.import_module("easytune_lab.diffusion.generate")
+        generate = getattr(module, "generate")
+    except (ImportError, AttributeError):
+        raise UserError(f"--model {run_dir}: evaluating generator runs needs "
+                        f"easytune_lab.diffusion.generate.generate(run, texts, lengths), which is not available yet "
+                        f"(use --model gt)") from None
+    return lambda texts, lengths: generate(run_dir, list(texts), [int(n) for n in lengths])
+
+
+# ------------------------------------------------------------------------------------------------------ oracle
+
+
+def load_actions(root: str | Path) -> dict[str, object] | None:
+    """Per-motion actions from ``ROOT/attributes.jsonl`` (procedural data), or None when absent."""
+    path = Path(root) / "attributes.jsonl"
+    if not path.is_file():
+        return None
+    actions = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            motion_id = str(record["id"])
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"{path}: line {n} is not a JSON object with an 'id'") from None
+        actions[motion_id] = record.get("actions", record)
+    return actions
+
+
+def oracle_function():
+    """``easytune_lab.eval.oracle.oracle_accuracy`` when that module exists, else None."""
+    try:
+        module = importlib.import_module("easytune_lab.eval.oracle")
+    except ImportError:
+        return None
+    return getattr(module, "oracle_accuracy", None)
+
+
+def features_to_joints(features: np.ndarray) -> np.ndarray:
+    from ..motion.features import recover_from_ric
+
+    return np.asarray(recover_from_ric(np.asarray(features, dtype=np.float32)))
+
+
+# ------------------------------------------------------------------------------------------------------ protocol
+
+
+def replication_metrics(text_emb: np.ndarray, motion_emb: np.ndarray, gt_emb: np.ndarray, config: ProtocolConfig,
+                        rng: np.random.Generator) -> dict[str, float]:
+    """All embedding metrics of one replication (rows already in evaluation order)."""
+    top = M.r_precision(text_emb, motion_emb, top_k=3, group_size=config.group_size)
+    return {
+        "r_precision_top1": float(top[0]), "r_precision_top2": float(top[1]), "r_precision_top3": float(top[2]),
+        "fid": M.frechet_distance(gt_emb, motion_emb),
+        "mm_dist": M.matching_score(text_emb, motion_emb, group_size=config.group_size),
+        "diversity": M.diversity(motion_emb, times=min(config.diversity_times, len(motion_emb)), rng=rng),
+    }
+
+
+def evaluate(ev: LoadedEvaluator, gt: GroundTruth, source: MotionSource, config: ProtocolConfig,
+             mm_generate: Callable[[list[str], np.ndarray], Sequence[np.ndarray]] | None = None,
+             actions: dict | None = None, oracle=None, progress: bool = False) -> dict:
+    """Run ``config.replications`` replications of the protocol on motions from ``source``.
+
+    Returns ``{metric: {"mean", "ci95"}}`` for :data:`METRIC_KEYS`, plus ``multimodality`` when ``mm_generate``
+    is given and ``oracle_accuracy`` when ``actions`` and ``oracle`` are, and ``per_replication`` values.
+    """
+    from tqdm import tqdm
+
+    if len(gt.motions) < config.group_size:
+        raise UserError(f"--split {config.split}: {len(gt.motions)} clips, fewer than one R-Precision group of "
+                        f"{config.group_size}")
+    gt_emb = embed_motions(ev, gt.motions, normalised=False)
+    per_rep: list[dict[str, float]] = []
+    for r in tqdm(range(config.replications), desc="eval", unit="rep", disable=not progress):
+        rep_seed = config.seed * 1000 + r
+        rows = gt.rows(rep_seed)
+        motions = list(source(rows.captions, rows.lengths, rows))
+        if len(motions) != len(rows):
+            raise UserError(f"motion source returned {len(motions)} motions for {len(rows)} rows")
+        text_emb = embed_text_tensors(ev, rows.token_ids, rows.pos_one_hot, rows.sent_lens)
+        motion_emb = embed_motions(ev, motions, lengths=[len(m) for m in motions], normalised=False)
+        rng = np.random.default_rng((rep_seed, 3))
+        values = replication_metrics(text_emb, motion_emb, gt_emb, config, rng)
+        if mm_generate is not None:
+            k = min(config.mm_texts, len(rows))
+            texts = [c for c in rows.captions[:k] for _ in range(config.mm_repeats)]
+            lengths = np.repeat(rows.lengths[:k], config.mm_repeats)
+            mm_motions = list(mm_generate(texts, lengths))
+            mm_emb = embed_motions(ev, mm_motions, lengths=[len(m) for m in mm_motions], normalised=False)
+            mm_emb = mm_emb.reshape(k, config.mm_repeats, -1)
+            values["multimodality"] = M.multimodality(mm_emb, times=min(config.mm_times, config.mm_repeats), rng=rng)
+        if actions is not None and oracle is not None:
+            ids = [clip_motion_id(name) for name in rows.motion_ids]
+            keep = [i for i, mid in enumerate(ids) if mid in actions]
+            if keep:
+                result = oracle([features_to_joints(motions[i]) for i in keep], [actions[ids[i]] for i in keep])
+                values["oracle_accuracy"] = float(result["overall"])
+        per_rep.append(values)
+    summary = {key: M.mean_ci95([v[key] for v in per_rep]) for key in per_rep[0]}
+    summary["per_replication"] = per_rep
+    return summary
+
+
+def clip_motion_id(clip_name: str) -> str:
+    """``<id>@a-b`` -> ``<id>`` (sub-clip names carry their frame range)."""
+    return clip_name.split("@", 1)[0]
