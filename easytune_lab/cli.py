@@ -17,7 +17,11 @@ COMMAND_MODULES = [
     "data",
     "reproduce",
     "evaluator",
+    "eval",
     "reward",
+    "export",
+    "pretrain",
+    "sample",
 ]
 
 
