@@ -5,6 +5,29 @@
 * :mod:`.features`: joints <-> the HumanML3D 263-d (KIT 251-d) feature vectors.
 """
 
+from .features import (
+    ProcessedMotion,
+    feature_layout,
+    joints_num_for_dim,
+    joints_to_features,
+    process_joints,
+    recover_from_ric,
+    recover_root_rot_pos,
+)
 from .skeleton import KIT, T2M, Skeleton, forward_kinematics, get_skeleton, inverse_kinematics
 
-__all__ = ["KIT", "T2M", "Skeleton", "forward_kinematics", "get_skeleton", "inverse_kinematics"]
+__all__ = [
+    "KIT",
+    "T2M",
+    "Skeleton",
+    "forward_kinematics",
+    "get_skeleton",
+    "inverse_kinematics",
+    "ProcessedMotion",
+    "feature_layout",
+    "joints_num_for_dim",
+    "joints_to_features",
+    "process_joints",
+    "recover_from_ric",
+    "recover_root_rot_pos",
+]

@@ -34,6 +34,7 @@ __all__ = [
     "qbetween",
     "qfix",
     "quat_about_y",
+    "quat_from_axis_angle",
     "quat_to_matrix",
     "matrix_to_quat",
     "matrix_to_cont6d",
@@ -195,6 +196,24 @@ def quat_about_y(angle: Array) -> Array:
         c, s = np.cos(half), np.sin(half)
     z = s * 0.0
     return stack([c, z, s, z], axis=-1)
+
+
+def quat_from_axis_angle(rotvec: Array, eps: float = 1e-12) -> Array:
+    """Unit quaternions (..., 4) of rotation vectors (..., 3) (axis × angle in radians)."""
+    angle = norm(rotvec)
+    if is_torch(rotvec):
+        # sin(a/2)/a, with its limit 1/2 at a = 0 (safe gradient through the where)
+        small = angle < 1e-6
+        safe = torch.where(small, torch.ones_like(angle), angle)
+        k = torch.where(small, 0.5 - angle**2 / 48.0, torch.sin(safe * 0.5) / safe)
+        w = torch.cos(angle * 0.5)
+    else:
+        small = angle < 1e-6
+        safe = np.where(small, 1.0, angle)
+        k = np.where(small, 0.5 - angle**2 / 48.0, np.sin(safe * 0.5) / safe)
+        w = np.cos(angle * 0.5)
+    v = rotvec * k
+    return stack([w[..., 0], v[..., 0], v[..., 1], v[..., 2]], axis=-1)
 
 
 # --------------------------------------------------------------------------------------------------
