@@ -169,7 +169,7 @@ def test_read_motion_errors_name_the_file(fixture_root):
     with pytest.raises(UserError, match="not a valid motion id"):
         read_motion(fixture_root, "../012314")
     write_text(fixture_root / "new_joint_vecs" / "broken.npy", "not an npy file")
-    with pytest.raises(UserError, match="broken.npy: unreadable"):
+    with pytest.raises(UserError, match="broken.npy: not an .npy file"):
         read_motion(fixture_root, "broken")
     write_npy(fixture_root / "new_joint_vecs" / "flat.npy", np.zeros(10, np.float32))
     with pytest.raises(UserError, match="flat.npy"):

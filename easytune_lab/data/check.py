@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import UserError
 from .humanml import (FEATURES_DIR, JOINTS_DIR, SKELETONS, SPLITS, TEXTS_DIR, SkeletonSpec, features_path,
-                      motion_clips, text_path, valid_id)
+                      motion_clips, nonfinite_message, read_npy_header, text_path, valid_id)
 from .text import Caption, CaptionError, parse_caption_line, read_caption_lines
 
 
@@ -96,20 +96,15 @@ class DatasetReport:
 
 
 def _load_header(report: DatasetReport, path: Path) -> np.ndarray | None:
-    """Memory-map an .npy (reads the header only); a problem line and None if it cannot be read."""
+    """Memory-map an .npy after checking its header; a problem line and None if it cannot be read."""
     try:
+        read_npy_header(path)
         return np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as exc:  # damaged header, pickled object array, truncated data, permissions, ...
+    except UserError as exc:
+        report.problems.append(str(exc))
+    except Exception as exc:  # anything else numpy rejects
         report.add(path, f"unreadable .npy ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
-        return None
-
-
-def _count_nonfinite(arr: np.ndarray, chunk: int = 4096) -> int:
-    bad = 0
-    for i in range(0, arr.shape[0], chunk):
-        block = np.asarray(arr[i:i + chunk])
-        bad += int(block.size - np.count_nonzero(np.isfinite(block)))
-    return bad
+    return None
 
 
 def _check_stats(report: DatasetReport, root: Path) -> tuple[int | None, int | None]:
@@ -206,19 +201,14 @@ def _resolve_spec(report: DatasetReport, root: Path, skeleton: str | None, mean_
         return spec
     by_dim = {s.dim: s for s in SKELETONS.values()}
     known = ", ".join(f"{s.dim} ({s.name})" for s in SKELETONS.values())
-    if mean_w is not None:
-        if std_w is not None and std_w != mean_w:
-            report.add(root / "Std.npy", f"width {std_w} differs from Mean.npy's {mean_w}")
-        if mean_w not in by_dim:
-            report.add(root / "Mean.npy", f"width {mean_w} matches no skeleton (known widths: {known})")
-            return None
-        return by_dim[mean_w]
-    if std_w is not None:
-        if std_w not in by_dim:
-            report.add(root / "Std.npy", f"width {std_w} matches no skeleton (known widths: {known})")
-            return None
-        return by_dim[std_w]
-    for motion_id in first_ids[:1]:  # no statistics: infer from the first feature file, if it reads
+    if mean_w is not None and std_w is not None and std_w != mean_w:
+        report.add(root / "Std.npy", f"width {std_w} differs from Mean.npy's {mean_w}")
+    for name, w in (("Mean.npy", mean_w), ("Std.npy", std_w)):
+        if w is not None:
+            if w in by_dim:
+                return by_dim[w]
+            report.add(root / name, f"width {w} matches no skeleton (known widths: {known})")
+    for motion_id in first_ids[:1]:  # no usable statistics: infer from the first feature file, if it reads
         try:
             arr = np.load(features_path(root, motion_id), mmap_mode="r", allow_pickle=False)
             if arr.ndim == 2 and arr.shape[1] in by_dim:
@@ -246,12 +236,12 @@ def _check_features(report: DatasetReport, path: Path, spec: SkeletonSpec | None
         report.add(path, "has no frames")
         return None
     try:
-        bad = _count_nonfinite(arr)
-    except Exception as exc:  # truncated data behind a valid header
+        finite = np.isfinite(np.asarray(arr))
+    except Exception as exc:  # an I/O error while reading the data
         report.add(path, f"unreadable data ({type(exc).__name__})")
         return None
-    if bad:
-        report.add(path, f"{bad} NaN/Inf value(s)")
+    if not finite.all():
+        report.add(path, nonfinite_message(finite))
         return None
     return int(arr.shape[0])
 
@@ -294,13 +284,13 @@ def check_dataset(root: str | os.PathLike, skeleton: str | None = None) -> Datas
         report.add(root, "dataset directory not found" if not root.exists() else "not a directory")
         return report
     feat_dir, text_dir = root / FEATURES_DIR, root / TEXTS_DIR
-    for folder, what in ((feat_dir, "<id>.npy feature arrays"), (text_dir, "<id>.txt caption files")):
-        if not folder.is_dir():
-            report.add(folder, f"missing folder ({what})")
     mean_w, std_w = _check_stats(report, root)
     splits = _read_splits(report, root)
     report.split_ids = splits
     all_ids = list(dict.fromkeys(i for ids in splits.values() for i in ids))
+    for folder, what in ((feat_dir, "<id>.npy feature arrays"), (text_dir, "<id>.txt caption files")):
+        if not folder.is_dir():
+            report.add(folder, f"missing folder ({what}; {len(all_ids)} listed id(s) have none)")
     spec = _resolve_spec(report, root, skeleton, mean_w, std_w, all_ids)
     report.skeleton = spec.name if spec is not None else skeleton
     joints_dir = root / JOINTS_DIR
@@ -312,14 +302,16 @@ def check_dataset(root: str | os.PathLike, skeleton: str | None = None) -> Datas
         fpath, tpath = features_path(root, motion_id), text_path(root, motion_id)
         frames = None
         if not fpath.is_file():
-            report.add(fpath, f"missing (id listed in {listed_in[motion_id]}.txt)")
+            if feat_dir.is_dir():
+                report.add(fpath, f"missing (id listed in {listed_in[motion_id]}.txt)")
         else:
             frames = _check_features(report, fpath, spec)
         if frames is not None:
             report.frames[motion_id] = frames
         captions = None
         if not tpath.is_file():
-            report.add(tpath, f"missing (id listed in {listed_in[motion_id]}.txt)")
+            if text_dir.is_dir():
+                report.add(tpath, f"missing (id listed in {listed_in[motion_id]}.txt)")
         else:
             captions = _check_captions(report, tpath, frames, spec)
         if captions is not None:

@@ -85,15 +85,59 @@ def text_path(root: str | os.PathLike, motion_id: str) -> Path:
     return Path(root) / TEXTS_DIR / f"{motion_id}.txt"
 
 
-def load_npy(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
-    """``np.load`` without pickles; UserError naming the file if missing or unreadable."""
+@dataclass(frozen=True)
+class NpyHeader:
+    """What an .npy file's header promises (read without loading the data)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    data_bytes: int      # bytes the data needs
+    file_bytes: int      # bytes present after the header
+
+
+def read_npy_header(path: str | os.PathLike) -> NpyHeader:
+    """Parse the header of an .npy file; UserError naming the file if it is missing, not an .npy file, holds
+    pickled objects, or is shorter than its header promises (a truncated copy)."""
     path = Path(path)
     try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        with open(path, "rb") as fh:
+            try:
+                version = np.lib.format.read_magic(fh)
+            except ValueError:
+                raise UserError(f"{path}: not an .npy file (bad magic bytes)") from None
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            try:
+                shape, _fortran, dtype = reader(fh)
+            except ValueError as exc:
+                raise UserError(f"{path}: unreadable .npy header ({exc})") from None
+            offset = fh.tell()
+        size = path.stat().st_size
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise UserError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+    if dtype.hasobject:
+        raise UserError(f"{path}: holds pickled Python objects (dtype {dtype}), expected float32 numbers")
+    need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size - offset < need:
+        raise UserError(f"{path}: truncated ({size - offset} data bytes, the header {shape} {dtype} needs {need})")
+    return NpyHeader(tuple(int(n) for n in shape), dtype, need, size - offset)
+
+
+def load_npy(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
+    """``np.load`` without pickles, after :func:`read_npy_header`; UserError naming the file if unreadable."""
+    path = Path(path)
+    read_npy_header(path)
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except Exception as exc:  # numpy raises ValueError/OSError/EOFError/... for damaged files
         raise UserError(f"{path}: unreadable .npy ({type(exc).__name__}: {exc})") from None
+
+
+def nonfinite_message(finite: np.ndarray) -> str:
+    """``"3 NaN/Inf value(s), first at frame 12"`` for a (T, D) mask of finite entries."""
+    bad_rows = np.flatnonzero(~finite.all(axis=1)) if finite.ndim == 2 else np.flatnonzero(~finite)
+    return f"{int(finite.size - np.count_nonzero(finite))} NaN/Inf value(s), first at frame {int(bad_rows[0])}"
 
 
 def read_features(path: str | os.PathLike, dim: int | None = None) -> np.ndarray:
@@ -109,9 +153,9 @@ def read_features(path: str | os.PathLike, dim: int | None = None) -> np.ndarray
     if arr.shape[0] == 0:
         raise UserError(f"{path}: has no frames")
     arr = arr.astype(np.float32, copy=False)
-    bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
-    if bad:
-        raise UserError(f"{path}: {bad} NaN/Inf value(s)")
+    finite = np.isfinite(arr)
+    if not finite.all():
+        raise UserError(f"{path}: {nonfinite_message(finite)}")
     return arr
 
 
