@@ -1,0 +1,98 @@
+"""A trained backbone run as a text-to-motion generator: ``load_generator(RUN).generate(texts, lengths, seed)``.
+
+Lengths are in frames (HumanML3D: 20 fps, at most 196) and rounded down to a multiple of 4 (T2M's unit length).
+Outputs are de-normalised HumanML3D features, ``x · Std + Mean`` with the training data's statistics, one
+(length, D) float32 array per text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..runtime import resolve_device
+from .backbone import Backbone
+from .sampling import Hook, sample
+from .train import PretrainConfig, load_backbone
+
+
+@dataclass
+class MotionGenerator:
+    """A loaded backbone with its defaults (sampler, steps, guidance) and normalisation statistics."""
+
+    backbone: Backbone
+    config: PretrainConfig
+    mean: np.ndarray
+    std: np.ndarray
+    device: torch.device
+    run_dir: Path
+
+    @property
+    def sampler(self) -> str:
+        return self.config.model.diffusion.sampler
+
+    @property
+    def steps(self) -> int:
+        return self.config.model.diffusion.sample_steps
+
+    @property
+    def guidance(self) -> float:
+        return self.config.model.diffusion.guidance
+
+    @property
+    def max_frames(self) -> int:
+        return self.config.model.max_frames
+
+    def check_lengths(self, lengths: Sequence[int]) -> list[int]:
+        out = []
+        for n in lengths:
+            n = int(n) // 4 * 4
+            if not 4 <= n <= self.max_frames:
+                raise UserError(f"--length: {n} frames is outside [4, {self.max_frames}] for this backbone")
+            out.append(n)
+        return out
+
+    def sample_normalised(self, texts: Sequence[str], lengths: Sequence[int], seed: int = 0, *,
+                          sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
+                          hook: Hook | None = None) -> torch.Tensor:
+        """Normalised features (B, T_max, D), padded past each length."""
+        if len(texts) != len(lengths):
+            raise UserError(f"generate: {len(texts)} texts but {len(lengths)} lengths")
+        lengths = self.check_lengths(lengths)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            cond = self.backbone.condition(texts, lengths)
+            x = sample(self.backbone.predictor(), self.backbone.sample_shape(cond), self.backbone.schedule,
+                       steps or self.steps, cond, sampler or self.sampler,
+                       self.guidance if guidance is None else guidance, hook=hook, generator=generator,
+                       device=self.device)
+            return self.backbone.decode(x, cond)
+
+    def denormalise(self, x: np.ndarray) -> np.ndarray:
+        return (x * self.std + self.mean).astype(np.float32)
+
+    def generate(self, texts: Sequence[str], lengths: Sequence[int], seed: int = 0, batch_size: int = 64,
+                 **options) -> list[np.ndarray]:
+        """De-normalised features, one (length, D) array per text; batches of ``batch_size``, seed per batch."""
+        lengths = self.check_lengths(lengths)
+        out: list[np.ndarray] = []
+        for start in range(0, len(texts), batch_size):
+            chunk_t, chunk_l = list(texts[start:start + batch_size]), lengths[start:start + batch_size]
+            x = self.sample_normalised(chunk_t, chunk_l, seed + start, **options).float().cpu().numpy()
+            out.extend(self.denormalise(x[b, :n]) for b, n in enumerate(chunk_l))
+        return out
+
+
+def load_generator(run_dir: str | Path, device: str | torch.device = "auto") -> MotionGenerator:
+    """Load ``RUN`` (a finished ``easytune pretrain`` run) on ``device`` (auto/cpu/cuda)."""
+    run_dir = Path(run_dir)
+    dev = resolve_device(device) if isinstance(device, str) else device
+    backbone, config, _ = load_backbone(run_dir, dev)
+    mean = np.load(run_dir / "mean.npy").astype(np.float32)
+    std = np.load(run_dir / "std.npy").astype(np.float32)
+    return MotionGenerator(backbone, config, mean, std, dev, run_dir)

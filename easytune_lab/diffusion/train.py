@@ -1,0 +1,381 @@
+"""Backbone pretraining with checkpoints and exact resume.
+
+A run directory holds::
+
+    RUN/manifest.json         kind "backbone", the resolved PretrainConfig, seed, parents (data, teacher), status
+    RUN/vocab.json            the text vocabulary; RUN/mean.npy, RUN/std.npy the data's normalisation
+    RUN/weights.safetensors   final weights
+    RUN/metrics.json          loss curve (mean loss per ``log_every`` steps), time
+    RUN/checkpoint/           weights.safetensors + optimizer.safetensors (optimiser moments, RNG states) +
+                              state.json (step, learning rate, optimiser hyper-parameters, scalar RNG state)
+
+Everything random in a step is a function of the step index or of a saved RNG state: the batch order is a
+per-epoch permutation seeded by (seed, epoch); diffusion noise, timesteps and condition dropout come from one
+saved ``torch.Generator``; dataset crops and dropout layers use torch's global RNG, also saved. So resuming from a
+checkpoint reproduces the uninterrupted run bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import shutil
+import time
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..data.text import Vocabulary
+from ..errors import UserError
+from ..io import write_json, write_npy
+from ..runs import (config_to_dict, load_tensors, make_manifest, read_manifest, save_tensors, write_manifest,
+                    WEIGHTS)
+from .backbone import Backbone
+
+BACKBONES = ("mdm", "mld", "lcm")
+CHECKPOINT = "checkpoint"
+
+
+@dataclass
+class PretrainConfig:
+    """One pretraining run. ``stage_fractions`` split ``steps`` between the backbone's stages (MLD: VAE first)."""
+
+    backbone: str = "mdm"
+    profile: str = "smoke"
+    model: Any = None
+    steps: int = 30
+    batch_size: int = 8
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup: int = 10
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    checkpoint_every: int = 10
+    log_every: int = 10
+    stage_fractions: dict = field(default_factory=dict)
+    teacher: str | None = None
+    seed: int = 0
+
+
+# ------------------------------------------------------------------------------------------------- configs
+
+def _model_class(backbone: str):
+    if backbone == "mdm":
+        from .denoiser import MDMConfig
+        return MDMConfig
+    if backbone == "mld":
+        from .latent import MLDConfig
+        return MLDConfig
+    if backbone == "lcm":
+        from .consistency import LCMConfig
+        return LCMConfig
+    raise UserError(f"--backbone: unknown backbone '{backbone}' (choose {', '.join(BACKBONES)})")
+
+
+def pretrain_config(backbone: str, profile: str, feature_dim: int = 263, **overrides) -> PretrainConfig:
+    """The profile's configuration (``smoke`` tiny, ``quick`` 2-core CPU, ``paper`` GPU sizes)."""
+    if backbone == "mdm":
+        from .denoiser import mdm_profile
+        config = mdm_profile(profile, feature_dim)
+    elif backbone == "mld":
+        from .latent import mld_profile
+        config = mld_profile(profile, feature_dim)
+    elif backbone == "lcm":
+        from .consistency import lcm_profile
+        config = lcm_profile(profile, feature_dim)
+    else:
+        _model_class(backbone)
+        raise AssertionError
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(config, key, value)
+    return config
+
+
+def _from_dict(cls, data: dict):
+    """Rebuild a (nested) dataclass from :func:`config_to_dict` output."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value, hint = data[f.name], hints.get(f.name)
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = _from_dict(hint, value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict) -> PretrainConfig:
+    config = _from_dict(PretrainConfig, data)
+    config.model = _from_dict(_model_class(config.backbone), data["model"])
+    return config
+
+
+def build_backbone(config: PretrainConfig, vocab: Vocabulary) -> Backbone:
+    if config.backbone == "mdm":
+        from .denoiser import MDMBackbone
+        return MDMBackbone(config.model, vocab)
+    if config.backbone == "mld":
+        from .latent import MLDBackbone
+        return MLDBackbone(config.model, vocab)
+    if config.backbone == "lcm":
+        from .consistency import LCMBackbone
+        return LCMBackbone(config.model, vocab)
+    raise UserError(f"--backbone: unknown backbone '{config.backbone}'")
+
+
+# ------------------------------------------------------------------------------------------------ schedule
+
+def stage_ranges(stages: Sequence[str], fractions: dict, total: int) -> list[tuple[str, int, int]]:
+    """[(stage, first step, end step)] covering 0..total; stages without a fraction share what is left."""
+    given = sum(float(fractions.get(s, 0.0)) for s in stages)
+    rest = [s for s in stages if s not in fractions]
+    out, start = [], 0
+    for i, s in enumerate(stages):
+        frac = float(fractions[s]) if s in fractions else (1.0 - given) / max(len(rest), 1)
+        end = total if i == len(stages) - 1 else min(total, start + int(round(frac * total)))
+        out.append((s, start, end))
+        start = end
+    return out
+
+
+def learning_rate(config: PretrainConfig, step_in_stage: int, stage_len: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``min_lr_ratio · lr`` at the stage end."""
+    warm = min(config.warmup, max(stage_len // 4, 1))
+    if step_in_stage < warm:
+        return config.lr * (step_in_stage + 1) / warm
+    progress = (step_in_stage - warm) / max(stage_len - warm, 1)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+def batch_indices(num_items: int, batch_size: int, seed: int, step: int) -> list[int]:
+    """The items of training step ``step``: a per-epoch permutation seeded by (seed, epoch), last batch dropped."""
+    batch_size = min(batch_size, num_items)
+    per_epoch = num_items // batch_size
+    epoch, k = divmod(step, per_epoch)
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(num_items, generator=gen)
+    return perm[k * batch_size:(k + 1) * batch_size].tolist()
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+def _rng_state(generator: torch.Generator) -> tuple[dict, dict]:
+    np_state = np.random.get_state()
+    tensors = {"rng.torch": torch.get_rng_state(), "rng.train": generator.get_state(),
+               "rng.numpy": torch.from_numpy(np_state[1].astype(np.int64))}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    py = random.getstate()
+    scalars = {"numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+               "python": [py[0], list(py[1]), py[2]]}
+    return tensors, scalars
+
+
+def _set_rng_state(tensors: dict, scalars: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    generator.set_state(tensors["rng.train"])
+    kind, pos, has_gauss, cached = scalars["numpy"]
+    np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = scalars["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if torch.cuda.is_available():
+        states = [tensors[k] for k in sorted(t for t in tensors if t.startswith("rng.cuda."))]
+        if states:
+            torch.cuda.set_rng_state_all(states)
+
+
+def save_checkpoint(run_dir: Path, model: Backbone, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+                    state: dict) -> None:
+    """Write RUN/checkpoint/ as a whole: built in a sibling directory, then swapped in."""
+    run_dir = Path(run_dir)
+    new, old, final = run_dir / (CHECKPOINT + ".new"), run_dir / (CHECKPOINT + ".old"), run_dir / CHECKPOINT
+    shutil.rmtree(new, ignore_errors=True)
+    new.mkdir(parents=True)
+    save_tensors(new / WEIGHTS, model.state_dict())
+    opt = optimizer.state_dict()
+    tensors, opt_scalars = {}, {}
+    for idx, entry in opt["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{idx}.{key}"] = value
+            else:
+                opt_scalars[f"{idx}.{key}"] = value
+    rng_tensors, rng_scalars = _rng_state(generator)
+    tensors.update(rng_tensors)
+    save_tensors(new / "optimizer.safetensors", tensors)
+    groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
+    write_json(new / "state.json", {**state, "param_groups": groups, "optimizer_scalars": opt_scalars,
+                                    "rng": rng_scalars})
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    new.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(run_dir: Path, model: Backbone, device: torch.device) -> tuple[dict, dict]:
+    """Load the checkpoint's weights into ``model``; return (state.json, optimizer/RNG tensors)."""
+    ckpt = Path(run_dir) / CHECKPOINT
+    if not (ckpt / "state.json").is_file():
+        raise UserError(f"--resume: {ckpt} has no checkpoint to resume from")
+    model.load_state_dict(load_tensors(ckpt / WEIGHTS, device=str(device)))
+    state = json.loads((ckpt / "state.json").read_text())
+    return state, load_tensors(ckpt / "optimizer.safetensors")
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, state: dict, tensors: dict) -> None:
+    per_param: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("state."):
+            _, idx, name = key.split(".", 2)
+            per_param.setdefault(int(idx), {})[name] = value
+    for key, value in state.get("optimizer_scalars", {}).items():
+        idx, name = key.split(".", 1)
+        per_param.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+
+@dataclass
+class PretrainData:
+    """What the loop needs from a dataset: items (``dataset[i]`` -> MotionItem), collate, vocab and statistics."""
+
+    dataset: Any
+    collate: Callable
+    vocab: Vocabulary
+    mean: np.ndarray
+    std: np.ndarray
+    source: str = ""
+
+
+def _batches(data: PretrainData, config: PretrainConfig, device: torch.device, step: int):
+    idx = batch_indices(len(data.dataset), config.batch_size, config.seed, step)
+    return data.collate([data.dataset[i] for i in idx]).to(device)
+
+
+def pretrain(config: PretrainConfig, data: PretrainData, run_dir: str | Path, *, resume: bool = False,
+             stop_after: int | None = None, device: torch.device | str = "cpu", progress: bool = True,
+             parents: dict | None = None, init: Callable[[Backbone], None] | None = None) -> dict:
+    """Train ``config.backbone`` on ``data`` into ``run_dir``; return the metrics dict.
+
+    ``stop_after`` ends the run after that many steps (writing a checkpoint there), as an interruption would;
+    ``resume`` continues from ``RUN/checkpoint``. ``init`` sets initial weights (LCM: from the teacher).
+    """
+    from tqdm import tqdm
+
+    run_dir = Path(run_dir)
+    device = torch.device(device)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    np.random.seed(config.seed % 2**32)
+    generator = torch.Generator().manual_seed(config.seed)
+    model = build_backbone(config, data.vocab).to(device)
+    if init is not None and not resume:
+        init(model)
+    ranges = stage_ranges(model.stages, config.stage_fractions, config.steps)
+    state: dict = {"step": 0, "log": {"step": [], "stage": [], "loss": []}, "elapsed": 0.0}
+    opt_tensors = None
+    if resume:
+        state, opt_tensors = load_checkpoint(run_dir, model, device)
+        _set_rng_state(opt_tensors, state["rng"], generator)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        data.vocab.save(run_dir / "vocab.json")
+        write_npy(run_dir / "mean.npy", np.asarray(data.mean, dtype=np.float32))
+        write_npy(run_dir / "std.npy", np.asarray(data.std, dtype=np.float32))
+    manifest = make_manifest("backbone", config, seed=config.seed, device=str(device),
+                             parents={"data": data.source, **(parents or {})},
+                             extra={"backbone": config.backbone, "status": "running",
+                                    "feature_dim": int(np.asarray(data.mean).shape[0])})
+    write_manifest(run_dir, manifest)
+
+    step = int(state["step"])
+    end = config.steps if stop_after is None else min(config.steps, stop_after)
+    bar = tqdm(total=config.steps, initial=step, disable=not progress, desc=f"pretrain {config.backbone}",
+               dynamic_ncols=True)
+    window: list[float] = list(state.get("window", []))
+    optimizer, current = None, None
+    started = time.perf_counter()
+    while step < end:
+        stage, s0, s1 = next(r for r in ranges if r[1] <= step < r[2])
+        if stage != current:
+            model.requires_grad_(False)
+            params = model.stage_parameters(stage)
+            for p in params:
+                p.requires_grad_(True)
+            optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+            if opt_tensors is not None and state.get("stage") == stage:  # resumed inside this stage
+                _restore_optimizer(optimizer, state, opt_tensors)
+            elif step == s0:
+                model.prepare_stage(stage, (_batches(data, config, device, s0 + k) for k in range(8)))
+            opt_tensors = None
+            current = stage
+        lr = learning_rate(config, step - s0, s1 - s0)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        model.train()
+        batch = _batches(data, config, device, step)
+        loss = model.loss(stage, batch, generator)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"pretrain: loss became {float(loss)} at step {step} (stage {stage})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], config.grad_clip)
+        optimizer.step()
+        step += 1
+        window.append(float(loss.detach()))
+        bar.update(1)
+        bar.set_postfix(stage=stage, loss=f"{window[-1]:.4f}", lr=f"{lr:.2e}")
+        if step % config.log_every == 0 or step == s1:
+            state["log"]["step"].append(step)
+            state["log"]["stage"].append(stage)
+            state["log"]["loss"].append(sum(window) / len(window))
+            window = []
+        if step % config.checkpoint_every == 0 or step == end:
+            state.update(step=step, stage=stage, lr=lr, window=window,
+                         elapsed=float(state.get("elapsed", 0.0)) + time.perf_counter() - started)
+            started = time.perf_counter()
+            save_checkpoint(run_dir, model, optimizer, generator, state)
+    bar.close()
+
+    done = step >= config.steps
+    metrics = {"steps": step, "complete": done, "log": state["log"],
+               "final_loss": state["log"]["loss"][-1] if state["log"]["loss"] else None,
+               "train_seconds": float(state.get("elapsed", 0.0))}
+    if done:
+        save_tensors(run_dir / WEIGHTS, model.state_dict())
+    write_json(run_dir / "metrics.json", metrics)
+    manifest["status"] = "complete" if done else "interrupted"
+    manifest["steps_done"] = step
+    write_manifest(run_dir, manifest)
+    return metrics
+
+
+def load_backbone(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[Backbone, PretrainConfig, dict]:
+    """A finished backbone run -> (model in eval mode, its config, its manifest)."""
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir, kind="backbone")
+    if manifest.get("status") != "complete" or not (run_dir / WEIGHTS).is_file():
+        raise UserError(f"{run_dir}: pretraining did not finish (status {manifest.get('status')}); "
+                        "continue it with `easytune pretrain --resume`")
+    config = config_from_dict(manifest["config"])
+    vocab = Vocabulary.load(run_dir / "vocab.json")
+    model = build_backbone(config, vocab)
+    model.load_state_dict(load_tensors(run_dir / WEIGHTS))
+    return model.to(device).eval(), config, manifest
+
+
+def config_dict(config: PretrainConfig) -> dict:
+    return config_to_dict(config)
