@@ -15,7 +15,7 @@ import tempfile
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -39,35 +39,24 @@ def ffmpeg_available() -> bool:
     return shutil.which("ffmpeg") is not None
 
 
-def write_gif(
+def skeleton_animation(
     motions: Sequence[Any],
-    captions: Sequence[str] | None,
-    out_path: str | Path,
-    fps: float = 20,
+    captions: Sequence[str] | None = None,
     follow: bool = False,
     trace: bool = True,
     title: str | None = None,
     chains: Sequence[Sequence[int]] | None = None,
     style: GifStyle = GifStyle(),
-) -> Path:
-    """Render motions side by side to ``out_path`` (``.gif``, or ``.mp4`` with ffmpeg), atomically.
+) -> tuple[Any, Callable[[int], None], int]:
+    """A matplotlib Figure (Agg canvas) of motions side by side, ``draw(k)`` posing frame k, and the frame count.
 
     ``follow`` re-centres each panel on its root every frame; ``trace`` draws the root's ground trajectory.
-    Shorter motions hold their last pose. Returns the path written.
+    Shorter motions hold their last pose.
     """
-    from matplotlib import animation
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
-    out_path = Path(out_path)
-    suffix = out_path.suffix.lower()
-    if suffix not in (".gif", ".mp4"):
-        raise UserError(f"--out {out_path}: must end in .gif or .mp4")
-    if suffix == ".mp4" and not ffmpeg_available():
-        raise UserError(f"--out {out_path}: .mp4 needs ffmpeg on PATH (not found); write a .gif instead")
-    if fps <= 0:
-        raise UserError(f"--fps: must be positive (got {fps})")
     if len(motions) == 0:
         raise UserError("motions: nothing to draw")
     captions = list(captions) if captions is not None else [""] * len(motions)
@@ -126,6 +115,36 @@ def write_gif(
                 ax.set_xlim(pose[0, 0] - half, pose[0, 0] + half)
                 ax.set_ylim(pose[0, 1] - half, pose[0, 1] + half)
 
+    draw(0)
+    return fig, draw, num_frames
+
+
+def write_gif(
+    motions: Sequence[Any],
+    captions: Sequence[str] | None,
+    out_path: str | Path,
+    fps: float = 20,
+    follow: bool = False,
+    trace: bool = True,
+    title: str | None = None,
+    chains: Sequence[Sequence[int]] | None = None,
+    style: GifStyle = GifStyle(),
+) -> Path:
+    """Render motions side by side to ``out_path`` (``.gif``, or ``.mp4`` with ffmpeg), atomically.
+
+    See :func:`skeleton_animation` for ``follow``/``trace``. Returns the path written.
+    """
+    from matplotlib import animation
+
+    out_path = Path(out_path)
+    suffix = out_path.suffix.lower()
+    if suffix not in (".gif", ".mp4"):
+        raise UserError(f"--out {out_path}: must end in .gif or .mp4")
+    if suffix == ".mp4" and not ffmpeg_available():
+        raise UserError(f"--out {out_path}: .mp4 needs ffmpeg on PATH (not found); write a .gif instead")
+    if fps <= 0:
+        raise UserError(f"--fps: must be positive (got {fps})")
+    fig, draw, num_frames = skeleton_animation(motions, captions, follow, trace, title, chains, style)
     writer = (animation.PillowWriter(fps=fps) if suffix == ".gif"
               else animation.FFMpegWriter(fps=fps, codec="libx264", extra_args=["-pix_fmt", "yuv420p"]))
     out_path.parent.mkdir(parents=True, exist_ok=True)
