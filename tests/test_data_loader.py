@@ -276,3 +276,16 @@ def test_eval_split_uses_the_train_vocabulary(tmp_path_factory):
     test = HumanMLDataset(root, "test", mode="eval")
     assert test.vocab == train.vocab and len(train.vocab) > 4
     assert not math.isnan(float(test[0].features.sum()))
+
+
+def test_torch_dataloader_batches_cover_the_split(tmp_path_factory):
+    from torch.utils.data import DataLoader
+
+    from easytune_lab.data.humanml import MotionBatch
+
+    ds = HumanMLDataset(small_dataset(tmp_path_factory), "val", mode="eval")
+    batches = list(DataLoader(ds, batch_size=5, shuffle=False, collate_fn=collate_motions))
+    assert all(isinstance(b, MotionBatch) for b in batches)
+    assert sum(len(b) for b in batches) == len(ds)
+    assert [n for b in batches for n in b.motion_ids] == [c.name for c in ds.clips]
+    assert all(int(b.mask.sum()) == int(b.lengths.sum()) for b in batches)
