@@ -166,3 +166,35 @@ def test_eval_rejects_non_generator_runs(smoke_run, tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path / "missing"), *args[1:]]) == 2
     assert main(["eval", "--model", "gt", "--multimodality", *args[1:]]) == 2
     assert "--multimodality" in capsys.readouterr().err
+
+
+def test_protocol_with_a_generator_and_multimodality(smoke_run):
+    from easytune_lab.eval.protocol import GroundTruth, ProtocolConfig, evaluate, generated_source
+
+    data, ev_dir = smoke_run
+    ev = load_evaluator(ev_dir)
+    gt = GroundTruth(data, "val", ev)
+    by_caption = {}
+    for motion in gt.dataset.clips:
+        by_caption.setdefault(motion.captions[0].text, motion.motion_id)
+    seen = []
+
+    def generate(texts, lengths, seed):
+        """A 'generator' that returns a real motion of the caption plus seed-dependent noise."""
+        seen.append((list(texts), seed))
+        rng = np.random.default_rng(seed)
+        out = []
+        for text, n in zip(texts, lengths):
+            feats = np.load(data / "new_joint_vecs" / f"{by_caption[text]}.npy")
+            reps = int(np.ceil(n / len(feats)))
+            base = np.concatenate([feats] * reps)[:n]
+            out.append(base + 0.5 * ev.std * rng.standard_normal(base.shape).astype(np.float32))
+        return out
+
+    config = ProtocolConfig(split="val", replications=2, mm_texts=5, mm_repeats=4, mm_times=3)
+    result = evaluate(ev, gt, generated_source(generate), config, mm_generate=generate)
+    assert seen[0][0] == gt.rows(0).captions  # rows are judged on the captions the generator received
+    assert seen[0][1] != seen[2][1]  # each replication samples with its own seed
+    assert result["multimodality"]["mean"] > 0
+    assert result["fid"]["mean"] > 0
+    assert result["r_precision_top3"]["mean"] > 3 / 32

@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..eval.evaluator import load_evaluator
     from ..eval.protocol import (BASELINES, GroundTruth, ProtocolConfig, evaluate, generator_source,
-                                 load_actions, noise_source, oracle_function, repeat_source)
+                                 generated_source, load_actions, noise_source, oracle_function,
+                                 repeat_source)
     from ..io import write_json
     from ..runs import make_manifest
     from ..runtime import resolve_device
@@ -45,10 +46,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     is_baseline = args.model in BASELINES
     if args.multimodality and is_baseline:
         raise UserError(f"--multimodality: needs a generator run (--model {args.model} has one motion per text)")
-    # resolve the generator before the (slow) evaluator and data loading, so a bad --model fails fast
-    generate = None if is_baseline else generator_source(args.model)
-
     device = resolve_device(args.device)
+    # resolve the generator before the (slow) evaluator and data loading, so a bad --model fails fast
+    generate = None if is_baseline else generator_source(args.model, device)
     ev = load_evaluator(args.evaluator, device)
     config = ProtocolConfig(split=args.split, replications=args.replications, multimodality=args.multimodality,
                             mm_texts=args.mm_texts, mm_repeats=args.mm_repeats, seed=args.seed,
@@ -61,7 +61,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     elif args.model == "repeat":
         source = repeat_source(gt)
     else:
-        source = lambda captions, lengths, rows: generate(captions, lengths)  # noqa: E731
+        source = generated_source(generate)
 
     actions = load_actions(args.data)
     oracle = oracle_function() if actions is not None else None

@@ -64,6 +64,7 @@ class EvalRows:
     pos_one_hot: torch.Tensor  # (N, L, 15)
     sent_lens: torch.Tensor  # (N,)
     lengths: np.ndarray  # (N,) ground-truth lengths (multiples of 4)
+    seed: int = 0  # the replication's seed (generators sample with it)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -94,7 +95,7 @@ class GroundTruth:
             token_ids=torch.stack([it.token_ids for it in items]),
             pos_one_hot=torch.stack([it.pos_one_hot for it in items]),
             sent_lens=torch.tensor([it.sent_len for it in items]),
-            lengths=np.array([it.length for it in items]))
+            lengths=np.array([it.length for it in items]), seed=replication_seed)
 
     def source(self) -> MotionSource:
         return lambda captions, lengths, rows: [self.motions[i] for i in rows.clip_index]
@@ -129,11 +130,14 @@ def repeat_source(gt: GroundTruth) -> MotionSource:
 # --------------------------------------------------------------------------------------------- generator runs
 
 
-def generator_source(run_dir: str | Path) -> Callable[[list[str], np.ndarray], Sequence[np.ndarray]]:
-    """The ``generate(run, texts, lengths)`` hook of the diffusion module for a generator run directory.
+Generator = Callable[[list[str], np.ndarray, int], Sequence[np.ndarray]]  # (texts, lengths, seed) -> raw features
 
-    The hook must return raw HumanML3D features, one (length_i, D) array per text. Raises UserError while the
-    hook is not available or ``run_dir`` is not a generator run.
+
+def generator_source(run_dir: str | Path, device: torch.device | str = "cpu") -> Generator:
+    """A generator run directory as ``(texts, lengths, seed) -> raw HumanML3D features`` (one array per text).
+
+    Uses the diffusion module's ``load_generator(run, device).generate(texts, lengths, seed)``. Raises UserError
+    when ``run_dir`` is not a run, is a run of a non-generating kind, or the diffusion module is unavailable.
     """
     from ..runs import read_manifest
 
@@ -144,12 +148,18 @@ def generator_source(run_dir: str | Path) -> Callable[[list[str], np.ndarray], S
         raise UserError(f"--model {run_dir}: is a '{kind}' run, not a generator (a backbone or fine-tuned run)")
     try:
         module = importlib.import_module("easytune_lab.diffusion.generate")
-        generate = getattr(module, "generate")
+        load_generator = getattr(module, "load_generator")
     except (ImportError, AttributeError):
         raise UserError(f"--model {run_dir}: evaluating generator runs needs "
-                        f"easytune_lab.diffusion.generate.generate(run, texts, lengths), which is not available yet "
+                        f"easytune_lab.diffusion.generate.load_generator, which is not available "
                         f"(use --model gt)") from None
-    return lambda texts, lengths: generate(run_dir, list(texts), [int(n) for n in lengths])
+    model = load_generator(run_dir, torch.device(device))
+    return lambda texts, lengths, seed: model.generate(list(texts), [int(n) for n in lengths], seed=int(seed))
+
+
+def generated_source(generate: Generator) -> MotionSource:
+    """A generator as a motion source: each row's caption and ground-truth length, the replication's seed."""
+    return lambda captions, lengths, rows: generate(captions, lengths, rows.seed)
 
 
 # ------------------------------------------------------------------------------------------------------ oracle
@@ -204,7 +214,7 @@ def replication_metrics(text_emb: np.ndarray, motion_emb: np.ndarray, gt_emb: np
 
 
 def evaluate(ev: LoadedEvaluator, gt: GroundTruth, source: MotionSource, config: ProtocolConfig,
-             mm_generate: Callable[[list[str], np.ndarray], Sequence[np.ndarray]] | None = None,
+             mm_generate: Generator | None = None,
              actions: dict | None = None, oracle=None, progress: bool = False) -> dict:
     """Run ``config.replications`` replications of the protocol on motions from ``source``.
 
@@ -232,7 +242,7 @@ def evaluate(ev: LoadedEvaluator, gt: GroundTruth, source: MotionSource, config:
             k = min(config.mm_texts, len(rows))
             texts = [c for c in rows.captions[:k] for _ in range(config.mm_repeats)]
             lengths = np.repeat(rows.lengths[:k], config.mm_repeats)
-            mm_motions = list(mm_generate(texts, lengths))
+            mm_motions = list(mm_generate(texts, lengths, rep_seed + 10**6))
             mm_emb = embed_motions(ev, mm_motions, lengths=[len(m) for m in mm_motions], normalised=False)
             mm_emb = mm_emb.reshape(k, config.mm_repeats, -1)
             values["multimodality"] = M.multimodality(mm_emb, times=min(config.mm_times, config.mm_repeats), rng=rng)
