@@ -289,3 +289,12 @@ def test_torch_dataloader_batches_cover_the_split(tmp_path_factory):
     assert sum(len(b) for b in batches) == len(ds)
     assert [n for b in batches for n in b.motion_ids] == [c.name for c in ds.clips]
     assert all(int(b.mask.sum()) == int(b.lengths.sum()) for b in batches)
+
+
+def test_default_vocabulary_is_the_same_for_every_split_even_with_dropped_motions(tmp_path):
+    root = write_random_dataset(tmp_path / "d", num_motions=10, seed=4, subclip_every=0)
+    write_npy(root / "new_joint_vecs" / "000000.npy", np.ones((30, 263), np.float32))   # dropped: too short
+    write_text(root / "texts" / "000000.txt", "a zebra trots.#a/DET zebra/NOUN trot/VERB#0.0#0.0\n")
+    train = HumanMLDataset(root, "train", mode="eval")
+    assert train.dropped_ids == ["000000"] and "zebra" in train.vocab
+    assert HumanMLDataset(root, "test", mode="eval").vocab == train.vocab

@@ -373,7 +373,7 @@ class HumanMLDataset(Dataset):
         self.normalised = normalise
 
         ids = read_split(self.root, split)
-        chunks, clips, offset, dropped = [], [], 0, []
+        chunks, clips, offset, dropped, all_captions = [], [], 0, [], []
         self._motion_offset: dict[str, int] = {}
         for motion_id in ids:
             if motion_id in self._motion_offset:
@@ -383,6 +383,7 @@ class HumanMLDataset(Dataset):
                 raise UserError(f"{path}: listed in {split}.txt but missing (run `easytune data check {self.root}`)")
             feats = read_features(path, dim=self.spec.dim)
             captions = parse_caption_file(text_path(self.root, motion_id))
+            all_captions.extend(captions)
             motion_clips_ = motion_clips(motion_id, feats.shape[0], captions, self.spec)
             if not motion_clips_:
                 dropped.append(motion_id)
@@ -398,9 +399,9 @@ class HumanMLDataset(Dataset):
         self.frames = ((frames - mean) / std).astype(np.float32) if normalise else frames
         self.clips: list[Clip] = clips
         self.dropped_ids: list[str] = dropped
+        # Without a given vocabulary: the words of every train caption (as build_vocabulary reads them).
         self.vocab = vocab if vocab is not None else (
-            Vocabulary.build(c for clip in clips for c in clip.captions) if split == "train"
-            else build_vocabulary(self.root, "train"))
+            Vocabulary.build(all_captions) if split == "train" else build_vocabulary(self.root, "train"))
 
     def __len__(self) -> int:
         return len(self.clips)
