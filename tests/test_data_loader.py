@@ -44,6 +44,8 @@ def test_real_fixture_loads_normalised_and_cropped(fixture_dir, fixture_root):
     feats, captions = read_motion(fixture_root, FIXTURE_ID)
     np.testing.assert_array_equal(feats, raw)
     assert captions == [c.split("#")[0] for c in THREE_CAPTIONS]
+    feats, captions = read_motion(fixture_dir, FIXTURE_ID)  # the bare fixture has no texts/
+    assert feats.shape == (170, 263) and captions == []
 
 
 def test_real_fixture_train_crop_is_a_unit_multiple_at_a_random_offset(fixture_dir, fixture_root):
