@@ -198,3 +198,12 @@ def test_protocol_with_a_generator_and_multimodality(smoke_run):
     assert result["multimodality"]["mean"] > 0
     assert result["fid"]["mean"] > 0
     assert result["r_precision_top3"]["mean"] > 3 / 32
+
+
+def test_embeds_the_real_humanml3d_sample(smoke_run, fixture_dir):
+    _, ev_dir = smoke_run
+    ev = load_evaluator(ev_dir)
+    feats = np.load(fixture_dir / "new_joint_vecs" / "012314.npy")  # (170, 263) raw HumanML3D features
+    emb = embed_motions(ev, [feats, feats[:120]], normalised=False)
+    assert emb.shape == (2, 512) and np.isfinite(emb).all()
+    assert not np.allclose(emb[0], emb[1])  # the length matters
