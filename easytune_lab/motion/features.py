@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .quaternion import is_torch, qbetween, qinv, qmul, qrot, quat_about_y, quat_to_cont6d, stack
+from .quaternion import cont6d_to_quat, is_torch, qbetween, qinv, qmul, qrot, quat_about_y, quat_to_cont6d, stack
 from .skeleton import Skeleton, facing_direction, forward_kinematics, get_skeleton, inverse_kinematics
 
 Array = Any  # np.ndarray | torch.Tensor
@@ -50,6 +50,7 @@ __all__ = [
     "uniform_skeleton",
     "recover_root_rot_pos",
     "recover_from_ric",
+    "recover_from_rot",
 ]
 
 
@@ -253,6 +254,12 @@ def recover_from_ric(features: Array, joints_num: int | None = None) -> Array:
         joints_num = joints_num_for_dim(dim)
     elif dim < 4 + 3 * (joints_num - 1):
         raise UserError(f"features: last dimension {dim} is too small for {joints_num} joints")
+    out_dtype = None
+    if not is_torch(features):
+        # numpy: integrate in float64 (a float32 running sum drifts), return the input's float dtype
+        features = np.asarray(features)
+        out_dtype = features.dtype if np.issubdtype(features.dtype, np.floating) else np.float64
+        features = features.astype(np.float64)
     r_rot_quat, r_pos = recover_root_rot_pos(features)
     ric = features[..., 4 : 4 + 3 * (joints_num - 1)]
     ric = ric.reshape(tuple(ric.shape[:-1]) + (joints_num - 1, 3))
@@ -263,4 +270,24 @@ def recover_from_ric(features: Array, joints_num: int | None = None) -> Array:
         inv = np.broadcast_to(inv, ric.shape[:-1] + (4,))
     world = qrot(inv, ric)
     offset = stack([r_pos[..., 0], r_pos[..., 0] * 0.0, r_pos[..., 2]], axis=-1)[..., None, :]
-    return _cat([r_pos[..., None, :], world + offset], axis=-2)
+    joints = _cat([r_pos[..., None, :], world + offset], axis=-2)
+    return joints if out_dtype is None else joints.astype(out_dtype)
+
+
+def recover_from_rot(features: Array, skeleton: Skeleton | str = "t2m") -> Array:
+    """Joint positions (..., T, J, 3) from the root block and the 6-D rotations (HumanML3D ``recover_from_rot``).
+
+    The root rotation is :func:`recover_root_rot_pos`'s facing quaternion, the other joints' local rotations
+    are the ``rot6d`` block, and :func:`~easytune_lab.motion.skeleton.forward_kinematics` places the bones
+    with the skeleton's target offsets. For features of skeleton-consistent motion this agrees with
+    :func:`recover_from_ric` (the two encode the same pose twice).
+    """
+    skel = get_skeleton(skeleton)
+    layout = feature_layout(skel.num_joints)
+    if features.shape[-1] != skel.feature_dim:
+        raise UserError(f"features: last dimension {features.shape[-1]} does not match {skel.name} ({skel.feature_dim})")
+    r_rot_quat, r_pos = recover_root_rot_pos(features)
+    d6 = features[..., layout["rot6d"]]
+    d6 = d6.reshape(tuple(d6.shape[:-1]) + (skel.num_joints - 1, 6))
+    quats = _cat([r_rot_quat[..., None, :], cont6d_to_quat(d6)], axis=-2)
+    return forward_kinematics(quats, r_pos, skel)
