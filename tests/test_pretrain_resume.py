@@ -95,3 +95,19 @@ def test_sample_command_writes_denormalised_features(tiny_data, tmp_path):
     main(["sample", "--run", str(run), "--text", "a person walks forward", "--text", "a person jumps",
           "--num", "2", "--length", "42", "--steps", "5", "--device", "cpu", "--out", str(again)])
     assert np.array_equal(np.load(again), x)  # same seed, same samples
+
+
+@pytest.mark.parametrize("stop", [4, 5])  # at the VAE -> denoiser boundary, and inside the denoiser stage
+def test_mld_resume_across_stages(tiny_data, tmp_path, stop):
+    common = ["pretrain", "--backbone", "mld", "--data", str(tiny_data), "--profile", "smoke", "--steps", "8",
+              "--checkpoint-every", "3", "--batch-size", "4", "--device", "cpu", "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "full")]) == 0
+    assert main([*common, "--out", str(tmp_path / "cut"), "--stop-after", str(stop)]) == 0
+    assert json.loads((tmp_path / "cut" / "checkpoint" / "state.json").read_text())["step"] == stop
+    assert main(["pretrain", "--backbone", "mld", "--data", str(tiny_data), "--out", str(tmp_path / "cut"),
+                 "--resume", "--device", "cpu", "--no-progress"]) == 0
+    a = load_tensors(tmp_path / "full" / "weights.safetensors")
+    b = load_tensors(tmp_path / "cut" / "weights.safetensors")
+    assert float(a["latent_scale"]) != 1.0  # measured when the denoiser stage began
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
