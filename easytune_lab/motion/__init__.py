@@ -12,14 +12,16 @@ from .features import (
     joints_to_features,
     process_joints,
     recover_from_ric,
+    recover_from_rot,
     recover_root_rot_pos,
 )
-from .skeleton import KIT, T2M, Skeleton, forward_kinematics, get_skeleton, inverse_kinematics
+from .skeleton import KIT, T2M, Skeleton, facing_direction, forward_kinematics, get_skeleton, inverse_kinematics
 
 __all__ = [
     "KIT",
     "T2M",
     "Skeleton",
+    "facing_direction",
     "forward_kinematics",
     "get_skeleton",
     "inverse_kinematics",
@@ -29,5 +31,6 @@ __all__ = [
     "joints_to_features",
     "process_joints",
     "recover_from_ric",
+    "recover_from_rot",
     "recover_root_rot_pos",
 ]

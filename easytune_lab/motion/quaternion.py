@@ -85,6 +85,15 @@ def _where(cond: Array, a: Array, b: Array) -> Array:
     return torch.where(cond, a, b) if is_torch(a) else np.where(cond, a, b)
 
 
+def _match(a: Array, b: Array) -> tuple[Array, Array]:
+    """Both operands as torch tensors (on the tensor's dtype/device) if either is one, else unchanged."""
+    if is_torch(a) and not is_torch(b):
+        return a, _like(b, a)
+    if is_torch(b) and not is_torch(a):
+        return _like(a, b), b
+    return a, b
+
+
 def _like(x: Array, ref: Array) -> Array:
     """``x`` converted to the kind (and for torch the dtype/device) of ``ref``."""
     if is_torch(ref):
@@ -107,9 +116,7 @@ def qnormalize(q: Array, eps: float = 1e-12) -> Array:
 
 def qmul(q: Array, r: Array) -> Array:
     """Hamilton product ``q r`` (apply ``r`` first, then ``q``), shapes broadcast over leading axes."""
-    if is_torch(q) != is_torch(r):
-        r = _like(r, q) if is_torch(q) else r
-        q = _like(q, r) if is_torch(r) else q
+    q, r = _match(q, r)
     w1, x1, y1, z1 = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
     w2, x2, y2, z2 = r[..., 0], r[..., 1], r[..., 2], r[..., 3]
     return stack(
@@ -125,15 +132,13 @@ def qmul(q: Array, r: Array) -> Array:
 
 def qinv(q: Array) -> Array:
     """Conjugate ``(w, -x, -y, -z)``: the inverse of a unit quaternion."""
-    sign = _like(np.array([1.0, -1.0, -1.0, -1.0]), q) if is_torch(q) else np.array([1.0, -1.0, -1.0, -1.0], dtype=q.dtype)
-    return q * sign
+    sign = np.array([1.0, -1.0, -1.0, -1.0])
+    return q * (_like(sign, q) if is_torch(q) else sign.astype(np.result_type(q, np.float32)))
 
 
 def qrot(q: Array, v: Array) -> Array:
     """Rotate vectors ``v`` (..., 3) by unit quaternions ``q`` (..., 4): ``v + 2 w (u×v) + 2 u×(u×v)``."""
-    if is_torch(q) != is_torch(v):
-        v = _like(v, q) if is_torch(q) else v
-        q = _like(q, v) if is_torch(v) else q
+    q, v = _match(q, v)
     u = q[..., 1:]
     w = q[..., :1]
     uv = cross(u, v)
@@ -148,9 +153,7 @@ def qbetween(v0: Array, v1: Array, eps: float = 1e-9) -> Array:
     vectors are opposite; there we return the half-turn about an axis perpendicular to ``v0``
     (any such axis is a valid answer), so the result is always a unit quaternion.
     """
-    if is_torch(v0) != is_torch(v1):
-        v1 = _like(v1, v0) if is_torch(v0) else v1
-        v0 = _like(v0, v1) if is_torch(v1) else v0
+    v0, v1 = _match(v0, v1)
     if is_torch(v0):
         v0, v1 = torch.broadcast_tensors(v0, v1)
     else:
@@ -160,8 +163,8 @@ def qbetween(v0: Array, v1: Array, eps: float = 1e-9) -> Array:
     c = cross(v0, v1)
     q = stack([w[..., 0], c[..., 0], c[..., 1], c[..., 2]], axis=-1)
     # opposite vectors: half-turn about (v0 × x̂) or, if v0 ∥ x̂, (v0 × ŷ)
-    ex = _like(np.array([1.0, 0.0, 0.0]), v0) if is_torch(v0) else np.array([1.0, 0.0, 0.0])
-    ey = _like(np.array([0.0, 1.0, 0.0]), v0) if is_torch(v0) else np.array([0.0, 1.0, 0.0])
+    ex = _like(np.array([1.0, 0.0, 0.0]), v0)
+    ey = _like(np.array([0.0, 1.0, 0.0]), v0)
     a1 = cross(v0, ex)
     a2 = cross(v0, ey)
     axis = _where(norm(a1) > 1e-6 * norm(v0), a1, a2)

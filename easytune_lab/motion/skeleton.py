@@ -4,10 +4,12 @@ Facts follow HumanML3D's ``paramUtil.py`` and ``common/skeleton.py`` (Guo et al.
 kinematic chains, unit "raw offset" directions of every bone in the rest pose, face joints and foot joints.
 
 Rest pose
-    With all-identity rotations a bone points along its raw offset: +Y is up, the body faces +Z
-    (t2m: the left hip is at +X), legs point down (-Y), the spine points up (+Y), the collar bones point
-    sideways (±X) and, as in HumanML3D's ``t2m_raw_offsets``, shoulder→elbow→wrist point *down* (-Y):
-    the rest pose has the arms hanging, not a T-pose. The feet point forward (+Z).
+    With all-identity rotations a bone points along its raw offset: +Y is up, legs point down (-Y), the
+    spine points up (+Y), the hips and collar bones point sideways (±X), the feet and the t2m head point
+    forward (+Z) and, as in HumanML3D's raw offsets, shoulder→elbow→wrist point *down* (-Y): the rest
+    pose has the arms hanging, not a T-pose. The t2m rest pose faces +Z (left hip at +X). KIT's raw
+    offsets put the joints HumanML3D uses as the right hip/shoulder (11, 5) at +X, so by HumanML3D's own
+    facing rule the KIT rest pose faces -Z; processing rotates every clip to face +Z anyway.
 
 Rotation convention (HumanML3D's own, used by ``forward_kinematics_np`` / ``inverse_kinematics_np``)
     Quaternion 0 is the *global* root rotation. Each kinematic chain starts from the root rotation again
