@@ -200,3 +200,22 @@ def test_cli_user_errors(tmp_path, capsys):
     assert main(["reward", "train", "--data", str(data), "--profile", "smoke", "--out", str(tmp_path / "r"),
                  "--text-model", str(tmp_path / "no-model")]) == 2
     assert "--text-model" in capsys.readouterr().err
+
+
+def test_cli_smoke_study_writes_summaries(tmp_path):
+    data = write_toy_dataset(tmp_path / "data", n=90)
+    results = tmp_path / "results"
+    assert main(["reward", "study", "--data", str(data), "--profile", "smoke", "--runs", str(tmp_path / "runs"),
+                 "--results", str(results), "--seeds", "0", "1", "--noise-seeds", "0", "--device", "cpu"]) == 0
+    spl = json.loads((results / "spl.json").read_text())
+    runs = json.loads((results / "runs.json").read_text())
+    before = [runs["spl"][s]["before"]["t=0"]["all"]["t2m"]["R@1"] for s in ("0", "1")]
+    assert spl["all"]["before"]["values"] == before
+    assert spl["all"]["before"]["mean"] == pytest.approx(sum(before) / 2)
+    assert spl["all"]["spl_minus_control"]["values"] == pytest.approx(
+        [runs["spl"][s]["retrieval"]["t=0"]["all"]["t2m"]["R@1"]
+         - runs["control"][s]["retrieval"]["t=0"]["all"]["t2m"]["R@1"] for s in ("0", "1")])
+    noise = json.loads((results / "noise_aware.json").read_text())
+    assert noise["timesteps"] == [0, 500]
+    assert set(noise["batch32"]["t=500"]) == {"plain", "noise_aware"}
+    assert runs["control"]["0"]["spl"]["weight"] == 0.0

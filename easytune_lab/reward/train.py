@@ -175,7 +175,7 @@ def _run_epochs(reward: Reward, train, train_idx, cfg: RewardTrainConfig, device
             sums["batches"] += 1
         nb = max(1, sums["batches"])
         row = {"epoch": epoch + 1, "loss": sums["loss"] / nb, "infonce": sums["nce"] / nb,
-               "logit_scale": float(reward.logit_scale()), "seconds": time.perf_counter() - start}
+               "logit_scale": float(reward.logit_scale().detach()), "seconds": time.perf_counter() - start}
         if spl is not None:
             row.update({"spl_loss": sums["spl"] / nb, "mined_pairs": sums["pairs"],
                         "texts_seen": sums["batches"] * batch_size})

@@ -1,0 +1,192 @@
+"""Reward runs end to end (what ``easytune reward train|spl|study`` call): train, refine, evaluate, write.
+
+A run directory holds ``manifest.json``, ``weights.safetensors``, ``vocab.json`` and ``metrics.json``.
+:func:`study` is the quick-profile experiment behind ``results/reward/``: plain reward vs SPL vs a no-SPL
+control (same extra epochs) over several seeds, and plain vs noise-aware reward across noise levels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ..errors import UserError
+
+
+def _prepare(data: Path, out: Path, profile: str, device: str, seed: int):
+    import torch
+
+    from ..runtime import check_profile, default_threads, resolve_device, seed_everything
+
+    check_profile(profile)
+    if not Path(data).is_dir():
+        raise UserError(f"--data {data}: dataset directory not found")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out {out}: exists and is not an empty directory")
+    dev = resolve_device(device)
+    torch.set_num_threads(default_threads())
+    seed_everything(seed)
+    return dev
+
+
+def _write_run(out: Path, kind: str, config, reward, metrics: dict, seed: int, device, parents=None) -> None:
+    from ..io import write_json
+    from ..runs import make_manifest, write_manifest
+    from .retrieval import save_reward
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_reward(reward, out)
+    write_json(out / "metrics.json", metrics)
+    write_manifest(out, make_manifest(kind, config, seed=seed, device=str(device), parents=parents))
+
+
+def headline(retrieval: dict) -> str:
+    clean = retrieval["t=0"]
+    return (f"test t2m R@1 {clean['all']['t2m']['R@1']:.1f}% (all {clean['all']['n']}), "
+            f"{clean['batch32']['t2m']['R@1']:.1f}% (batch 32); m2t R@1 {clean['all']['m2t']['R@1']:.1f}%")
+
+
+def train_run(data: Path, out: Path, profile: str = "quick", seed: int = 0, device: str = "auto",
+              noise_aware: bool = False, epochs: int | None = None, schedule: str | None = None,
+              text_model: Path | None = None, log: Callable[[str], None] = print) -> dict:
+    """``easytune reward train``: returns the run's metrics (also in ``out/metrics.json``)."""
+    from .train import evaluate_reward, load_splits, profile_configs, train_reward
+
+    data, out = Path(data), Path(out)
+    dev = _prepare(data, out, profile, device, seed)
+    cfg, _ = profile_configs(profile, noise_aware=noise_aware)
+    if epochs is not None:
+        if epochs < 1:
+            raise UserError(f"--epochs: must be at least 1 (got {epochs})")
+        cfg.epochs = epochs
+    if schedule is not None:
+        cfg.model = dataclasses.replace(cfg.model, schedule=schedule)
+    if text_model is not None:
+        if not Path(text_model).is_dir():
+            raise UserError(f"--text-model {text_model}: local model directory not found (models are never downloaded)")
+        cfg.model = dataclasses.replace(cfg.model, text_model_path=str(Path(text_model).resolve()))
+    train, test, train_idx, test_idx = load_splits(data, cfg.max_train_items, cfg.max_test_items, seed)
+    start = time.perf_counter()
+    reward, history = train_reward(train, train_idx, cfg, dev, log=log)
+    seconds = time.perf_counter() - start
+    retrieval = evaluate_reward(reward, test, test_idx, dev, cfg.eval_timesteps, cfg.eval_batch, seed=0)
+    metrics = {"profile": profile, "noise_aware": cfg.model.noise_aware, "train_seconds": seconds,
+               "train_items": len(train_idx), "test_items": len(test_idx), "history": history,
+               "retrieval": retrieval}
+    _write_run(out, "reward", {"profile": profile, "data": str(data.resolve()), "train": cfg, "model": cfg.model},
+               reward, metrics, seed, dev)
+    log(f"reward trained in {seconds:.0f} s; {headline(retrieval)}; wrote {out}")
+    return metrics
+
+
+def spl_run(reward_dir: Path, data: Path, out: Path, profile: str = "quick", seed: int = 0, device: str = "auto",
+            k: int | None = None, weight: float | None = None, epochs: int | None = None,
+            log: Callable[[str], None] = print) -> dict:
+    """``easytune reward spl``: refine a reward run; ``weight=0`` is the no-SPL control (same extra epochs)."""
+    from .retrieval import load_reward
+    from .train import evaluate_reward, load_splits, profile_configs, refine_spl
+
+    reward_dir, data, out = Path(reward_dir), Path(data), Path(out)
+    dev = _prepare(data, out, profile, device, seed)
+    reward = load_reward(reward_dir, dev)
+    cfg, spl = profile_configs(profile, noise_aware=reward.cfg.noise_aware)
+    cfg.model = reward.cfg
+    if k is not None:
+        if k < 1:
+            raise UserError(f"--k: must be at least 1 (got {k})")
+        spl.k = k
+    if weight is not None:
+        if weight < 0:
+            raise UserError(f"--spl-weight: must be >= 0 (got {weight})")
+        spl.weight = weight
+    if epochs is not None:
+        if epochs < 1:
+            raise UserError(f"--epochs: must be at least 1 (got {epochs})")
+        spl.epochs = epochs
+    train, test, train_idx, test_idx = load_splits(data, cfg.max_train_items, cfg.max_test_items, seed)
+    before = evaluate_reward(reward, test, test_idx, dev, (0,), cfg.eval_batch, seed=0)
+    start = time.perf_counter()
+    history = refine_spl(reward, train, train_idx, cfg, spl, dev, log=log)
+    seconds = time.perf_counter() - start
+    after = evaluate_reward(reward, test, test_idx, dev, cfg.eval_timesteps, cfg.eval_batch, seed=0)
+    metrics = {"profile": profile, "spl": dataclasses.asdict(spl), "train_seconds": seconds,
+               "mined_pairs_per_epoch": [row["mined_pairs"] for row in history], "history": history,
+               "before": before, "retrieval": after}
+    _write_run(out, "reward-spl", {"profile": profile, "data": str(data.resolve()), "train": cfg,
+                                   "model": cfg.model, "spl": spl},
+               reward, metrics, seed, dev, parents={"reward": str(reward_dir.resolve())})
+    log(f"SPL ({spl.epochs} epochs, weight {spl.weight}, k {spl.k}; mined pairs per epoch "
+        f"{metrics['mined_pairs_per_epoch']}): before {headline(before)}; after {headline(after)}; wrote {out}")
+    return metrics
+
+
+def _mean_sd(values: Sequence[float]) -> dict:
+    values = [float(v) for v in values]
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values), "values": values}
+
+
+def _r1(retrieval: dict, t: int = 0, protocol: str = "all", direction: str = "t2m") -> float:
+    return retrieval[f"t={t}"][protocol][direction]["R@1"]
+
+
+def study(data: Path, runs_dir: Path, results_dir: Path, profile: str = "quick", seeds: Sequence[int] = (0, 1, 2),
+          noise_seeds: Sequence[int] = (0,), device: str = "auto", log: Callable[[str], None] = print) -> dict:
+    """The reward experiments: per seed a plain reward, SPL on it and the no-SPL control; noise-aware rewards.
+
+    Writes ``results_dir/spl.json`` (test text→motion R@1 before / after SPL / after control, mean and spread
+    over seeds), ``results_dir/noise_aware.json`` (batch-of-32 and all-test R@1 at each noise level, plain vs
+    noise-aware) and ``results_dir/runs.json`` (each run's metrics file).
+    """
+    from ..io import write_json
+
+    runs_dir, results_dir = Path(runs_dir), Path(results_dir)
+    plain, spl, control, aware = {}, {}, {}, {}
+    for seed in seeds:
+        base = runs_dir / f"plain-s{seed}"
+        plain[seed] = train_run(data, base, profile, seed, device, log=log)
+        spl[seed] = spl_run(base, data, runs_dir / f"spl-s{seed}", profile, seed, device, log=log)
+        control[seed] = spl_run(base, data, runs_dir / f"control-s{seed}", profile, seed, device, weight=0.0, log=log)
+    for seed in noise_seeds:
+        aware[seed] = train_run(data, runs_dir / f"noise-aware-s{seed}", profile, seed, device, noise_aware=True, log=log)
+
+    spl_summary = {"profile": profile, "seeds": list(seeds), "metric": "test-split text->motion R@1 (%)"}
+    for protocol in ("all", "batch32"):
+        spl_summary[protocol] = {
+            "before": _mean_sd([_r1(spl[s]["before"], protocol=protocol) for s in seeds]),
+            "after_spl": _mean_sd([_r1(spl[s]["retrieval"], protocol=protocol) for s in seeds]),
+            "after_control_no_spl": _mean_sd([_r1(control[s]["retrieval"], protocol=protocol) for s in seeds]),
+            "spl_minus_before": _mean_sd([_r1(spl[s]["retrieval"], protocol=protocol)
+                                          - _r1(spl[s]["before"], protocol=protocol) for s in seeds]),
+            "spl_minus_control": _mean_sd([_r1(spl[s]["retrieval"], protocol=protocol)
+                                           - _r1(control[s]["retrieval"], protocol=protocol) for s in seeds]),
+        }
+    spl_summary["m2t_all"] = {
+        "before": _mean_sd([_r1(spl[s]["before"], direction="m2t") for s in seeds]),
+        "after_spl": _mean_sd([_r1(spl[s]["retrieval"], direction="m2t") for s in seeds]),
+        "after_control_no_spl": _mean_sd([_r1(control[s]["retrieval"], direction="m2t") for s in seeds])}
+    spl_summary["mined_pairs_per_epoch"] = {str(s): spl[s]["mined_pairs_per_epoch"] for s in seeds}
+    spl_summary["spl_config"] = spl[seeds[0]]["spl"]
+    spl_summary["seconds"] = {"train_plain": [plain[s]["train_seconds"] for s in seeds],
+                              "spl": [spl[s]["train_seconds"] for s in seeds],
+                              "control": [control[s]["train_seconds"] for s in seeds]}
+
+    timesteps = [int(k.split("=")[1]) for k in plain[seeds[0]]["retrieval"]]
+    noise_summary = {"profile": profile, "plain_seeds": list(seeds), "noise_aware_seeds": list(noise_seeds),
+                     "metric": "test-split text->motion R@1 (%) on motions noised to level t (fixed noise)",
+                     "timesteps": timesteps}
+    for protocol in ("batch32", "all"):
+        noise_summary[protocol] = {
+            f"t={t}": {"plain": _mean_sd([_r1(plain[s]["retrieval"], t, protocol) for s in seeds]),
+                       "noise_aware": _mean_sd([_r1(aware[s]["retrieval"], t, protocol) for s in noise_seeds])}
+            for t in timesteps}
+    noise_summary["seconds"] = {"train_noise_aware": [aware[s]["train_seconds"] for s in noise_seeds]}
+
+    results_dir.mkdir(parents=True, exist_ok=True)
+    write_json(results_dir / "spl.json", spl_summary)
+    write_json(results_dir / "noise_aware.json", noise_summary)
+    write_json(results_dir / "runs.json", {"plain": plain, "spl": spl, "control": control, "noise_aware": aware})
+    return {"spl": spl_summary, "noise_aware": noise_summary}
