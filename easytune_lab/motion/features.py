@@ -142,6 +142,12 @@ def process_joints(joints: np.ndarray, skeleton: Skeleton | str = "t2m", feet_th
     root rotation r_t = that IK's root quaternion; then the blocks of :func:`feature_layout`.
 
     ``feet_threshold`` is in squared units of the positions per frame (HumanML3D: 0.002 m² for t2m).
+    KIT-ML positions are in millimetres, so a KIT caller must scale it (0.002 m² is 2000 mm²); the
+    default is left at the t2m value.
+
+    One deliberate difference from HumanML3D: the frame-to-frame root quaternion is taken with w >= 0
+    before ``arcsin(y)``, so the stored angular velocity keeps its sign when the facing crosses ±180°
+    (HumanML3D's flips there); everywhere else the two are identical.
     """
     skel = get_skeleton(skeleton)
     if is_torch(joints):
