@@ -395,8 +395,11 @@ class HumanMLDataset(Dataset):
         if not clips:
             raise UserError(f"{self.root / (split + '.txt')}: no motion has a clip in "
                             f"[{self.spec.min_len}, {self.spec.max_len}) frames")
-        frames = np.concatenate(chunks, axis=0)
-        self.frames = ((frames - mean) / std).astype(np.float32) if normalise else frames
+        frames = np.concatenate(chunks, axis=0)  # a fresh array: normalise in place, one copy in memory
+        if normalise:
+            frames -= mean
+            frames /= std
+        self.frames: np.ndarray = frames
         self.clips: list[Clip] = clips
         self.dropped_ids: list[str] = dropped
         # Without a given vocabulary: the words of every train caption (as build_vocabulary reads them).
