@@ -97,3 +97,31 @@ def test_pretrained_text_encoder_is_local_only(tmp_path):
         TextConditioner(TextEncoderConfig(kind="pretrained", pretrained_path=str(tmp_path)), VOCAB)
     with pytest.raises(UserError, match="unknown kind"):
         TextConditioner(TextEncoderConfig(kind="clip"), VOCAB)
+
+
+def _lcm():
+    from easytune_lab.diffusion.consistency import LCMBackbone, lcm_profile
+
+    torch.manual_seed(0)
+    config = lcm_profile("smoke", 12).model
+    config.mld = mld_profile("smoke", 12).model
+    return LCMBackbone(config, VOCAB).eval()
+
+
+def test_lcm_consistency_boundary_grid_and_ema():
+    model = _lcm()
+    assert model.grid()[:2] == [19, 39] and model.grid()[-1] == 999 and len(model.grid()) == 50
+    cond = model.condition(CAPTIONS[:2], [8, 4])
+    z = torch.randn(2, 1, 16)
+    with torch.no_grad():
+        assert torch.equal(model.consistency(model.student, z, torch.tensor([-1, -1]), cond), z)  # f(z, 0) = z
+    with torch.no_grad():
+        for p in model.student.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in model.target.parameters()]
+    model.after_step("distill")
+    for b, p_t, p in zip(before, model.target.parameters(), model.student.parameters()):
+        assert torch.allclose(p_t, 0.95 * b + 0.05 * p, atol=1e-6)
+    params = {id(p) for p in model.stage_parameters("distill")}
+    assert params == {id(p) for p in model.student.parameters()}
+    assert not any(p.requires_grad for p in model.teacher.parameters())

@@ -111,3 +111,27 @@ def test_mld_resume_across_stages(tiny_data, tmp_path, stop):
     assert float(a["latent_scale"]) != 1.0  # measured when the denoiser stage began
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_lcm_distillation_resumes_exactly_and_samples_in_few_steps(tiny_data, tmp_path):
+    teacher = tmp_path / "mld"
+    assert main(["pretrain", "--backbone", "mld", "--data", str(tiny_data), "--steps", "4", "--batch-size", "4",
+                 "--device", "cpu", "--no-progress", "--out", str(teacher)]) == 0
+    common = ["pretrain", "--backbone", "lcm", "--teacher", str(teacher), "--data", str(tiny_data), "--steps", "4",
+              "--checkpoint-every", "2", "--batch-size", "4", "--device", "cpu", "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "full")]) == 0
+    assert main([*common, "--out", str(tmp_path / "cut"), "--stop-after", "2"]) == 0
+    assert main([*common[:5], "--data", str(tiny_data), "--out", str(tmp_path / "cut"), "--resume",
+                 "--device", "cpu", "--no-progress"]) == 0
+    a = load_tensors(tmp_path / "full" / "weights.safetensors")
+    b = load_tensors(tmp_path / "cut" / "weights.safetensors")
+    t = load_tensors(teacher / "weights.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert torch.equal(a["teacher.out.weight"], t["denoiser.out.weight"])        # the teacher stays frozen
+    assert not torch.equal(a["student.out.weight"], t["denoiser.out.weight"])    # the student moved
+    for steps in ("1", "2", "4"):
+        out = tmp_path / f"s{steps}.npy"
+        assert main(["sample", "--run", str(tmp_path / "full"), "--text", "a person waves", "--length", "40",
+                     "--steps", steps, "--device", "cpu", "--out", str(out)]) == 0
+        assert np.load(out).shape == (1, 40, 263)

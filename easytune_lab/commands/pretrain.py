@@ -82,10 +82,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             config.teacher = str(args.teacher)
     parents, init = {}, None
     if config.backbone == "lcm":
-        from ..diffusion.consistency import teacher_init
+        from ..diffusion.consistency import teacher_setup
 
         parents["teacher"] = config.teacher
-        init = teacher_init(config, data)
+        init = teacher_setup(config, data)
     metrics = pretrain(config, data, args.out, resume=args.resume, stop_after=args.stop_after, device=device,
                        progress=not args.no_progress, parents=parents, init=init)
     state = "finished" if metrics["complete"] else "stopped (resume with --resume)"

@@ -128,6 +128,9 @@ class Backbone(nn.Module):
     def loss(self, stage: str, batch, generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
 
+    def after_step(self, stage: str) -> None:
+        """Hook run after every optimiser step (e.g. the EMA target of consistency distillation)."""
+
     def prepare_stage(self, stage: str, batches) -> None:
         """Hook run once when a stage starts (e.g. measuring the latent scale); ``batches`` yields batches."""
 

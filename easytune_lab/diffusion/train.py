@@ -334,6 +334,7 @@ def pretrain(config: PretrainConfig, data: PretrainData, run_dir: str | Path, *,
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], config.grad_clip)
         optimizer.step()
+        model.after_step(stage)
         step += 1
         window.append(float(loss.detach()))
         bar.update(1)
