@@ -117,7 +117,8 @@ def cmd_bvh(args: argparse.Namespace) -> int:
     motions, _ = load_motions(args)
     skeleton = args.skeleton or _infer_skeleton(motions[0])
     motion = write_bvh(motions[0], args.out, skeleton=skeleton, fps=args.fps, source=args.source, scale=args.scale)
-    print(f"wrote {args.out} ({motion.num_frames} frames, {len(motion.joints)} joints, {skeleton})")
+    print(f"wrote {args.out} ({motion.num_frames} frames, {len(motion.joints)} joints, {skeleton}; "
+          f"largest joint position error {motion.fit_error:.2g})")
     return 0
 
 

@@ -59,6 +59,9 @@ class BvhMotion:
     frame_time: float
     values: np.ndarray  # (T, total channels), in the order the channels appear in the hierarchy
     channel_index: list[slice] = field(default_factory=list)  # per joint, its columns in ``values``
+    # Largest |FK(BVH) - input joints| when built from joint positions (0 for a rigid skeleton up to rounding;
+    # bones that stretch, or pelvis/chest bones that move relative to each other, cannot be reproduced).
+    fit_error: float | None = None
 
     def __post_init__(self) -> None:
         if not self.channel_index:
@@ -239,7 +242,10 @@ def joints_to_bvh(
             columns.append(joints[:, j])
         columns.append(euler)
     values = np.concatenate(columns, axis=1)
-    return BvhMotion(bvh_joints, 1.0 / fps, values)
+    motion = BvhMotion(bvh_joints, 1.0 / fps, values)
+    fitted = bvh_forward_kinematics(motion)[:, [index[j] for j in range(num)]]
+    motion.fit_error = float(np.abs(fitted - joints).max())
+    return motion
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -262,8 +262,9 @@ def figure_dict(
                                "transition": {"duration": 0}}]},
         ],
     }]
+    slider_x = min(0.5, 170.0 / layout["width"])  # right of the Play/Pause buttons (about 160 px wide)
     layout["sliders"] = [{
-        "active": 0, "x": 0.15, "len": 0.85, "y": 0.0, "yanchor": "top", "pad": {"t": 10},
+        "active": 0, "x": slider_x, "len": 1.0 - slider_x, "y": 0.0, "yanchor": "top", "pad": {"t": 10},
         "currentvalue": {"prefix": "frame ", "suffix": f" / {num_frames - 1} ({fps:g} fps)"},
         "steps": [{"label": str(k), "method": "animate",
                    "args": [[str(k)], {"frame": {"duration": 0, "redraw": True}, "mode": "immediate",
@@ -351,6 +352,16 @@ def demo_joints(num_frames: int = 196, seed: int = 0, skeleton: str = "t2m") -> 
     for j in range(1, skel.num_joints):
         amp = rng.uniform(0.05, 0.5)
         angles[:, j, rng.integers(0, 3)] = amp * np.sin(2 * np.pi * rng.uniform(0.3, 1.2) * t + rng.uniform(0, 6.3))
+    parents = np.asarray(skel.parents)
+    branching = [j for j in range(1, skel.num_joints) if np.sum(parents == parents[j]) > 1]
+    # Keep the pelvis and chest rigid, as in real data: chains restart from the root rotation in T2M forward
+    # kinematics, so bones leaving a branching joint, and the spine up to the chest, stay unrotated here.
+    stiff = set(branching)
+    for b in [j for j in range(1, skel.num_joints) if np.sum(parents == j) > 1]:
+        while b > 0:
+            stiff.add(b)
+            b = int(parents[b])
+    angles[:, sorted(stiff)] = 0.0
     angles[:, 0, 1] = 0.3 * t  # slow turn of the whole body about the vertical axis
     half = np.linalg.norm(angles, axis=-1, keepdims=True) / 2
     axis = angles / np.maximum(2 * half, 1e-12)
