@@ -209,3 +209,37 @@ def test_headless_browser_draws_the_skeleton_and_animates(tmp_path: Path, fixtur
     after = {tuple(p) for p in moved}
     changed = len(before ^ after) / len(before | after)
     assert changed > 0.3, f"only {changed:.0%} of the skeleton's pixels changed between frames 0 and 150"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Claim-figure helpers
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_mean_ci_is_the_student_t_interval():
+    from easytune_lab.viz.plots import mean_ci
+
+    mean, lo, hi = mean_ci([[1.0, 10.0], [2.0, 10.0], [3.0, 10.0]])
+    np.testing.assert_allclose(mean, [2.0, 10.0])
+    np.testing.assert_allclose(hi - mean, [4.302653 / np.sqrt(3), 0.0], atol=1e-5)  # t_{0.975, 2} * s / sqrt(n)
+    np.testing.assert_allclose(mean - lo, hi - mean)
+    one = mean_ci([[5.0, 6.0]])
+    np.testing.assert_allclose(one[1], one[2])
+
+
+def test_plots_are_written_as_png(tmp_path: Path):
+    from PIL import Image
+
+    from easytune_lab.viz.plots import Series, bar_chart, line_plot
+
+    samples = np.arange(15, dtype=float).reshape(3, 5) + np.array([[0.0], [1.0], [2.0]])
+    line = line_plot([Series.from_samples("a", [1, 2, 3, 4, 5], samples)], tmp_path / "l.png", xlabel="steps")
+    assert len(line.axes[0].collections) == 1  # the CI band
+    bars = bar_chart(["x", "y"], [1.0, 2.0], tmp_path / "b.png", errors=[0.1, 0.2], highlight=["y"])
+    heights = [p.get_height() for p in bars.axes[0].patches]
+    assert heights == [1.0, 2.0]
+    for name in ("l.png", "b.png"):
+        with Image.open(tmp_path / name) as im:
+            assert im.format == "PNG" and np.asarray(im.convert("L")).std() > 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.png", "l.png"]
+    with pytest.raises(UserError, match="png"):
+        bar_chart(["x"], [1.0], tmp_path / "b.jpg")

@@ -1,0 +1,137 @@
+"""Small matplotlib helpers for the claim figures: line plots with confidence bands and bar charts, saved as PNG.
+
+No pyplot state is used (figures are ``matplotlib.figure.Figure`` with an Agg canvas), so the helpers work the
+same in scripts, tests and notebooks; every PNG is written atomically (``easytune_lab.io.atomic_path``).
+Confidence intervals over seeds are Student-t intervals of the mean: ``mean +- t_{(1+level)/2, n-1} * s / sqrt(n)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import UserError
+from ..io import atomic_path
+
+
+@dataclass
+class Series:
+    """One line: ``y`` over ``x`` with an optional band ``[lo, hi]`` (e.g. a 95% CI), or seeds to summarise."""
+
+    label: str
+    x: Sequence[float]
+    y: Sequence[float]
+    lo: Sequence[float] | None = None
+    hi: Sequence[float] | None = None
+
+    @classmethod
+    def from_samples(cls, label: str, x: Sequence[float], samples: Any, level: float = 0.95) -> "Series":
+        """Mean over the first axis of ``samples`` (seeds, len(x)) with its Student-t confidence band."""
+        mean, lo, hi = mean_ci(samples, level=level)
+        return cls(label, list(x), mean.tolist(), lo.tolist(), hi.tolist())
+
+
+def mean_ci(samples: Any, level: float = 0.95, axis: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and Student-t confidence interval of the mean along ``axis`` (a single sample gives a zero-width band)."""
+    from scipy import stats
+
+    arr = np.asarray(samples, dtype=np.float64)
+    if not 0 < level < 1:
+        raise UserError(f"level: must be in (0, 1) (got {level})")
+    n = arr.shape[axis]
+    mean = arr.mean(axis=axis)
+    if n < 2:
+        return mean, mean.copy(), mean.copy()
+    half = stats.t.ppf((1 + level) / 2, n - 1) * arr.std(axis=axis, ddof=1) / np.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def _new_figure(size: tuple[float, float]):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_png(fig: Any, out_path: str | Path, dpi: int = 120) -> Path:
+    """Save a matplotlib figure as PNG atomically; returns the path."""
+    out_path = Path(out_path)
+    if out_path.suffix.lower() != ".png":
+        raise UserError(f"{out_path}: must end in .png")
+    with atomic_path(out_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    return out_path
+
+
+def line_plot(
+    series: Sequence[Series],
+    out_path: str | Path | None = None,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    logx: bool = False,
+    logy: bool = False,
+    size: tuple[float, float] = (5.0, 3.5),
+):
+    """Lines with shaded bands (where ``lo``/``hi`` are given); saved to ``out_path`` if given. Returns the Figure."""
+    if not series:
+        raise UserError("series: nothing to plot")
+    fig = _new_figure(size)
+    ax = fig.add_subplot()
+    for s in series:
+        x, y = np.asarray(s.x, dtype=float), np.asarray(s.y, dtype=float)
+        if x.shape != y.shape:
+            raise UserError(f"series '{s.label}': x has {x.size} points, y has {y.size}")
+        (line,) = ax.plot(x, y, marker="o", ms=3, label=s.label)
+        if s.lo is not None and s.hi is not None:
+            ax.fill_between(x, np.asarray(s.lo, float), np.asarray(s.hi, float), color=line.get_color(), alpha=0.2,
+                            linewidth=0)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    if any(s.label for s in series):
+        ax.legend(fontsize=8)
+    if out_path is not None:
+        save_png(fig, out_path)
+    return fig
+
+
+def bar_chart(
+    labels: Sequence[str],
+    values: Sequence[float],
+    out_path: str | Path | None = None,
+    errors: Any = None,
+    title: str = "",
+    ylabel: str = "",
+    highlight: Sequence[str] = (),
+    size: tuple[float, float] = (5.0, 3.5),
+    annotate: bool = True,
+):
+    """Bars with optional error bars (``errors``: symmetric (n,) or (2, n) lower/upper distances).
+
+    Bars named in ``highlight`` are drawn in a second colour (e.g. the paper's method). Returns the Figure.
+    """
+    values = np.asarray(values, dtype=float)
+    if len(labels) != len(values) or len(values) == 0:
+        raise UserError(f"bar_chart: {len(labels)} labels for {len(values)} values")
+    fig = _new_figure(size)
+    ax = fig.add_subplot()
+    colours = ["#d62728" if label in highlight else "#1f77b4" for label in labels]
+    bars = ax.bar(range(len(values)), values, color=colours, yerr=errors, capsize=3 if errors is not None else 0)
+    ax.set_xticks(range(len(values)), labels, rotation=30 if max(len(x) for x in labels) > 8 else 0, ha="right"
+                  if max(len(x) for x in labels) > 8 else "center")
+    ax.set(title=title, ylabel=ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    if annotate:
+        ax.bar_label(bars, fmt="%.3g", fontsize=7)
+    if out_path is not None:
+        save_png(fig, out_path)
+    return fig
