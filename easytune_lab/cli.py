@@ -22,6 +22,8 @@ COMMAND_MODULES = [
     "export",
     "pretrain",
     "sample",
+    "finetune",
+    "bench",
 ]
 
 

@@ -7,6 +7,7 @@ import torch
 
 from easytune_lab.analysis.chain import chain_coefficients
 from easytune_lab.analysis.similarity import crossing_step, similarity_curve
+from easytune_lab.diffusion.schedule import NoiseSchedule
 
 
 class LinearTrajectory:
@@ -44,8 +45,8 @@ def test_similarity_decreases_with_noise_and_crosses_unrelated_level():
     g = torch.Generator().manual_seed(0)
     base = torch.randn(1, 32, generator=g, dtype=torch.float64)
     x0 = base + 0.8 * torch.randn(64, 32, generator=g, dtype=torch.float64)  # related-looking motions
-    alphas_cumprod = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
-    curve = similarity_curve(x0, [0, 50, 200, 500, 999], alphas_cumprod, embed=lambda x, t: x, generator=g)
+    schedule = NoiseSchedule.create("linear", 1000)
+    curve = similarity_curve(x0, [-1, 50, 200, 500, 999], schedule, embed=lambda x, t: x, generator=g)
     assert curve.noisy[0] > 0.999
     assert all(a > b for a, b in zip(curve.noisy, curve.noisy[1:]))
     assert 0.0 < curve.unrelated < 0.9

@@ -14,13 +14,7 @@ from typing import Callable, Sequence
 
 import torch
 
-
-def q_sample(x0: torch.Tensor, t: int, alphas_cumprod: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε (DDPM Eq. 4); ``t = 0`` returns x_0 unchanged."""
-    if t <= 0:
-        return x0
-    a = alphas_cumprod[t - 1].to(x0.dtype)
-    return a.sqrt() * x0 + (1 - a).sqrt() * noise
+from ..diffusion.schedule import NoiseSchedule
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -43,12 +37,13 @@ class SimilarityCurve:
 
 
 @torch.no_grad()
-def similarity_curve(x0: torch.Tensor, timesteps: Sequence[int], alphas_cumprod: torch.Tensor,
+def similarity_curve(x0: torch.Tensor, timesteps: Sequence[int], schedule: NoiseSchedule,
                      embed: Callable[[torch.Tensor, int], torch.Tensor],
                      predict_x0: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
                      generator: torch.Generator | None = None) -> SimilarityCurve:
     """Similarity of noisy (and denoised) motions to their clean motion, per t, vs unrelated pairs.
 
+    Timesteps follow :class:`~easytune_lab.diffusion.schedule.NoiseSchedule` (0..N-1; -1 is the clean motion).
     ``embed(x, t)`` maps a batch to vectors (a reward/evaluator encoder, or the identity on joints for joint
     space); ``t`` lets a noise-aware encoder know the level. ``predict_x0(x_t, t)`` is the denoiser's x̂0.
     The unrelated baseline pairs motion b with motion (b + 1) mod B.
@@ -57,7 +52,8 @@ def similarity_curve(x0: torch.Tensor, timesteps: Sequence[int], alphas_cumprod:
     noisy, noisy_std, predicted = [], [], []
     for t in timesteps:
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-        x_t = q_sample(x0, int(t), alphas_cumprod, noise)
+        tt = torch.full((x0.shape[0],), int(t), dtype=torch.long, device=x0.device)
+        x_t = x0 if t < 0 else schedule.add_noise(x0, noise, tt)
         sims = cosine(embed(x_t, int(t)), clean)
         noisy.append(float(sims.mean()))
         noisy_std.append(float(sims.std()) if sims.numel() > 1 else 0.0)

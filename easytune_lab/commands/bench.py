@@ -1,0 +1,103 @@
+"""``easytune bench memory|speed``: the fine-tuning methods side by side in one process."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import UserError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--methods", required=True, help="comma-separated methods, e.g. easytune,draft")
+    p.add_argument("--base", required=True, type=Path, help="backbone run")
+    p.add_argument("--reward", required=True, type=Path, help="reward run")
+    p.add_argument("--data", required=True, type=Path, help="dataset directory")
+    p.add_argument("--profile", default="smoke", help="smoke | quick | paper")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, type=Path, help="output JSON file")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="memory and speed benchmarks of the fine-tuning methods")
+    bsub = p.add_subparsers(dest="bench_command", metavar="SUBCOMMAND")
+    bsub.required = True
+    m = bsub.add_parser("memory", help="peak training memory per method and number of denoising steps")
+    _common(m)
+    m.add_argument("--steps", required=True, help="comma-separated numbers of denoising steps, e.g. 10,50,100")
+    m.add_argument("--batch-size", type=int, default=2)
+    m.set_defaults(func=cmd_memory)
+    s = bsub.add_parser("speed", help="reward reached against wall time and optimiser steps")
+    _common(s)
+    s.add_argument("--budget-seconds", required=True, type=float, help="training time per method")
+    s.set_defaults(func=cmd_speed)
+
+
+def parse_methods(text: str) -> list[str]:
+    from ..finetune.policy import POLICIES
+
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    if not methods:
+        raise UserError("--methods: empty list")
+    for m in methods:
+        if m not in POLICIES:
+            raise UserError(f"--methods: unknown method '{m}' (choose from {', '.join(POLICIES)})")
+    return methods
+
+
+def parse_steps(text: str) -> list[int]:
+    try:
+        steps = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--steps: '{text}' is not a comma-separated list of integers") from None
+    if not steps or any(not 1 <= s <= 1000 for s in steps):
+        raise UserError(f"--steps: every value must be in [1, 1000] (got '{text}')")
+    return steps
+
+
+def _check_out(path: Path) -> None:
+    if path.suffix != ".json":
+        raise UserError(f"--out {path}: must end in .json")
+
+
+def cmd_memory(args: argparse.Namespace) -> int:
+    from ..finetune.bench import memory_benchmark
+    from ..io import write_json
+    from ..runtime import check_profile, resolve_device
+
+    methods, steps = parse_methods(args.methods), parse_steps(args.steps)
+    check_profile(args.profile)
+    _check_out(args.out)
+    device = resolve_device(args.device)
+    rows = memory_benchmark(methods, steps, args.profile, args.base, args.reward, args.data, device,
+                            seed=args.seed, batch_size=args.batch_size)
+    write_json(args.out, {"results": rows})
+    for r in rows:
+        print(f"{r['method']:>15s} T={r['steps']:<5d} peak {r['peak_bytes'] / 2**20:9.2f} MiB "
+              f"(baseline {r['baseline_bytes'] / 2**20:.2f} MiB)")
+    return 0
+
+
+def cmd_speed(args: argparse.Namespace) -> int:
+    from ..finetune.bench import speed_benchmark, speedup
+    from ..io import write_json
+    from ..runtime import check_profile, resolve_device
+
+    methods = parse_methods(args.methods)
+    check_profile(args.profile)
+    _check_out(args.out)
+    if args.budget_seconds <= 0:
+        raise UserError(f"--budget-seconds: must be positive (got {args.budget_seconds})")
+    device = resolve_device(args.device)
+    result = speed_benchmark(methods, args.budget_seconds, args.profile, args.base, args.reward, args.data, device,
+                             seed=args.seed)
+    if "easytune" in methods and "draft" in methods:
+        result["easytune_vs_draft"] = speedup(result)
+    write_json(args.out, result)
+    for m, c in result["curves"].items():
+        print(f"{m:>15s} reward {c['reward'][0]:.4f} -> {c['reward'][-1]:.4f} in {c['seconds'][-1]:.1f} s, "
+              f"{c['optimizer_steps'][-1]} optimiser steps")
+    if "easytune_vs_draft" in result:
+        print(f"easytune vs draft: {result['easytune_vs_draft']}")
+    return 0

@@ -1,0 +1,370 @@
+"""A fine-tuning run: base backbone + reward + captions -> fine-tuned backbone, for every method.
+
+Each iteration draws a batch of training captions (with their ground-truth lengths), asks the method's policy
+for a plan over the T denoising steps, and runs :func:`easytune_lab.finetune.loop.run_trajectory`. The
+optimiser (AdamW), gradient clipping, the learning-rate schedule (counted in optimiser steps), memory/time
+probes, checkpoints and evaluation are the same for every method.
+
+The result is a backbone run (``kind: backbone``) whose manifest also records the fine-tuning, so
+``easytune eval --model RUN`` and ``easytune sample --run RUN`` work on it unchanged::
+
+    RUN/manifest.json  base backbone config + "finetune" (FinetuneConfig, base/reward runs, status)
+    RUN/weights.safetensors, RUN/vocab.json, RUN/mean.npy, RUN/std.npy
+    RUN/metrics.json   per-iteration reward/loss/memory/time, evaluations
+    RUN/checkpoint/    weights + optimiser state + RNG state for --resume
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..analysis.memory import memory_probe
+from ..errors import UserError
+from ..io import write_json
+from ..runs import WEIGHTS, config_to_dict, load_tensors, make_manifest, read_manifest, save_tensors, write_manifest
+from ..runtime import check_profile
+from .adapters import BackboneTrajectory, reward_function
+from .loop import LoopConfig, TrajectoryStats, run_trajectory
+from .policy import POLICIES, PolicyConfig, make_policy
+
+CHECKPOINT = "checkpoint"
+
+
+@dataclass
+class FinetuneConfig:
+    """One fine-tuning run (paper Sec. 4 / Alg. 1 for EasyTune; the baselines share every other setting)."""
+
+    method: str = "easytune"
+    profile: str = "smoke"
+    iterations: int = 4               # trajectories (batches of captions)
+    batch_size: int = 4
+    sampler: str = "ddim"             # ODE sampler: the reward is taken on x̂0 (paper Eq. 9)
+    sample_steps: int = 10            # T
+    guidance: float = 2.5
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    warmup: int = 0                   # optimiser steps
+    lr_schedule: str = "constant"     # constant | cosine (over the expected optimiser steps)
+    seed: int = 0
+    eval_every: int = 0               # iterations between reward evaluations on held-out captions (0 = end only)
+    eval_captions: int = 16
+    checkpoint_every: int = 0         # iterations (0 = only at the end)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+
+
+def finetune_config(method: str, profile: str, **overrides) -> FinetuneConfig:
+    """The profile's configuration: ``smoke`` (seconds), ``quick`` (a 2-core CPU), ``paper`` (GPU)."""
+    check_profile(profile)
+    if method not in POLICIES:
+        raise UserError(f"--method: unknown method '{method}' (choose from {', '.join(POLICIES)})")
+    if profile == "smoke":
+        cfg = FinetuneConfig(method, profile, iterations=4, batch_size=4, sample_steps=10, lr=1e-4,
+                             policy=PolicyConfig(k=10 if method == "draft" else 1), eval_captions=8)
+    elif profile == "quick":
+        cfg = FinetuneConfig(method, profile, iterations=30, batch_size=16, sample_steps=50, lr=2e-5,
+                             eval_every=10, eval_captions=64, checkpoint_every=10,
+                             policy=PolicyConfig(k=50 if method == "draft" else 1))
+    else:
+        cfg = FinetuneConfig(method, profile, iterations=1000, batch_size=32, sample_steps=50, lr=1e-5,
+                             warmup=100, lr_schedule="cosine", eval_every=100, eval_captions=256,
+                             checkpoint_every=100, policy=PolicyConfig(k=50 if method == "draft" else 1))
+    if method == "drtune":
+        cfg.policy.k = 5
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if hasattr(cfg.policy, key) and not hasattr(cfg, key):
+            setattr(cfg.policy, key, value)
+        elif hasattr(cfg, key):
+            setattr(cfg, key, value)
+        else:
+            raise UserError(f"finetune: unknown option '{key}'")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: FinetuneConfig) -> None:
+    if cfg.iterations < 1:
+        raise UserError(f"--steps: must be at least 1 (got {cfg.iterations})")
+    if cfg.batch_size < 1:
+        raise UserError(f"batch_size: must be at least 1 (got {cfg.batch_size})")
+    if not 1 <= cfg.sample_steps <= 1000:
+        raise UserError(f"--sample-steps: must be in [1, 1000] (got {cfg.sample_steps})")
+    if cfg.method in ("draft", "drtune") and not 1 <= cfg.policy.k <= cfg.sample_steps:
+        raise UserError(f"--k: must be in [1, {cfg.sample_steps}] for {cfg.method} (got {cfg.policy.k})")
+    if cfg.loop.reward_on not in ("x0_hat", "x_t"):
+        raise UserError(f"--reward-on: must be x0_hat or x_t (got '{cfg.loop.reward_on}')")
+    if cfg.lr_schedule not in ("constant", "cosine"):
+        raise UserError(f"lr_schedule: must be constant or cosine (got '{cfg.lr_schedule}')")
+
+
+def expected_updates(cfg: FinetuneConfig) -> int:
+    """Optimiser steps per trajectory (EasyTune updates at every trained step; the others once)."""
+    if cfg.method == "easytune":
+        if cfg.policy.train_steps == "uniform":
+            return cfg.policy.num_train_steps or max(1, cfg.sample_steps // 5)
+        return cfg.sample_steps
+    return 1
+
+
+def lr_lambda(cfg: FinetuneConfig, total_updates: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if cfg.warmup and step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        if cfg.lr_schedule == "cosine":
+            progress = min(1.0, (step - cfg.warmup) / max(1, total_updates - cfg.warmup))
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+    return factor
+
+
+@dataclass
+class Prompts:
+    """Captions and ground-truth lengths of a split (the prompts a fine-tuning run samples from)."""
+
+    captions: list[str]
+    lengths: list[int]
+
+    @classmethod
+    def from_split(cls, root: Path, split: str, max_frames: int) -> "Prompts":
+        from ..data.humanml import HumanMLDataset
+
+        ds = HumanMLDataset(root, split, mode="eval")
+        captions, lengths = [], []
+        for clip in ds.clips:
+            for cap in clip.captions:
+                captions.append(cap.text)
+                lengths.append(min(clip.length, max_frames) // 4 * 4)
+        if not captions:
+            raise UserError(f"{root}/{split}.txt: no usable motions with captions")
+        return cls(captions, lengths)
+
+    def draw(self, n: int, rng: np.random.Generator) -> tuple[list[str], list[int]]:
+        idx = rng.choice(len(self.captions), size=n, replace=len(self.captions) < n)
+        return [self.captions[i] for i in idx], [self.lengths[i] for i in idx]
+
+
+class Finetuner:
+    """Holds the live backbone, reward, optimiser and RNGs of one run; :meth:`iteration` runs one trajectory."""
+
+    def __init__(self, cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Path, device: torch.device,
+                 memory: str = "auto"):
+        from ..diffusion.generate import load_generator
+        from ..reward.retrieval import load_reward
+
+        self.cfg, self.base_run, self.reward_run, self.data, self.device = cfg, base_run, reward_run, data, device
+        self.generator = load_generator(base_run, device)
+        self.backbone = self.generator.backbone
+        self.backbone.eval()
+        self.backbone.requires_grad_(False)
+        self.params = list(self.backbone.net.parameters())
+        for p in self.params:
+            p.requires_grad_(True)
+        self.reward = load_reward(reward_run, device)
+        self.reward.requires_grad_(False)
+        if cfg.loop.reward_on == "x_t":
+            if not self.reward.cfg.noise_aware:
+                raise UserError(f"--reward {reward_run}: --reward-on x_t needs a noise-aware reward "
+                                "(easytune reward train --noise-aware)")
+            if self.backbone.kind != "mdm":
+                raise UserError("--reward-on x_t: a noise-aware reward scores motions, so it needs a motion-space "
+                                f"backbone (mdm), not '{self.backbone.kind}'")
+        self.base_net = None
+        if cfg.loop.reg_weight > 0:  # one frozen copy for the whole run, never per batch
+            self.base_net = copy.deepcopy(self.backbone.net).requires_grad_(False)
+        self.policy = make_policy(cfg.method, cfg.policy)
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        total = cfg.iterations * expected_updates(cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, total))
+        self.prompts = Prompts.from_split(data, "train", self.generator.max_frames)
+        self.eval_prompts = Prompts.from_split(data, "val", self.generator.max_frames)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.noise = torch.Generator().manual_seed(cfg.seed)
+        self.memory = memory
+
+    # ---------------------------------------------------------------------------------------------- one step
+    def trajectory(self, texts, lengths, num_steps: int | None = None) -> BackboneTrajectory:
+        with torch.no_grad():
+            return BackboneTrajectory(self.backbone, texts, lengths, self.cfg.sampler,
+                                      num_steps or self.cfg.sample_steps, self.cfg.guidance)
+
+    def regulariser(self, traj: BackboneTrajectory):
+        if self.base_net is None:
+            return None
+        from ..diffusion.sampling import Predictor
+
+        base = Predictor(self.base_net, self.backbone.schedule)
+
+        def reg(x_t: torch.Tensor, i: int, x0_hat: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                target, _ = base(x_t.detach(), traj.pairs[i][0], traj.cond, traj.guidance)
+            return (x0_hat - target).pow(2).mean()
+
+        return reg
+
+    def iteration(self, probe_kind: str | None = None, texts=None, lengths=None) -> TrajectoryStats:
+        """One trajectory on a batch of training captions (or the given ``texts``/``lengths``)."""
+        if texts is None:
+            texts, lengths = self.prompts.draw(self.cfg.batch_size, self.rng)
+        traj = self.trajectory(texts, lengths)
+        plans = self.policy.plan(traj.num_steps, self.rng)
+        probe = memory_probe(self.device, self.params, probe_kind or self.memory)
+        with probe:
+            stats = run_trajectory(traj, self.policy, plans, reward_function(self.reward, traj), self.optimizer,
+                                   self.params, self.cfg.loop, probe=probe, generator=self.noise,
+                                   regulariser=self.regulariser(traj), after_update=self.scheduler.step)
+        stats.peak_bytes = int(probe.peak_bytes)
+        values = stats.rewards + stats.losses
+        if not all(math.isfinite(v) for v in values):
+            raise NonFiniteError(f"non-finite reward or loss in iteration (rewards {stats.rewards[:3]}...)")
+        return stats
+
+    @torch.no_grad()
+    def evaluate_reward(self, seed: int = 1234) -> float:
+        """Mean reward of samples for a fixed set of held-out captions (same noise every time)."""
+        rng = np.random.default_rng(seed)
+        texts, lengths = self.eval_prompts.draw(self.cfg.eval_captions, rng)
+        traj = self.trajectory(texts, lengths)
+        gen = torch.Generator().manual_seed(seed)
+        x = traj.initial_noise(gen)
+        for i in range(traj.num_steps):
+            x, x0_hat = traj.step(x, i, traj.draw_noise(i, x, gen), False)
+        return float(reward_function(self.reward, traj)(x0_hat, 0).mean())
+
+    # ---------------------------------------------------------------------------------------------- state
+    def state_tensors(self) -> dict:
+        tensors = {f"model.{k}": v for k, v in self.backbone.state_dict().items()}
+        for i, state in self.optimizer.state.items():
+            for name, value in state.items():
+                if torch.is_tensor(value):
+                    tensors[f"optim.{i}.{name}"] = value
+        tensors["rng.noise"] = self.noise.get_state()
+        tensors["rng.torch"] = torch.get_rng_state()
+        return tensors
+
+    def load_state_tensors(self, tensors: dict, numpy_state: dict) -> None:
+        model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        self.backbone.load_state_dict(model)
+        for p_index, p in enumerate(self.params):
+            state = {}
+            for key, value in tensors.items():
+                prefix = f"optim.{p_index}."
+                if key.startswith(prefix):
+                    name = key[len(prefix):]
+                    state[name] = value.to(self.device) if name != "step" else value
+            if state:
+                self.optimizer.state[p] = state
+        self.noise.set_state(tensors["rng.noise"])
+        torch.set_rng_state(tensors["rng.torch"])
+        self.rng.bit_generator.state = numpy_state
+
+
+class NonFiniteError(UserError):
+    """A NaN/Inf reward or loss: the run stops and keeps its last good checkpoint."""
+
+
+def _copy_base_files(base_run: Path, out: Path) -> dict:
+    base_manifest = read_manifest(base_run, kind="backbone")
+    for name in ("vocab.json", "mean.npy", "std.npy"):
+        shutil.copyfile(base_run / name, out / name)
+    return base_manifest
+
+
+def save_checkpoint(out: Path, tuner: Finetuner, state: dict) -> None:
+    ckpt = out / CHECKPOINT
+    ckpt.mkdir(parents=True, exist_ok=True)
+    save_tensors(ckpt / "state.safetensors", tuner.state_tensors())
+    numpy_state = tuner.rng.bit_generator.state
+    write_json(ckpt / "state.json", {**state, "numpy_rng": numpy_state,
+                                     "scheduler": tuner.scheduler.state_dict()})
+
+
+def run_finetune(cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Path, out: Path,
+                 device: torch.device, *, resume: bool = False, progress: bool = True,
+                 evaluate: Callable[[Path], dict] | None = None) -> dict:
+    """Fine-tune ``base_run`` with ``cfg.method`` against ``reward_run`` into ``out``; return metrics."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    tuner = Finetuner(cfg, base_run, reward_run, data, device)
+    log: dict = {"iteration": [], "reward": [], "final_reward": [], "loss": [], "peak_bytes": [],
+                 "optimizer_steps": [], "time": [], "grad_norm": []}
+    evals: list[dict] = []
+    start_it, elapsed = 0, 0.0
+    if resume:
+        state_path = out / CHECKPOINT / "state.json"
+        if not state_path.is_file():
+            raise UserError(f"--resume: {state_path} missing (nothing to resume in {out})")
+        state = json.loads(state_path.read_text())
+        tuner.load_state_tensors(load_tensors(out / CHECKPOINT / "state.safetensors", device="cpu"),
+                                 state["numpy_rng"])
+        tuner.scheduler.load_state_dict(state["scheduler"])
+        for group, lr in zip(tuner.optimizer.param_groups, tuner.scheduler.get_last_lr()):
+            group["lr"] = lr
+        start_it, elapsed, log, evals = state["iteration"], state["elapsed"], state["log"], state["evals"]
+    else:
+        if out.exists() and any(out.iterdir()):
+            raise UserError(f"--out {out}: exists and is not empty (use --resume to continue it)")
+        out.mkdir(parents=True, exist_ok=True)
+    base_manifest = _copy_base_files(base_run, out)
+    manifest = make_manifest("backbone", base_manifest["config"], seed=cfg.seed, device=str(device),
+                             parents={"base": str(base_run), "reward": str(reward_run), "data": str(data)},
+                             extra={"backbone": base_manifest.get("backbone"), "status": "running",
+                                    "feature_dim": base_manifest.get("feature_dim"),
+                                    "finetune": config_to_dict(cfg)})
+    write_manifest(out, manifest)
+    if not evals:
+        evals.append({"iteration": 0, "optimizer_steps": 0, "seconds": 0.0, "reward": tuner.evaluate_reward()})
+
+    bar = tqdm(total=cfg.iterations, initial=start_it, disable=not progress, desc=f"finetune {cfg.method}",
+               dynamic_ncols=True)
+    steps_done = log["optimizer_steps"][-1] if log["optimizer_steps"] else 0
+    for it in range(start_it, cfg.iterations):
+        t0 = time.perf_counter()
+        stats = tuner.iteration()
+        elapsed += time.perf_counter() - t0
+        steps_done += stats.optimizer_steps
+        log["iteration"].append(it + 1)
+        log["reward"].append(float(np.mean(stats.rewards)) if stats.rewards else float("nan"))
+        log["final_reward"].append(stats.final_reward)
+        log["loss"].append(float(np.mean(stats.losses)) if stats.losses else float("nan"))
+        log["peak_bytes"].append(stats.peak_bytes)
+        log["optimizer_steps"].append(steps_done)
+        log["time"].append({k: round(v, 6) for k, v in stats.time.items()})
+        log["grad_norm"].append(float(np.mean(stats.grad_norms)) if stats.grad_norms else 0.0)
+        bar.update(1)
+        bar.set_postfix(reward=f"{log['reward'][-1]:.3f}", loss=f"{log['loss'][-1]:.3f}",
+                        mem=f"{stats.peak_bytes / 2**20:.1f}MiB")
+        last = it + 1 == cfg.iterations
+        if (cfg.eval_every and (it + 1) % cfg.eval_every == 0) or last:
+            evals.append({"iteration": it + 1, "optimizer_steps": steps_done, "seconds": elapsed,
+                          "reward": tuner.evaluate_reward()})
+        if (cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0) or last:
+            save_checkpoint(out, tuner, {"iteration": it + 1, "elapsed": elapsed, "log": log, "evals": evals})
+    bar.close()
+
+    save_tensors(out / WEIGHTS, tuner.backbone.state_dict())
+    peak = max(log["peak_bytes"]) if log["peak_bytes"] else 0
+    phases = {k: float(sum(t[k] for t in log["time"])) for k in ("sampling", "reward", "backward", "optimizer")}
+    metrics = {"method": cfg.method, "iterations": cfg.iterations, "optimizer_steps": steps_done,
+               "train_seconds": elapsed, "time_per_phase": phases, "peak_bytes": peak,
+               "memory_measure": "cuda_max_memory_allocated" if device.type == "cuda" else "autograd_saved_bytes",
+               "reward_before": evals[0]["reward"], "reward_after": evals[-1]["reward"],
+               "evaluations": evals, "log": log}
+    if evaluate is not None:
+        metrics["evaluation"] = evaluate(out)
+    write_json(out / "metrics.json", metrics)
+    manifest["status"] = "complete"
+    write_manifest(out, manifest)
+    return metrics
