@@ -190,7 +190,7 @@ class MLDBackbone(Backbone):
 
 
 def mld_profile(profile: str, feature_dim: int = 263):
-    """PretrainConfig of the MLD-style backbone per profile (half the steps train the VAE).
+    """PretrainConfig of the MLD-style backbone per profile (VAE first: half the steps, a third for quick).
 
     ``paper``: latent 1 × 256, VAE and denoiser 9 layers × 256, batch 64, DDIM 50, guidance 7.5;
     ``quick``: latent 1 × 64 and 3/4 layers × 128 for a 2-core CPU; ``smoke``: tiny.
@@ -210,8 +210,8 @@ def mld_profile(profile: str, feature_dim: int = 263):
         model = MLDConfig(feature_dim=feature_dim,
                           vae=VAEConfig(latent_tokens=1, latent_dim=64, d_model=128, layers=3, ff=256),
                           d_model=128, layers=4, ff=256, text=TextEncoderConfig(dim=128, layers=2, ff=256))
-        return PretrainConfig("mld", profile, model, steps=4000, batch_size=32, lr=4e-4, warmup=200,
-                              checkpoint_every=250, log_every=25, stage_fractions={"vae": 0.5})
+        return PretrainConfig("mld", profile, model, steps=2400, batch_size=32, lr=4e-4, warmup=100,
+                              checkpoint_every=200, log_every=25, stage_fractions={"vae": 1 / 3})
     model = MLDConfig(feature_dim=feature_dim, text=TextEncoderConfig(dim=256, layers=4, ff=1024))
     return PretrainConfig("mld", profile, model, steps=300_000, batch_size=64, lr=1e-4, warmup=1000,
                           checkpoint_every=5000, log_every=100, stage_fractions={"vae": 0.5})
