@@ -33,7 +33,8 @@ from .actions import FAMILIES, FOOT_JOINTS, FPS, POSE_KEYS, animate, concatenate
 from .captions import make_captions, texts_file
 
 GENERATOR_VERSION = "1.0"
-MIN_FRAMES, MAX_FRAMES = 40, 196
+# joint frames per motion: the features (one frame fewer) then have 40..196 frames, HumanML3D's range
+MIN_FRAMES, MAX_FRAMES = 41, 197
 SPLIT_FRACTIONS = (0.80, 0.05, 0.15)  # train, val, test
 NUM_ACTIONS_P = (0.35, 0.35, 0.30)  # probability of 1, 2, 3 actions
 NEAR_MISS_P = 0.5  # probability that an odd-numbered motion is a near miss of the one before it
@@ -159,7 +160,7 @@ def synthesize(plan: list[dict], rng: np.random.Generator) -> Motion:
     yaw = rng.uniform(-np.pi, np.pi) + np.concatenate([[0.0], np.cumsum(clip.yaw_rate[:-1])]) / FPS
     quats[:, 0] = quat_about_y(yaw)
     local = forward_kinematics(quats, np.zeros((n, 3)), T2M)
-    ground = -gaussian_filter1d(local[:, FOOT_JOINTS, 1].min(axis=1), 1.0, mode="nearest")
+    ground = -local[:, FOOT_JOINTS, 1].min(axis=1)
     vx, vz = clip.vel[:, 0], clip.vel[:, 1]
     step = np.stack([vx * np.cos(yaw) + vz * np.sin(yaw), np.zeros(n), -vx * np.sin(yaw) + vz * np.cos(yaw)], -1) / FPS
     root = np.concatenate([np.zeros((1, 3)), np.cumsum(step[:-1], axis=0)])
