@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -74,3 +81,21 @@ def test_bad_options():
         Player([SHORT], backend="vtk")
     with pytest.raises(UserError, match="fps"):
         Player([SHORT], fps=0)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("EASYTUNE_JUPYTERLAB_TEST") != "1" or shutil.which("chromium") is None,
+                    reason="opt-in (about 40 s): EASYTUNE_JUPYTERLAB_TEST=1 with Debian chromium installed")
+def test_player_plays_in_a_real_jupyterlab(tmp_path):
+    """Runs the Player in JupyterLab under headless Chromium: it renders and Play advances the frame."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "screenshot_jupyterlab_widget.py"
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout)
+    assert summary["errors_in_output"] == []
+    assert int(summary["frame_after_play_4s"]) > int(summary["frame_before_play"])
+    from PIL import Image
+
+    with Image.open(tmp_path / "player.png") as im:
+        rgb = np.asarray(im.convert("RGB")).astype(int)
+    assert (np.abs(rgb - np.array([0x1F, 0x77, 0xB4])).sum(axis=-1) < 60).sum() > 150  # the blue skeleton

@@ -96,6 +96,8 @@ class Player:
         layout.pop("updatemenus", None)
         layout.pop("sliders", None)
         layout["margin"] = dict(layout["margin"], b=0)
+        layout.pop("width", None)  # fill the notebook's output area instead of a fixed width
+        layout["autosize"] = True
         self.num_frames = len(self._frames)
         self.view = go.FigureWidget(data=fig["data"], layout=layout)
 
