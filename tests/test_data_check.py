@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -213,7 +214,9 @@ def test_valid_dataset_passes_with_summary(dataset, capsys):
     assert re.search(rf"^\s+train\s+{n_train}\s", out, flags=re.M)
     hist = report.length_histogram()
     assert sum(n for _, _, n in hist) == len(report.frames) == sum(len(ids) for ids in report.split_ids.values())
-    assert report.as_dict()["motions"]["train"] == n_train
+    as_dict = json.loads(json.dumps(report.as_dict()))
+    assert as_dict["motions"]["train"] == n_train and as_dict["problems"] == []
+    assert sum(b["count"] for b in as_dict["length_histogram"]) == len(report.frames)
 
 
 def test_valid_dataset_passes_as_a_subprocess(dataset):
