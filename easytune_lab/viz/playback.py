@@ -71,10 +71,7 @@ def to_joints(motion: Any) -> np.ndarray:
     elif arr.ndim == 2:
         from ..motion.features import joints_num_for_dim, recover_from_ric
 
-        try:
-            num_joints = joints_num_for_dim(arr.shape[1])
-        except (KeyError, ValueError) as exc:
-            raise UserError(f"motion: feature width {arr.shape[1]} is neither 263 (HumanML3D) nor 251 (KIT)") from exc
+        num_joints = joints_num_for_dim(arr.shape[1])  # UserError unless 12 J - 1 (263 HumanML3D, 251 KIT)
         joints = _to_numpy(recover_from_ric(arr.astype(np.float32), num_joints))
     else:
         raise UserError(f"motion: expected features (T, D) or joints (T, J, 3), got shape {tuple(arr.shape)}")
@@ -166,8 +163,9 @@ def figure_dict(
         "annotations": [],
     }
     follow_ranges: list[list[tuple[list[float], list[float]]]] = []
+    chain_lists = [chains if chains is not None else kinematic_chains(d.shape[1]) for d in displays]
     for i, disp in enumerate(displays):
-        chain_list = chains if chains is not None else kinematic_chains(disp.shape[1])
+        chain_list = chain_lists[i]
         scene = "scene" if i == 0 else f"scene{i + 1}"
         colour = PALETTE[i % len(PALETTE)]
         root = disp[:, 0]
@@ -236,8 +234,7 @@ def figure_dict(
     frames = []
     for k in range(num_frames):
         frame_data = []
-        for i, disp in enumerate(displays):
-            chain_list = chains if chains is not None else kinematic_chains(disp.shape[1])
+        for disp, chain_list in zip(displays, chain_lists):
             xs, ys, zs = _polyline(disp[min(k, disp.shape[0] - 1)], chain_list)
             frame_data.append({"type": "scatter3d", "x": xs, "y": ys, "z": zs})
         frame: dict[str, Any] = {"name": str(k), "data": frame_data, "traces": skeleton_traces}
