@@ -68,6 +68,16 @@ def test_layout_shapes_and_features_match_new_joints(dataset):
         assert np.isfinite(feats).all()
 
 
+def test_motions_are_smooth_across_action_boundaries(dataset):
+    # joint speeds relative to the pelvis stay human (a sprinting foot reaches ~8 m/s); a jump cut or a
+    # direction flipping through zero during a blend would show up as tens of m/s
+    for mid in _ids(dataset, "all.txt"):
+        j = np.load(dataset / "new_joints" / f"{mid}.npy").astype(np.float64)
+        rel = j - j[:, :1]
+        speed = np.linalg.norm(np.diff(rel, axis=0), axis=-1).max() * 20.0
+        assert speed < 10.0, mid
+
+
 def test_splits_partition_the_ids_80_5_15(dataset):
     parts = {name: _ids(dataset, f"{name}.txt") for name in ("train", "val", "test")}
     assert [len(parts[k]) for k in ("train", "val", "test")] == [32, 2, 6]

@@ -178,15 +178,29 @@ def standing(n: int, rng: np.random.Generator) -> Clip:
                 lift=np.zeros(n))
 
 
+def slerp_dirs(u: np.ndarray, v: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Spherical interpolation between unit directions ``u`` and ``v`` (n, 3) with weights ``w`` (n,) or
+    (n, 1): the direction moves along the great circle at constant angular speed (a linear blend of two
+    nearly opposite directions would pass close to zero and flip)."""
+    w = np.asarray(w, dtype=np.float64).reshape(-1, 1)
+    cos = np.clip((u * v).sum(-1, keepdims=True), -1.0, 1.0)
+    angle = np.arccos(cos)
+    sin = np.sin(angle)
+    small = sin < 1e-4
+    safe = np.where(small, 1.0, sin)
+    a = np.where(small, 1 - w, np.sin((1 - w) * angle) / safe)
+    b = np.where(small, w, np.sin(w * angle) / safe)
+    return _unit(a * u + b * v)
+
+
 def set_arm(clip: Clip, side: float, upper: np.ndarray, fore: np.ndarray, weight: np.ndarray | None = None) -> None:
     """Overwrite (or blend in with per-frame ``weight``) one arm's upper-arm and forearm directions."""
     k = "l" if side == LEFT else "r"
     if weight is None:
         clip.dirs[f"uarm_{k}"], clip.dirs[f"farm_{k}"] = upper, fore
         return
-    w = weight[:, None]
-    clip.dirs[f"uarm_{k}"] = _unit((1 - w) * clip.dirs[f"uarm_{k}"] + w * upper)
-    clip.dirs[f"farm_{k}"] = _unit((1 - w) * clip.dirs[f"farm_{k}"] + w * fore)
+    clip.dirs[f"uarm_{k}"] = slerp_dirs(clip.dirs[f"uarm_{k}"], upper, weight)
+    clip.dirs[f"farm_{k}"] = slerp_dirs(clip.dirs[f"farm_{k}"], fore, weight)
 
 
 def set_leg(clip: Clip, side: float, thigh: np.ndarray, shin: np.ndarray, foot: np.ndarray | None = None) -> None:
@@ -310,32 +324,35 @@ def spin(attrs: dict, n: int, rng: np.random.Generator) -> Clip:
 def jump(attrs: dict, n: int, rng: np.random.Generator) -> Clip:
     """One or two jumps: crouch, take off with an arm swing, ballistic flight, land in a crouch, stand up."""
     clip = standing(n, rng)
-    count = 1 if n < 44 else int(rng.integers(1, 3))
+    count = 1 if n < 50 else int(rng.integers(1, 3))
     forward = attrs["mode"] == "forward"
     hip = np.zeros(n)
     knee = np.zeros(n)
     arms = np.zeros(n)
     lift = np.zeros(n)
     vel = np.zeros(n)
-    edges = np.linspace(0.08 * n, 0.95 * n, count + 1)
+    edges = np.linspace(0.06 * n, 0.97 * n, count + 1)
+    i = np.arange(n, dtype=np.float64)
     for k in range(count):
         a, b = edges[k], edges[k + 1]
         length = b - a
-        i = np.arange(n, dtype=np.float64)
         s = (i - a) / length  # 0..1 within this jump
-        crouch_in = smoothstep(s / 0.3) * (1 - smoothstep((s - 0.3) / 0.08))
-        landing = smoothstep((s - 0.68) / 0.08) * (1 - smoothstep((s - 0.78) / 0.22))
+        inside = (s >= 0) & (s <= 1)
+        # phases: crouch 0-.3, push off .3-.42, flight .42-.66, absorb the landing .66-.78, stand up .78-1
+        crouch_in = smoothstep(s / 0.3) * (1 - smoothstep((s - 0.3) / 0.12))
+        landing = smoothstep((s - 0.64) / 0.12) * (1 - smoothstep((s - 0.76) / 0.24))
         depth = crouch_in + 0.8 * landing
-        hip += 0.9 * depth * ((s >= 0) & (s <= 1))
-        knee += 1.5 * depth * ((s >= 0) & (s <= 1))
-        arms += np.where((s >= 0) & (s <= 1), -0.6 * crouch_in + 2.3 * np.sin(np.pi * np.clip((s - 0.3) / 0.4, 0, 1)), 0.0)
-        fl = (s > 0.36) & (s < 0.68)
-        x = (s - 0.36) / 0.32
-        height = rng.uniform(0.25, 0.38)
+        hip += 0.9 * depth * inside
+        knee += 1.5 * depth * inside
+        swing = -0.6 * smoothstep(s / 0.3) + 2.2 * smoothstep((s - 0.25) / 0.25) - 1.6 * smoothstep((s - 0.6) / 0.35)
+        arms += np.where(inside, swing, 0.0)
+        fl = (s > 0.42) & (s < 0.66)
+        x = (s - 0.42) / 0.24
+        height = rng.uniform(0.22, 0.34)
         lift += np.where(fl, 4 * height * x * (1 - x), 0.0)
         if forward:
             dist = rng.uniform(0.6, 1.0)
-            vel += np.where(fl, dist / (0.32 * length / FPS), 0.0)
+            vel += np.where(fl, dist / (0.24 * length / FPS), 0.0)
     for side in (LEFT, RIGHT):
         thigh, shin = leg_dirs(0.02 + hip, 0.04 + knee, side, 0.05, n)
         set_leg(clip, side, thigh, shin, foot_dir(0.5 * (lift > 0), n))
@@ -412,9 +429,8 @@ def punch(attrs: dict, n: int, rng: np.random.Generator) -> Clip:
     ext = np.clip(ext * 1.15, 0, 1)
     straight = _unit(np.broadcast_to(np.array([-side * 0.12, 0.08, 1.0]), (n, 3)))
     k = "l" if side == LEFT else "r"
-    w = ext[:, None]
-    clip.dirs[f"uarm_{k}"] = _unit((1 - w) * clip.dirs[f"uarm_{k}"] + w * straight)
-    clip.dirs[f"farm_{k}"] = _unit((1 - w) * clip.dirs[f"farm_{k}"] + w * straight)
+    clip.dirs[f"uarm_{k}"] = slerp_dirs(clip.dirs[f"uarm_{k}"], straight, ext)
+    clip.dirs[f"farm_{k}"] = slerp_dirs(clip.dirs[f"farm_{k}"], straight, ext)
     clip.spine[:, 2] = -side * 0.25 * ext
     return clip
 
@@ -500,7 +516,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("sidestep", {"side": ("left", "right")}, (40, 70)),
     Family("turn", {"side": ("left", "right"), "angle": ("90", "180")}, (30, 46)),
     Family("spin", {"side": ("left", "right")}, (30, 44)),
-    Family("jump", {"mode": ("in_place", "forward")}, (34, 56)),
+    Family("jump", {"mode": ("in_place", "forward")}, (36, 60)),
     Family("jumping_jacks", {}, (50, 80)),
     Family("wave", {"side": ("left", "right")}, (40, 70)),
     Family("raise_arms", {"side": ("left", "right", "both")}, (40, 70)),
@@ -534,7 +550,7 @@ def concatenate(clips: list[Clip], blend: int = 4) -> Clip:
     out = Clip(dirs=dirs, spine=np.concatenate([c.spine for c in clips]), head=np.concatenate([c.head for c in clips]),
                vel=np.concatenate([c.vel for c in clips]), yaw_rate=np.concatenate([c.yaw_rate for c in clips]),
                lift=np.concatenate([c.lift for c in clips]))
-    channels = list(out.dirs.values()) + [out.spine, out.head, out.vel, out.yaw_rate, out.lift]
+    channels = [out.spine, out.head, out.vel, out.yaw_rate, out.lift]
     boundary = 0
     for c in clips[:-1]:
         boundary += c.num_frames
@@ -543,8 +559,9 @@ def concatenate(clips: list[Clip], blend: int = 4) -> Clip:
         for ch in channels:
             wa = w.reshape((-1,) + (1,) * (ch.ndim - 1))
             ch[a + 1:b] = (1 - wa) * ch[a] + wa * ch[b]
-    for k in POSE_KEYS:
-        out.dirs[k] = _unit(out.dirs[k])
+        for k in POSE_KEYS:  # directions along great circles
+            d = out.dirs[k]
+            d[a + 1:b] = slerp_dirs(np.broadcast_to(d[a], (b - a - 1, 3)), np.broadcast_to(d[b], (b - a - 1, 3)), w)
     return out
 
 

@@ -336,7 +336,8 @@ def _write_index(root: Path, records: list[dict], seed: int) -> dict:
         "fps": int(FPS),
         "skeleton": "t2m",
         "splits": {k: len(v) for k, v in splits.items()},
-        "frames": {"min": int(frames.min()), "max": int(frames.max()), "mean": round(float(frames.mean()), 2)},
+        # feature frames (what a HumanML3D loader sees); attributes.jsonl spans index the joint frames (one more)
+        "frames": {"min": int(frames.min()) - 1, "max": int(frames.max()) - 1, "mean": round(float(frames.mean()) - 1, 2)},
         "actions_per_motion": {str(k): int((num_actions == k).sum()) for k in (1, 2, 3)},
         "near_misses": int(sum(r["near_miss_of"] is not None for r in records)),
         "family_counts": family_counts,
