@@ -87,3 +87,23 @@ def test_no_pairs_gives_zero_loss_with_graph():
     loss = spl_loss(scores, pairs)
     loss.backward()
     assert loss.item() == 0.0 and torch.equal(scores.grad, torch.zeros(8, 8))
+
+
+def test_ignored_motions_are_neither_winners_nor_losers():
+    g = torch.Generator().manual_seed(5)
+    n_text, n_motion, k = 20, 50, 4
+    scores = torch.randn(n_text, n_motion, generator=g)
+    targets = torch.randint(n_motion, (n_text,), generator=g)
+    ignore = torch.rand(n_text, n_motion, generator=g) < 0.3
+    pairs = mine_pairs(scores, targets=targets, k=k, ignore=ignore)
+    rows, losers = [], []
+    for i in range(n_text):
+        gt = int(targets[i])
+        wrong = [j for j in range(n_motion) if j != gt and not ignore[i, j]]
+        if sum(1 for j in wrong if scores[i, j] > scores[i, gt]) >= k:
+            rows.append(i)
+            losers.append(max(wrong, key=lambda j: scores[i, j].item()))
+    assert pairs.rows.tolist() == rows and pairs.losers.tolist() == losers
+    assert pairs.winners.tolist() == targets[rows].tolist()
+    assert not ignore[pairs.rows, pairs.losers].any()
+    assert 0 < len(rows) < n_text

@@ -39,18 +39,24 @@ class MinedPairs:
 
 
 @torch.no_grad()
-def mine_pairs(scores: torch.Tensor, targets: torch.Tensor | None = None, k: int = 10) -> MinedPairs:
+def mine_pairs(scores: torch.Tensor, targets: torch.Tensor | None = None, k: int = 10,
+               ignore: torch.Tensor | None = None) -> MinedPairs:
     """Mine SPL pairs from a (N_text, N_motion) reward matrix.
 
     ``targets[i]`` is the index of caption i's ground-truth motion (default: i, the diagonal). A caption
     forms a pair iff its ground truth is not in the top-k by score, i.e. iff at least k wrong motions score
     strictly higher than it (ties are resolved in the ground truth's favour).
-    The loser is the highest-scoring motion other than the ground truth.
+    The loser is the highest-scoring motion other than the ground truth. ``ignore`` (bool, same shape) marks
+    motions that are neither ground truth nor wrong — e.g. other motions carrying the very same caption — and
+    are left out of both the count and the choice of loser.
     """
     n_text, n_motion = scores.shape
     if targets is None:
         targets = torch.arange(n_text, device=scores.device)
     targets = targets.to(scores.device).long()
+    if ignore is not None:
+        ignore = ignore.to(scores.device).bool().scatter(1, targets[:, None], False)
+        scores = scores.masked_fill(ignore, float("-inf"))
     gt = scores.gather(1, targets[:, None])
     higher = (scores > gt).sum(1)                       # wrong motions strictly above the ground truth
     mined = higher >= min(k, n_motion)
@@ -71,8 +77,12 @@ def spl_loss(scores: torch.Tensor, pairs: MinedPairs, normaliser: int | None = N
         return scores.sum() * 0.0
     r_w = scores[pairs.rows, pairs.winners]
     r_l = scores[pairs.rows, pairs.losers]
+    return preference_kl(r_w, r_l).sum() / max(n, 1)
+
+
+def preference_kl(r_w: torch.Tensor, r_l: torch.Tensor) -> torch.Tensor:
+    """Per pair KL(Q ‖ softmax(R_w, R_l)) with Q = (1, 0); equals softplus(R_l − R_w)."""
     log_p = F.log_softmax(torch.stack([r_w, r_l], dim=-1), dim=-1)
-    q = torch.tensor([1.0, 0.0], device=scores.device, dtype=scores.dtype)
+    q = torch.tensor([1.0, 0.0], device=r_w.device, dtype=r_w.dtype)
     # KL(Q‖P) = Σ Q log Q − Σ Q log P, with 0·log 0 = 0
-    kl = (torch.xlogy(q, q) - q * log_p).sum(-1)
-    return kl.sum() / max(n, 1)
+    return (torch.xlogy(q, q) - q * log_p).sum(-1)

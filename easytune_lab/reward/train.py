@@ -18,7 +18,7 @@ import torch
 from ..data.humanml import HumanMLDataset, MotionBatch, collate_motions
 from .metrics import batched_retrieval_metrics, retrieval_metrics
 from .retrieval import CaptionTokenizer, FrozenTextModel, Reward, RewardModelConfig, identical_captions, info_nce, noise_motion
-from .spl import mine_pairs, spl_loss
+from .spl import mine_pairs, preference_kl, spl_loss
 
 
 @dataclass
@@ -50,6 +50,7 @@ class SPLConfig:
     lr: float = 1e-4
     k: int = 10
     weight: float = 1.0              # 0 = the control: the same extra epochs without SPL
+    gallery: str = "train"           # "train": top-k among all train motions (re-embedded each epoch); "batch"
 
 
 def _model(**kw) -> RewardModelConfig:
@@ -94,13 +95,57 @@ def tokenizer_for(dataset: HumanMLDataset, max_words: int) -> CaptionTokenizer:
     return CaptionTokenizer.from_captions([c.text for clip in dataset.clips for c in clip.captions], max_words)
 
 
-def _batches(dataset, indices: Sequence[int], batch_size: int, shuffle: bool, drop_last: bool):
+def _batches(dataset, indices: Sequence[int], batch_size: int, shuffle: bool, drop_last: bool,
+             with_positions: bool = False):
+    """Collated batches of ``dataset[indices[j]]``; optionally with the positions j of their items."""
     order = torch.randperm(len(indices)).tolist() if shuffle else list(range(len(indices)))
     stop = len(order) - (len(order) % batch_size if drop_last else 0)
     for s in range(0, stop, batch_size):
-        chunk = [indices[j] for j in order[s:s + batch_size]]
-        if chunk:
-            yield collate_motions([dataset[i] for i in chunk])
+        pos = order[s:s + batch_size]
+        if pos:
+            batch = collate_motions([dataset[indices[j]] for j in pos])
+            yield (torch.tensor(pos), batch) if with_positions else batch
+
+
+def caption_key(text: str) -> str:
+    """A caption reduced to its lower-case words (what counts as 'the same caption')."""
+    from ..data.text import plain_tokens
+
+    return " ".join(t.word for t in plain_tokens(text))
+
+
+class TrainGallery:
+    """All train motions as the SPL retrieval gallery: embeddings (refreshed per epoch) and caption owners."""
+
+    def __init__(self, dataset, indices: Sequence[int]):
+        self.dataset, self.indices = dataset, list(indices)
+        self.owners: dict[str, list[int]] = {}
+        for j, i in enumerate(self.indices):
+            for cap in dataset.clips[i].captions:
+                self.owners.setdefault(caption_key(cap.text), []).append(j)
+        self.embeddings: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def refresh(self, reward: Reward, device, batch_size: int = 256) -> None:
+        was_training = reward.training
+        reward.eval()
+        out = []
+        for batch in _batches(self.dataset, self.indices, batch_size, shuffle=False, drop_last=False):
+            batch = batch.to(device)
+            t = torch.zeros(len(batch), dtype=torch.long, device=device)
+            out.append(reward.embed_motion(batch.features, batch.mask, t=t))
+        self.embeddings = torch.cat(out)
+        reward.train(was_training)
+
+    def same_caption_mask(self, captions: Sequence[str], device) -> torch.Tensor:
+        """(B, N) True where gallery motion j also carries caption b (not a wrong motion for it)."""
+        mask = torch.zeros(len(captions), len(self.indices), dtype=torch.bool)
+        for b, text in enumerate(captions):
+            mask[b, self.owners.get(caption_key(text), [])] = True
+        return mask.to(device)
+
+    def motions(self, positions: torch.Tensor, device) -> MotionBatch:
+        return collate_motions([self.dataset[self.indices[int(j)]] for j in positions]).to(device)
 
 
 def _text_side(reward: Reward, batch: MotionBatch, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,11 +184,15 @@ def _run_epochs(reward: Reward, train, train_idx, cfg: RewardTrainConfig, device
     steps_per_epoch = max(1, len(train_idx) // batch_size)
     total = epochs * steps_per_epoch
     history, step = [], 0
+    gallery = TrainGallery(train, train_idx) if spl is not None and spl.gallery == "train" else None
     for epoch in range(epochs):
-        reward.train()
         start = time.perf_counter()
+        if gallery is not None:
+            gallery.refresh(reward, device)
+        reward.train()
         sums = {"loss": 0.0, "nce": 0.0, "spl": 0.0, "pairs": 0, "batches": 0}
-        for batch in _batches(train, train_idx, batch_size, shuffle=True, drop_last=True):
+        for positions, batch in _batches(train, train_idx, batch_size, shuffle=True, drop_last=True,
+                                         with_positions=True):
             batch = batch.to(device)
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, total, lr, warmup)
@@ -154,16 +203,12 @@ def _run_epochs(reward: Reward, train, train_idx, cfg: RewardTrainConfig, device
             scale = reward.logit_scale()
             nce = info_nce(m, c, scale, cap_sim, cfg.dup_threshold)
             loss = nce
-            if spl is not None and spl.weight > 0:
-                scores = scale * c @ m.T                         # (texts, motions) reward matrix
-                pairs = mine_pairs(scores.detach(), k=spl.k)
-                s_loss = spl_loss(scores, pairs)
-                loss = loss + spl.weight * s_loss
+            if spl is not None:
+                s_loss, n_pairs = _spl_term(reward, batch, positions, m, c, scale, t, spl, gallery, device)
+                if spl.weight > 0:                               # weight 0: the control only counts pairs
+                    loss = loss + spl.weight * s_loss
                 sums["spl"] += float(s_loss.detach())
-                sums["pairs"] += len(pairs)
-            elif spl is not None:                                # control run: count what SPL would mine
-                with torch.no_grad():
-                    sums["pairs"] += len(mine_pairs(scale * c @ m.T, k=spl.k))
+                sums["pairs"] += n_pairs
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -183,6 +228,29 @@ def _run_epochs(reward: Reward, train, train_idx, cfg: RewardTrainConfig, device
         log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     reward.eval()
     return history
+
+
+def _spl_term(reward: Reward, batch: MotionBatch, positions: torch.Tensor, m: torch.Tensor, c: torch.Tensor,
+              scale: torch.Tensor, t, spl: SPLConfig, gallery: TrainGallery | None, device):
+    """(SPL loss of the batch, number of mined pairs); the loss is 0 with no graph work when weight is 0."""
+    if gallery is None:                                          # in-batch gallery
+        scores = scale * c @ m.T                                 # (texts, motions) reward matrix
+        pairs = mine_pairs(scores.detach(), k=spl.k)
+        return (spl_loss(scores, pairs) if spl.weight > 0 else scores.sum().detach() * 0), len(pairs)
+    with torch.no_grad():
+        scores = scale * c @ gallery.embeddings.T                # (texts, all train motions)
+        ignore = gallery.same_caption_mask(batch.captions, device)
+        pairs = mine_pairs(scores, targets=positions.to(device), k=spl.k, ignore=ignore)
+    if len(pairs) == 0 or spl.weight == 0:
+        return m.sum().detach() * 0, len(pairs)
+    losers = gallery.motions(pairs.losers, device)
+    t_rows = None if t is None else t[pairs.rows]
+    x_l = losers.features if t_rows is None else noise_motion(losers.features, t_rows, reward.alphas_cumprod)
+    m_l = reward.embed_motion(x_l, losers.mask, t=t_rows)
+    c_rows = c[pairs.rows]
+    r_w = scale * (c_rows * m[pairs.rows]).sum(-1)               # batch row i is its own ground truth
+    r_l = scale * (c_rows * m_l).sum(-1)
+    return preference_kl(r_w, r_l).sum() / len(batch), len(pairs)
 
 
 def build_reward(train: HumanMLDataset, cfg: RewardTrainConfig) -> Reward:
