@@ -179,6 +179,8 @@ def test_near_miss_differs_in_exactly_one_thing():
         key = lambda p: [(a["family"], a["attributes"]) for a in p]  # noqa: E731
         assert key(other) != key(base)
         assert len(other) == len(base)
+        fams = [a["family"] for a in other]
+        assert all(a != b for a, b in zip(fams[:-1], fams[1:]))  # never the same family twice in a row
         if sorted(map(str, key(other))) == sorted(map(str, key(base))):
             continue  # a swap of two actions
         assert sum(x != y for x, y in zip(key(other), key(base))) == 1

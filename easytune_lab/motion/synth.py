@@ -32,7 +32,7 @@ from ..io import write_json, write_npy, write_text
 from .actions import FAMILIES, FOOT_JOINTS, FPS, POSE_KEYS, animate, concatenate, pose_to_local_quats
 from .captions import make_captions, texts_file
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"
 # joint frames per motion: the features (one frame fewer) then have 40..196 frames, HumanML3D's range
 MIN_FRAMES, MAX_FRAMES = 41, 197
 SPLIT_FRACTIONS = (0.80, 0.05, 0.15)  # train, val, test
@@ -85,6 +85,13 @@ def sample_plan(rng: np.random.Generator) -> list[dict]:
     return plan
 
 
+def _swappable(plan: list[dict], j: int) -> bool:
+    """Whether swapping actions j and j+1 changes the plan and keeps equal families apart."""
+    fams = [a["family"] for a in plan]
+    fams[j], fams[j + 1] = fams[j + 1], fams[j]
+    return plan[j]["family"] != plan[j + 1]["family"] and all(a != b for a, b in zip(fams[:-1], fams[1:]))
+
+
 def near_miss(plan: list[dict], rng: np.random.Generator) -> list[dict]:
     """A plan that differs from ``plan`` in one thing: one attribute value (left/right, slow/fast,
     forward/backward, 90/180, ...), the order of two actions, or one action's family."""
@@ -93,7 +100,7 @@ def near_miss(plan: list[dict], rng: np.random.Generator) -> list[dict]:
     for i, a in enumerate(plan):
         for key, values in FAMILIES[a["family"]].attributes.items():
             options.append(("attr", i, key))
-    if len(plan) >= 2 and any(plan[i]["family"] != plan[i + 1]["family"] for i in range(len(plan) - 1)):
+    if any(_swappable(plan, j) for j in range(len(plan) - 1)):
         options += [("swap", 0, "")] * 2
     options.append(("family", int(rng.integers(len(plan))), ""))
     kind, i, key = options[int(rng.integers(len(options)))]
@@ -101,7 +108,7 @@ def near_miss(plan: list[dict], rng: np.random.Generator) -> list[dict]:
         values = [v for v in FAMILIES[plan[i]["family"]].attributes[key] if v != plan[i]["attributes"][key]]
         plan[i]["attributes"][key] = values[int(rng.integers(len(values)))]
     elif kind == "swap":
-        pairs = [j for j in range(len(plan) - 1) if plan[j]["family"] != plan[j + 1]["family"]]
+        pairs = [j for j in range(len(plan) - 1) if _swappable(plan, j)]
         j = pairs[int(rng.integers(len(pairs)))]
         plan[j], plan[j + 1] = plan[j + 1], plan[j]
     else:
