@@ -243,3 +243,16 @@ def test_plots_are_written_as_png(tmp_path: Path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.png", "l.png"]
     with pytest.raises(UserError, match="png"):
         bar_chart(["x"], [1.0], tmp_path / "b.jpg")
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not on PATH")
+def test_mp4_with_ffmpeg(tmp_path: Path):
+    from easytune_lab.viz.gif import write_gif
+
+    out = tmp_path / "x.mp4"
+    write_gif([demo_joints(10)], ["a"], out, fps=10)
+    probe = subprocess.run(["ffmpeg", "-v", "error", "-i", str(out), "-f", "null", "-"], capture_output=True, text=True)
+    assert probe.returncode == 0 and out.read_bytes()[4:8] == b"ftyp"
+    frames = subprocess.run(["ffmpeg", "-i", str(out), "-map", "0:v:0", "-c", "copy", "-f", "null", "-"],
+                            capture_output=True, text=True).stderr
+    assert "frame=   10" in frames or "frame=10" in frames.replace(" ", "")
