@@ -204,18 +204,32 @@ def test_cli_user_errors(tmp_path, capsys):
 
 def test_cli_smoke_study_writes_summaries(tmp_path):
     data = write_toy_dataset(tmp_path / "data", n=90)
-    results = tmp_path / "results"
-    assert main(["reward", "study", "--data", str(data), "--profile", "smoke", "--runs", str(tmp_path / "runs"),
-                 "--results", str(results), "--seeds", "0", "1", "--noise-seeds", "0", "--device", "cpu"]) == 0
+    results, runs_dir = tmp_path / "results", tmp_path / "runs"
+    assert main(["reward", "study", "--data", str(data), "--profile", "smoke", "--runs", str(runs_dir),
+                 "--results", str(results), "--seeds", "0", "--noise-seeds", "0", "--device", "cpu"]) == 0
+    assert {p.name for p in runs_dir.iterdir()} == {"plain-s0", "spl-s0", "control-s0", "noise-aware-s0"}
+    # a second seed made by hand, to check the mean/spread arithmetic of the summary
+    for name in ("plain", "spl", "control", "noise-aware"):
+        src, dst = runs_dir / f"{name}-s0", runs_dir / f"{name}-s1"
+        dst.mkdir()
+        m = json.loads((src / "metrics.json").read_text())
+        for key in ("before", "retrieval"):
+            if key in m:
+                m[key]["t=0"]["all"]["t2m"]["R@1"] += 10.0 if name == "spl" else 4.0
+        (dst / "metrics.json").write_text(json.dumps(m))
+        (dst / "manifest.json").write_text((src / "manifest.json").read_text())
+    assert main(["reward", "study", "--data", str(data), "--runs", str(runs_dir), "--results", str(results),
+                 "--summarise-only"]) == 0
     spl = json.loads((results / "spl.json").read_text())
     runs = json.loads((results / "runs.json").read_text())
-    before = [runs["spl"][s]["before"]["t=0"]["all"]["t2m"]["R@1"] for s in ("0", "1")]
-    assert spl["all"]["before"]["values"] == before
-    assert spl["all"]["before"]["mean"] == pytest.approx(sum(before) / 2)
-    assert spl["all"]["spl_minus_control"]["values"] == pytest.approx(
-        [runs["spl"][s]["retrieval"]["t=0"]["all"]["t2m"]["R@1"]
-         - runs["control"][s]["retrieval"]["t=0"]["all"]["t2m"]["R@1"] for s in ("0", "1")])
+    r1 = lambda kind, s, key="retrieval": runs[kind][s][key]["t=0"]["all"]["t2m"]["R@1"]
+    assert spl["seeds"] == [0, 1]
+    assert spl["all"]["before"]["values"] == [r1("spl", "0", "before"), r1("spl", "1", "before")]
+    assert spl["all"]["before"]["mean"] == pytest.approx((r1("spl", "0", "before") + r1("spl", "1", "before")) / 2)
+    assert spl["all"]["before"]["sd"] == pytest.approx(10.0 / math.sqrt(2))
+    d0 = r1("spl", "0") - r1("control", "0")
+    assert spl["all"]["spl_minus_control"]["values"] == pytest.approx([d0, d0 + 6.0])
     noise = json.loads((results / "noise_aware.json").read_text())
-    assert noise["timesteps"] == [0, 500]
+    assert noise["timesteps"] == [0, 500] and noise["schedule"] == "cosine"
     assert set(noise["batch32"]["t=500"]) == {"plain", "noise_aware"}
     assert runs["control"]["0"]["spl"]["weight"] == 0.0

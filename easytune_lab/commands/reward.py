@@ -45,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="seeds of the plain/SPL runs")
     st.add_argument("--noise-seeds", type=int, nargs="*", default=[0], help="seeds of the noise-aware runs")
     st.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    st.add_argument("--summarise-only", action="store_true", help="only summarise the finished runs under --runs")
     st.set_defaults(func=cmd_study)
 
 
@@ -73,10 +74,13 @@ def cmd_spl(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from ..reward.pipeline import study
+    from ..reward.pipeline import study, summarise
 
     if not args.seeds or not args.noise_seeds:
         raise UserError("--seeds/--noise-seeds: give at least one seed each")
-    study(args.data, args.runs, args.results, args.profile, args.seeds, args.noise_seeds, args.device)
+    if args.summarise_only:
+        summarise(args.runs, args.results)
+    else:
+        study(args.data, args.runs, args.results, args.profile, args.seeds, args.noise_seeds, args.device)
     print(f"wrote {args.results / 'spl.json'} and {args.results / 'noise_aware.json'}")
     return 0

@@ -137,23 +137,53 @@ def study(data: Path, runs_dir: Path, results_dir: Path, profile: str = "quick",
           noise_seeds: Sequence[int] = (0,), device: str = "auto", log: Callable[[str], None] = print) -> dict:
     """The reward experiments: per seed a plain reward, SPL on it and the no-SPL control; noise-aware rewards.
 
-    Writes ``results_dir/spl.json`` (test text→motion R@1 before / after SPL / after control, mean and spread
-    over seeds), ``results_dir/noise_aware.json`` (batch-of-32 and all-test R@1 at each noise level, plain vs
-    noise-aware) and ``results_dir/runs.json`` (each run's metrics file).
+    Run directories go to ``runs_dir/{plain,spl,control,noise-aware}-s<seed>``; :func:`summarise` then writes
+    the summaries to ``results_dir``.
+    """
+    runs_dir = Path(runs_dir)
+    for seed in list(dict.fromkeys([*seeds, *noise_seeds])):      # interleaved: every seed finishes whole
+        if seed in seeds:
+            base = runs_dir / f"plain-s{seed}"
+            train_run(data, base, profile, seed, device, log=log)
+            spl_run(base, data, runs_dir / f"spl-s{seed}", profile, seed, device, log=log)
+            spl_run(base, data, runs_dir / f"control-s{seed}", profile, seed, device, weight=0.0, log=log)
+        if seed in noise_seeds:
+            train_run(data, runs_dir / f"noise-aware-s{seed}", profile, seed, device, noise_aware=True, log=log)
+    return summarise(runs_dir, results_dir)
+
+
+def _read_runs(runs_dir: Path, prefix: str) -> dict[int, dict]:
+    import json
+
+    out = {}
+    for path in sorted(runs_dir.glob(f"{prefix}-s*/metrics.json")):
+        out[int(path.parent.name.rsplit("-s", 1)[1])] = json.loads(path.read_text())
+    return out
+
+
+def _schedule_of(run_dir: Path) -> str:
+    from ..runs import read_manifest
+
+    return read_manifest(run_dir)["config"]["model"]["schedule"]
+
+
+def summarise(runs_dir: Path, results_dir: Path) -> dict:
+    """Summaries of the finished runs of a :func:`study` (seeds with a complete set only).
+
+    Writes ``results_dir/spl.json`` (test text→motion R@1 before / after SPL / after the no-SPL control, mean
+    and spread over seeds), ``results_dir/noise_aware.json`` (R@1 at each noise level, plain vs noise-aware,
+    batch-of-32 and whole test split) and ``results_dir/runs.json`` (every run's metrics file).
     """
     from ..io import write_json
 
     runs_dir, results_dir = Path(runs_dir), Path(results_dir)
-    plain, spl, control, aware = {}, {}, {}, {}
-    for seed in seeds:
-        base = runs_dir / f"plain-s{seed}"
-        plain[seed] = train_run(data, base, profile, seed, device, log=log)
-        spl[seed] = spl_run(base, data, runs_dir / f"spl-s{seed}", profile, seed, device, log=log)
-        control[seed] = spl_run(base, data, runs_dir / f"control-s{seed}", profile, seed, device, weight=0.0, log=log)
-    for seed in noise_seeds:
-        aware[seed] = train_run(data, runs_dir / f"noise-aware-s{seed}", profile, seed, device, noise_aware=True, log=log)
-
-    spl_summary = {"profile": profile, "seeds": list(seeds), "metric": "test-split text->motion R@1 (%)"}
+    plain, spl, control, aware = (_read_runs(runs_dir, p) for p in ("plain", "spl", "control", "noise-aware"))
+    seeds = sorted(set(plain) & set(spl) & set(control))
+    noise_seeds = sorted(aware)
+    if not seeds or not noise_seeds:
+        raise UserError(f"{runs_dir}: no complete plain/spl/control seed or no noise-aware run to summarise")
+    profile = plain[seeds[0]]["profile"]
+    spl_summary = {"profile": profile, "seeds": seeds, "metric": "test-split text->motion R@1 (%)"}
     for protocol in ("all", "batch32"):
         spl_summary[protocol] = {
             "before": _mean_sd([_r1(spl[s]["before"], protocol=protocol) for s in seeds]),
@@ -175,15 +205,16 @@ def study(data: Path, runs_dir: Path, results_dir: Path, profile: str = "quick",
                               "control": [control[s]["train_seconds"] for s in seeds]}
 
     timesteps = [int(k.split("=")[1]) for k in plain[seeds[0]]["retrieval"]]
-    noise_summary = {"profile": profile, "plain_seeds": list(seeds), "noise_aware_seeds": list(noise_seeds),
+    noise_summary = {"profile": profile, "plain_seeds": seeds, "noise_aware_seeds": noise_seeds,
                      "metric": "test-split text->motion R@1 (%) on motions noised to level t (fixed noise)",
-                     "timesteps": timesteps}
+                     "schedule": _schedule_of(runs_dir / f"noise-aware-s{noise_seeds[0]}"), "timesteps": timesteps}
     for protocol in ("batch32", "all"):
         noise_summary[protocol] = {
             f"t={t}": {"plain": _mean_sd([_r1(plain[s]["retrieval"], t, protocol) for s in seeds]),
                        "noise_aware": _mean_sd([_r1(aware[s]["retrieval"], t, protocol) for s in noise_seeds])}
             for t in timesteps}
-    noise_summary["seconds"] = {"train_noise_aware": [aware[s]["train_seconds"] for s in noise_seeds]}
+    noise_summary["seconds"] = {"train_plain": [plain[s]["train_seconds"] for s in seeds],
+                                "train_noise_aware": [aware[s]["train_seconds"] for s in noise_seeds]}
 
     results_dir.mkdir(parents=True, exist_ok=True)
     write_json(results_dir / "spl.json", spl_summary)
