@@ -579,46 +579,53 @@ def _spine_quat(angles: np.ndarray, weight: float) -> np.ndarray:
     return qmul(twist, qmul(fwd, side))
 
 
-def _chain_quats(rest: np.ndarray, dirs: list[np.ndarray], start: np.ndarray | None = None) -> list[np.ndarray]:
-    """Local quaternions of consecutive bones with rest directions ``rest[k]`` pointing along ``dirs[k]``
-    (given in the frame in which the chain starts), the shortest arc for each bone."""
+def _chain_quats(rest: list[np.ndarray], dirs: list[np.ndarray]) -> list[np.ndarray]:
+    """Local quaternions of consecutive bones whose rest directions ``rest[k]`` must point along ``dirs[k]``
+    (both (m, 3), the targets given in the frame in which the chain starts): the shortest arc for each bone,
+    expressed in the frame accumulated along the chain."""
     out = []
-    acc = start
+    acc = None
     for r, d in zip(rest, dirs):
         local_d = d if acc is None else qrot(qinv(acc), d)
-        q = qbetween(np.broadcast_to(r, local_d.shape), local_d)
+        q = qbetween(r, local_d)
         out.append(q)
         acc = q if acc is None else qmul(acc, q)
     return out
 
 
+_LIMB_CHAINS = ((L_HIP, L_KNEE, L_ANKLE, L_FOOT), (R_HIP, R_KNEE, R_ANKLE, R_FOOT),
+                (L_COLLAR, L_SHOULDER, L_ELBOW, L_WRIST), (R_COLLAR, R_SHOULDER, R_ELBOW, R_WRIST))
+
+
 def pose_to_local_quats(clip: Clip) -> np.ndarray:
     """(n, 22, 4) HumanML3D-convention local quaternions of a clip, root slot = identity (the caller sets the
     root's yaw). Arms are placed in the torso frame: the collar quaternions carry the accumulated spine
-    rotation, because in HumanML3D's FK the arm chains restart from the root rotation."""
+    rotation, because in HumanML3D's FK the arm chains restart from the root rotation. The four limb chains
+    are solved together (stacked along the frame axis)."""
     n = clip.num_frames
     raw = T2M.raw_offsets
     q = np.zeros((n, 22, 4))
     q[..., 0] = 1.0
-    for side, (hip, knee, ankle, foot), k in ((LEFT, (L_HIP, L_KNEE, L_ANKLE, L_FOOT), "l"),
-                                              (RIGHT, (R_HIP, R_KNEE, R_ANKLE, R_FOOT), "r")):
-        hip_dir = np.broadcast_to(_unit(np.array(_HIP_DIR[side])), (n, 3))
-        chain = _chain_quats(raw[[hip, knee, ankle, foot]], [hip_dir, clip.dirs[f"thigh_{k}"], clip.dirs[f"shin_{k}"],
-                                                              clip.dirs[f"foot_{k}"]])
-        for j, qj in zip((hip, knee, ankle, foot), chain):
-            q[:, j] = qj
     torso = None
     for j, wgt in ((SPINE1, 0.3), (SPINE2, 0.35), (SPINE3, 0.35)):
         q[:, j] = _spine_quat(clip.spine, wgt)
         torso = q[:, j] if torso is None else qmul(torso, q[:, j])
     q[:, NECK] = _spine_quat(clip.head, 0.5)
     q[:, HEAD] = _spine_quat(clip.head, 0.5)
-    for side, (collar, shoulder, elbow, wrist), k in ((LEFT, (L_COLLAR, L_SHOULDER, L_ELBOW, L_WRIST), "l"),
-                                                      (RIGHT, (R_COLLAR, R_SHOULDER, R_ELBOW, R_WRIST), "r")):
-        collar_dir = qrot(torso, np.broadcast_to(_unit(np.array(_COLLAR_DIR[side])), (n, 3)))
-        shoulder_dir = qrot(torso, np.broadcast_to(_unit(np.array(_SHOULDER_DIR[side])), (n, 3)))
-        chain = _chain_quats(raw[[collar, shoulder, elbow, wrist]],
-                             [collar_dir, shoulder_dir, qrot(torso, clip.dirs[f"uarm_{k}"]), qrot(torso, clip.dirs[f"farm_{k}"])])
-        for j, qj in zip((collar, shoulder, elbow, wrist), chain):
-            q[:, j] = qj
+    fixed = lambda v: np.broadcast_to(_unit(np.array(v)), (n, 3))  # noqa: E731
+    arm = qrot(np.concatenate([torso] * 8), np.concatenate([
+        fixed(_COLLAR_DIR[LEFT]), fixed(_COLLAR_DIR[RIGHT]), fixed(_SHOULDER_DIR[LEFT]), fixed(_SHOULDER_DIR[RIGHT]),
+        clip.dirs["uarm_l"], clip.dirs["uarm_r"], clip.dirs["farm_l"], clip.dirs["farm_r"]]))
+    collar, shoulder, upper, fore = (arm[k * 2 * n:(k + 1) * 2 * n] for k in range(4))
+    targets = [
+        np.concatenate([fixed(_HIP_DIR[LEFT]), fixed(_HIP_DIR[RIGHT]), collar]),
+        np.concatenate([clip.dirs["thigh_l"], clip.dirs["thigh_r"], shoulder]),
+        np.concatenate([clip.dirs["shin_l"], clip.dirs["shin_r"], upper]),
+        np.concatenate([clip.dirs["foot_l"], clip.dirs["foot_r"], fore]),
+    ]
+    rest = [np.repeat(raw[[chain[k] for chain in _LIMB_CHAINS]], n, axis=0) for k in range(4)]
+    solved = _chain_quats(rest, targets)
+    for k in range(4):
+        for c, chain in enumerate(_LIMB_CHAINS):
+            q[:, chain[k]] = solved[k][c * n:(c + 1) * n]
     return q
