@@ -179,6 +179,8 @@ def test_cli_smoke_train_spl_and_load(tmp_path, capsys):
     # load_reward gives back the same scores as the trained model recorded
     reward = load_reward(run, "cpu")
     assert reward.cfg.noise_aware
+    assert not any(p.requires_grad for p in reward.parameters())  # frozen: gradients go to the motion only
+    assert all(p.requires_grad for p in load_reward(run, "cpu", trainable=True).parameters())
     x = torch.randn(2, 40, 263, requires_grad=True)
     r = reward.score(x, ["a person walks to the left", "someone kicks right"], t=100)
     r.sum().backward()

@@ -91,7 +91,7 @@ def spl_run(reward_dir: Path, data: Path, out: Path, profile: str = "quick", see
 
     reward_dir, data, out = Path(reward_dir), Path(data), Path(out)
     dev = _prepare(data, out, profile, device, seed)
-    reward = load_reward(reward_dir, dev)
+    reward = load_reward(reward_dir, dev, trainable=True)
     cfg, spl = profile_configs(profile, noise_aware=reward.cfg.noise_aware)
     cfg.model = reward.cfg
     if k is not None:

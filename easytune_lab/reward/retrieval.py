@@ -371,8 +371,12 @@ def save_reward(reward: Reward, run_dir) -> None:
     save_tensors(run_dir / WEIGHTS, reward.state_dict())
 
 
-def load_reward(run_dir, device="cpu") -> Reward:
-    """Load a trained reward (``easytune reward train`` or ``reward spl`` run) in eval mode on ``device``."""
+def load_reward(run_dir, device="cpu", trainable: bool = False) -> Reward:
+    """Load a trained reward (``easytune reward train`` or ``reward spl`` run) in eval mode on ``device``.
+
+    By default its parameters are frozen (``requires_grad=False``): fine-tuning back-propagates through the
+    reward into the motion only. ``trainable=True`` is for further reward training (SPL).
+    """
     import dataclasses
 
     from ..data.text import Vocabulary
@@ -394,4 +398,5 @@ def load_reward(run_dir, device="cpu") -> Reward:
     if missing or unexpected:
         raise UserError(f"{run_dir / WEIGHTS}: does not match the manifest's model "
                         f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+    reward.requires_grad_(trainable)
     return reward.to(torch.device(device) if isinstance(device, str) else device).eval()
