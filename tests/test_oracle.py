@@ -99,3 +99,12 @@ def test_judgement_is_invariant_to_rotation_and_translation_and_rescales_spans()
     doubled = [dict(x, start=2 * x["start"], end=2 * x["end"]) for x in actions]  # a claim made for 2x frames
     assert judge(moved, doubled)["score"] == 1.0
     assert judge(moved, _claim(actions, angle="90"))["actions"][0]["angle"] is False
+
+
+def test_claims_without_spans_are_split_evenly():
+    plan = [{"family": "walk", "attributes": {"direction": "forward", "speed": "fast"}, "frames": 60},
+            {"family": "clap", "attributes": {}, "frames": 60}]
+    m = synthesize(plan, np.random.default_rng(5))
+    bare = [{"family": a["family"], "attributes": a["attributes"]} for a in m.actions]
+    assert judge(m.joints, bare)["score"] == 1.0
+    assert judge(m.joints, bare[::-1])["actions"][0]["family"] is False  # wrong order

@@ -186,7 +186,11 @@ def classify(m: dict, th: Thresholds = THRESHOLDS) -> tuple[str, dict]:
 
 
 def _spans(actions: list[dict], num_frames: int) -> list[tuple[int, int]]:
-    """Claimed spans rescaled from the claim's length to the motion's length."""
+    """Claimed spans rescaled from the claim's length to the motion's length; a claim without spans
+    (no ``start``/``end``) is split into equal parts."""
+    if any("start" not in a or "end" not in a for a in actions):
+        edges = np.linspace(0, num_frames, len(actions) + 1).round().astype(int)
+        return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
     total = max(int(a["end"]) for a in actions)
     scale = num_frames / max(total, 1)
     return [(int(round(a["start"] * scale)), int(round(a["end"] * scale))) for a in actions]
@@ -197,7 +201,8 @@ def judge(joints: np.ndarray, actions: list[dict]) -> dict:
 
     Args:
         joints: (T, 22, 3) joint positions (t2m, +Y up, 20 fps), e.g. ``new_joints/<id>.npy``.
-        actions: the claim, as in ``attributes.jsonl``: ``[{"family", "attributes", "start", "end"}, ...]``.
+        actions: the claim, as in ``attributes.jsonl``: ``[{"family", "attributes", "start", "end"}, ...]``
+            (spans in frames of the claimed motion, rescaled to ``joints``; without spans: equal parts).
 
     Returns:
         ``{"actions": [{"family": bool, <attribute>: bool, ...}, ...], "predicted": [(family, attributes)...],
