@@ -126,6 +126,7 @@ def test_pos_tokens_use_lemmas_and_coarse_tags():
     assert pos_tokens("a person walks forward slowly, then jumps.") == \
         "a/DET person/NOUN walk/VERB forward/ADV slowly/ADV then/ADV jump/VERB"
     assert pos_tokens("someone does star jumps.") == "someone/PRON do/VERB star/NOUN jump/NOUN"
+    assert pos_tokens("a man turns left.") == "a/DET man/NOUN turn/VERB left/ADV"
     assert texts_file(["a man claps."]) == "a man claps.#a/DET man/NOUN clap/VERB#0.0#0.0\n"
 
 

@@ -196,6 +196,8 @@ def pos_tokens(caption: str) -> str:
     for w in words:
         key = _VERB_FORMS[w] if w in _VERB_FORMS and prev in _VERB_CONTEXT else w
         lemma, pos = LEXICON[key]
+        if w in ("left", "right") and prev == "turns":  # "turns left": an adverb, not the adjective of "left hand"
+            pos = "ADV"
         out.append(f"{lemma}/{pos}")
         prev = w
     return " ".join(out)
