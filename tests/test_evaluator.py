@@ -207,3 +207,29 @@ def test_embeds_the_real_humanml3d_sample(smoke_run, fixture_dir):
     emb = embed_motions(ev, [feats, feats[:120]], normalised=False)
     assert emb.shape == (2, 512) and np.isfinite(emb).all()
     assert not np.allclose(emb[0], emb[1])  # the length matters
+
+
+def test_t2m_margin_loss_also_trains(smoke_run, tmp_path):
+    data, _ = smoke_run
+    out = tmp_path / "margin"
+    assert main(["evaluator", "train", "--data", str(data), "--profile", "smoke", "--out", str(out),
+                 "--device", "cpu", "--no-progress", "--loss", "margin", "--epochs", "15"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 15
+    assert metrics["val"]["r_precision_top1"] > 3 * metrics["val"]["chance_top1"]
+    assert json.loads((out / "manifest.json").read_text())["config"]["loss"] == "margin"
+
+
+def test_profiles_scale_up_to_t2m_sizes():
+    from easytune_lab.eval.evaluator_train import profile_config
+
+    sizes = {}
+    for profile in ("smoke", "quick", "paper"):
+        cfg = profile_config(profile)
+        assert cfg.model.output_dim == 512
+        sizes[profile] = sum(p.numel() for p in TextMotionEvaluator(cfg.model, 100).parameters())
+    assert sizes["smoke"] < sizes["quick"] < sizes["paper"]
+    paper = profile_config("paper").model
+    assert (paper.movement_hidden, paper.motion_hidden, paper.text_hidden) == (512, 1024, 512)  # T2M's sizes
+    with pytest.raises(UserError):
+        profile_config("huge")
