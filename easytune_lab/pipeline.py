@@ -1,0 +1,309 @@
+"""A cache of trained runs keyed by configuration, shared by the notebooks and ``easytune reproduce``.
+
+:func:`workbench` returns a :class:`Workbench` whose stages are built lazily, once::
+
+    wb = workbench("smoke", seed=0)
+    wb.data                      # HumanML3D-format dataset directory (procedural, or the user's)
+    wb.evaluator                 # T2M-style evaluator run
+    wb.backbone("mdm")           # pretrained backbone run (mdm | mld | lcm; lcm distils the mld run)
+    wb.reward(spl=True)          # retrieval reward run (noise_aware=True: R(x_t, t, c); spl: refined by SPL)
+    wb.finetune("easytune")      # fine-tuned backbone run
+    wb.evaluation(run)           # T2M metrics (+ oracle accuracy) of a backbone run, as a dict
+
+Every stage is a run directory ``CACHE/runs/<stage>-<hash12>`` where the hash is
+:func:`easytune_lab.runs.config_hash` of everything that decides the result: the stage's options, profile,
+seed, resolved device type, the dataset's identity and the hashes of the runs it builds on. A run is reused only
+when its ``manifest.json`` says ``"status": "complete"``; a build writes into a hidden temporary sibling and is
+renamed into place at the end, so an interrupted build leaves no run behind (only a temporary directory, which
+the next build of that key removes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .errors import UserError
+from .runs import MANIFEST, config_hash, config_to_dict, read_manifest, write_manifest
+from .runtime import check_profile
+
+# Size of the procedural dataset per profile. 15 % of it is the test split (see motion.synth.split_ids), and the
+# T2M protocol needs at least one R-Precision group of 32 test rows: 300 motions -> 45 test motions.
+PROCEDURAL_MOTIONS = {"smoke": 300, "quick": 4000, "paper": 4000}
+DATA_SEED = 0          # the procedural dataset is the same for every training seed
+EVAL_REPLICATIONS = {"smoke": 2, "quick": 10, "paper": 20}
+LOOP_KEYS = ("reward_on", "reg_weight", "grad_clip")   # finetune overrides that belong to LoopConfig
+
+
+def is_complete(run_dir: Path) -> bool:
+    """True when ``run_dir/manifest.json`` exists and says ``status: complete``."""
+    try:
+        return json.loads((Path(run_dir) / MANIFEST).read_text()).get("status") == "complete"
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return False
+
+
+def dataset_identity(root: Path) -> dict:
+    """What identifies a dataset directory: its generator record, or a digest of its split lists and file sizes."""
+    root = Path(root)
+    info = root / "dataset.json"
+    if info.is_file():
+        record = json.loads(info.read_text())
+        return {"kind": "procedural", "generator": {k: record.get(k) for k in
+                                                    ("generator_version", "version", "seed", "num_motions")
+                                                    if k in record},
+                "digest": hashlib.sha256(info.read_bytes()).hexdigest()[:16]}
+    digest = hashlib.sha256()
+    for name in ("train.txt", "val.txt", "test.txt", "Mean.npy", "Std.npy"):
+        path = root / name
+        digest.update(name.encode())
+        digest.update(path.read_bytes() if path.is_file() else b"-")
+    vecs = root / "new_joint_vecs"
+    if vecs.is_dir():
+        for path in sorted(vecs.iterdir()):
+            digest.update(f"{path.name}:{path.stat().st_size}".encode())
+    return {"kind": "directory", "path": str(root.resolve()), "digest": digest.hexdigest()[:16]}
+
+
+@dataclass
+class Workbench:
+    """Lazily built, cached stages for one (profile, seed, device, dataset). See the module docstring."""
+
+    profile: str = "smoke"
+    seed: int = 0
+    device: str = "auto"
+    cache: Path = Path(".cache")
+    user_data: Path | None = None
+    progress: bool = False
+    log: Callable[[str], None] = print
+    built: list[str] = field(default_factory=list)      # run dirs built (not reused) by this object
+    _data: Path | None = None
+
+    def __post_init__(self) -> None:
+        from .runtime import resolve_device
+
+        check_profile(self.profile)
+        self.cache = Path(self.cache)
+        self.torch_device = resolve_device(self.device)
+        if self.user_data is not None:
+            self.user_data = Path(self.user_data)
+            if not (self.user_data / "train.txt").is_file():
+                raise UserError(f"--data {self.user_data}: no train.txt (not a HumanML3D-format directory)")
+
+    # ------------------------------------------------------------------------------------------------ plumbing
+    def _key(self, stage: str, **options) -> dict:
+        return {"stage": stage, "profile": self.profile, "seed": self.seed, "device": self.torch_device.type,
+                "data": dataset_identity(self.data), **options}
+
+    def run_dir(self, stage: str, key: dict) -> Path:
+        return self.cache / "runs" / f"{stage}-{config_hash(key)}"
+
+    def _build(self, stage: str, key: dict, build: Callable[[Path], None]) -> Path:
+        """Return the complete run for ``key``; otherwise build it into a temporary directory and rename it."""
+        import torch
+
+        final = self.run_dir(stage, key)
+        if is_complete(final):
+            return final
+        tmp = final.parent / f".{final.name}.tmp"
+        for stale in (tmp, final):          # an interrupted earlier build, or a run that never completed
+            if stale.exists():
+                shutil.rmtree(stale)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        threads = torch.get_num_threads()
+        start = time.perf_counter()
+        self.log(f"[cache] building {final.name} ({stage}, profile {self.profile})")
+        try:
+            build(tmp)
+            manifest = read_manifest(tmp)
+            manifest["status"] = "complete"
+            manifest["cache_key"] = config_to_dict(key)
+            manifest["cache_seconds"] = time.perf_counter() - start
+            write_manifest(tmp, manifest)
+            os.replace(tmp, final)
+        finally:
+            torch.set_num_threads(threads)
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        self.built.append(str(final))
+        self.log(f"[cache] built {final} in {time.perf_counter() - start:.1f} s")
+        return final
+
+    # ------------------------------------------------------------------------------------------------ stages
+    @property
+    def data(self) -> Path:
+        """The dataset directory: the user's, or the profile's procedural dataset (generated once)."""
+        if self._data is None:
+            if self.user_data is not None:
+                self._data = self.user_data
+            else:
+                from .motion.synth import generate_dataset
+
+                n = PROCEDURAL_MOTIONS[self.profile]
+                root = self.cache / "data" / f"procedural-n{n}-seed{DATA_SEED}"
+                if not (root / "dataset.json").is_file():
+                    if root.exists():
+                        shutil.rmtree(root)
+                    self.log(f"[cache] generating {n} procedural motions into {root}")
+                    generate_dataset(root, num_motions=n, seed=DATA_SEED, progress=self.progress)
+                self._data = root
+        return self._data
+
+    @property
+    def evaluator(self) -> Path:
+        """The T2M-style evaluator (its own fixed seed, as T2M's evaluator is shared by every model)."""
+        from .eval.evaluator_train import EVALUATOR_SEED, profile_config, train_evaluator
+
+        config = profile_config(self.profile)
+        key = self._key("evaluator", config=config, evaluator_seed=EVALUATOR_SEED)
+        key["seed"] = None                       # independent of the workbench seed
+
+        def build(out: Path) -> None:
+            train_evaluator(self.data, config, out, seed=EVALUATOR_SEED, device=self.torch_device,
+                            progress=self.progress)
+            _mark_manifest(out)
+
+        return self._build("evaluator", key, build)
+
+    def backbone(self, kind: str = "mdm") -> Path:
+        """A pretrained backbone run: ``mdm`` (motion space), ``mld`` (latent), ``lcm`` (distilled from ``mld``)."""
+        from .commands.pretrain import load_training_data
+        from .diffusion.train import BACKBONES, pretrain, pretrain_config
+
+        if kind not in BACKBONES:
+            raise UserError(f"backbone: unknown backbone '{kind}' (choose {', '.join(BACKBONES)})")
+        teacher = self.backbone("mld") if kind == "lcm" else None
+        parents = {"teacher": teacher.name} if teacher else {}
+        key = self._key("backbone", backbone=kind, parents=parents)
+
+        def build(out: Path) -> None:
+            data = load_training_data(self.data, self.seed)
+            config = pretrain_config(kind, self.profile, int(data.mean.shape[0]), seed=self.seed)
+            init = None
+            if kind == "lcm":
+                from .diffusion.consistency import teacher_setup
+
+                config.teacher = str(teacher)
+                init = teacher_setup(config, data)
+            pretrain(config, data, out, device=self.torch_device, progress=self.progress,
+                     parents={"teacher": str(teacher)} if teacher else {}, init=init)
+
+        return self._build(f"backbone-{kind}", key, build)
+
+    def reward(self, noise_aware: bool = False, spl: bool = False) -> Path:
+        """A retrieval reward run (paper Sec. 3.3); ``spl`` refines the plain one with SPL (Sec. 3.4)."""
+        from .reward.pipeline import spl_run, train_run
+
+        quiet = self.log if self.progress else (lambda _msg: None)
+        if spl:
+            parent = self.reward(noise_aware=noise_aware, spl=False)
+            key = self._key("reward-spl", noise_aware=noise_aware, parents={"reward": parent.name})
+
+            def build(out: Path) -> None:
+                spl_run(parent, self.data, out, self.profile, self.seed, str(self.torch_device), log=quiet)
+                _mark_manifest(out)
+
+            return self._build("reward-spl", key, build)
+        key = self._key("reward", noise_aware=noise_aware)
+
+        def build(out: Path) -> None:
+            train_run(self.data, out, self.profile, self.seed, str(self.torch_device), noise_aware=noise_aware,
+                      log=quiet)
+            _mark_manifest(out)
+
+        return self._build("reward-noise-aware" if noise_aware else "reward", key, build)
+
+    def finetune_config(self, method: str, **overrides):
+        """The :class:`~easytune_lab.finetune.train.FinetuneConfig` that :meth:`finetune` trains with."""
+        from .finetune.train import finetune_config
+
+        loop = {k: overrides.pop(k) for k in LOOP_KEYS if k in overrides}
+        cfg = finetune_config(method, self.profile, seed=self.seed, **overrides)
+        for k, v in loop.items():
+            setattr(cfg.loop, k, v)
+        return cfg
+
+    def finetune(self, method: str, backbone: str = "mdm", reward: str = "spl", **overrides) -> Path:
+        """A fine-tuned backbone run (``reward``: ``plain`` | ``spl`` | ``noise-aware``); ``overrides`` go to
+        :func:`~easytune_lab.finetune.train.finetune_config` (and ``reward_on``/``reg_weight``/``grad_clip``
+        to its ``loop``)."""
+        from .finetune.train import run_finetune, validate
+
+        rewards = {"plain": dict(), "spl": dict(spl=True), "noise-aware": dict(noise_aware=True)}
+        if reward not in rewards:
+            raise UserError(f"reward: unknown reward '{reward}' (choose {', '.join(rewards)})")
+        cfg = self.finetune_config(method, **dict(overrides))
+        validate(cfg)
+        base, reward_run = self.backbone(backbone), self.reward(**rewards[reward])
+        key = self._key("finetune", config=cfg, overrides=overrides,
+                        parents={"base": base.name, "reward": reward_run.name})
+
+        def build(out: Path) -> None:
+            run_finetune(cfg, base, reward_run, self.data, out, self.torch_device, progress=self.progress)
+
+        return self._build(f"finetune-{method}", key, build)
+
+    def evaluation(self, model: Path | str, replications: int | None = None) -> dict:
+        """T2M metrics of a backbone run (or ``gt``) on the test split, cached as an ``eval`` run."""
+        from .eval.evaluator import load_evaluator
+        from .eval.protocol import (GroundTruth, ProtocolConfig, evaluate, generated_source, generator_source,
+                                    load_actions, oracle_function)
+        from .io import write_json
+        from .runs import make_manifest
+
+        reps = replications or EVAL_REPLICATIONS[self.profile]
+        evaluator = self.evaluator
+        model_id = "gt" if str(model) == "gt" else Path(model).name
+        key = self._key("eval", model=model_id, evaluator=evaluator.name, replications=reps)
+
+        def build(out: Path) -> None:
+            ev = load_evaluator(evaluator, self.torch_device)
+            config = ProtocolConfig(replications=reps, seed=self.seed, max_text_len=ev.config.max_text_len)
+            gt = GroundTruth(self.data, "test", ev, max_text_len=config.max_text_len)
+            source = gt.source() if model_id == "gt" else generated_source(generator_source(model, self.torch_device))
+            actions = load_actions(self.data)
+            summary = evaluate(ev, gt, source, config, actions=actions,
+                               oracle=oracle_function() if actions is not None else None)
+            out.mkdir(parents=True)
+            write_json(out / "metrics.json", summary)
+            manifest = make_manifest("eval", config, seed=self.seed, device=str(self.torch_device),
+                                     parents={"evaluator": str(evaluator), "model": str(model)})
+            write_manifest(out, manifest)
+
+        run = self._build("eval", key, build)
+        return json.loads((run / "metrics.json").read_text())
+
+
+def _mark_manifest(out: Path) -> None:
+    """Some stages write no manifest status; the cache adds ``complete`` itself after a build returns."""
+    if not (Path(out) / MANIFEST).is_file():
+        raise UserError(f"{out}: the stage wrote no {MANIFEST}")
+
+
+def workbench(profile: str = "smoke", seed: int = 0, device: str = "auto", cache: str | Path = ".cache",
+              data: str | Path | None = None, progress: bool = False) -> Workbench:
+    """The cached stages for ``profile``/``seed``/``device`` on the procedural dataset or the user's ``data``."""
+    return Workbench(profile=profile, seed=seed, device=device, cache=Path(cache),
+                     user_data=Path(data) if data is not None else None, progress=progress)
+
+
+def project_root(start: str | Path | None = None) -> Path:
+    """The nearest directory at or above ``start`` (default: the working directory) holding ``pyproject.toml``
+    — notebooks run with their own folder as working directory, and resolve ``.cache``/``results`` from here."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "easytune_lab").is_dir():
+            return folder
+    return here
+
+
+def project_path(path: str | Path) -> Path:
+    """``path`` if absolute, else relative to :func:`project_root`."""
+    path = Path(path)
+    return path if path.is_absolute() else project_root() / path
