@@ -51,6 +51,8 @@ class SPLConfig:
     k: int = 10
     weight: float = 1.0              # 0 = the control: the same extra epochs without SPL
     gallery: str = "train"           # "train": top-k among all train motions (re-embedded each epoch); "batch"
+    dup_threshold: float = 0.98      # train gallery: a motion with a caption this close (cosine of the reward's
+                                     # own text embeddings) to the query is a paraphrase match, not a wrong motion
 
 
 def _model(**kw) -> RewardModelConfig:
@@ -124,6 +126,9 @@ class TrainGallery:
             for cap in dataset.clips[i].captions:
                 self.owners.setdefault(caption_key(cap.text), []).append(j)
         self.embeddings: torch.Tensor | None = None
+        self.caption_texts = [cap.text for i in self.indices for cap in dataset.clips[i].captions]
+        self.caption_owner = torch.tensor([j for j, i in enumerate(self.indices) for _ in dataset.clips[i].captions])
+        self.caption_embeddings: torch.Tensor | None = None
 
     @torch.no_grad()
     def refresh(self, reward: Reward, device, batch_size: int = 256) -> None:
@@ -135,14 +140,23 @@ class TrainGallery:
             t = torch.zeros(len(batch), dtype=torch.long, device=device)
             out.append(reward.embed_motion(batch.features, batch.mask, t=t))
         self.embeddings = torch.cat(out)
+        self.caption_embeddings = torch.cat([reward.embed_text(self.caption_texts[s:s + batch_size])
+                                             for s in range(0, len(self.caption_texts), batch_size)])
         reward.train(was_training)
 
-    def same_caption_mask(self, captions: Sequence[str], device) -> torch.Tensor:
-        """(B, N) True where gallery motion j also carries caption b (not a wrong motion for it)."""
+    @torch.no_grad()
+    def same_caption_mask(self, captions: Sequence[str], device, text_emb: torch.Tensor | None = None,
+                          threshold: float = 1.0) -> torch.Tensor:
+        """(B, N) True where gallery motion j carries caption b itself or, given the queries' text embeddings,
+        a caption whose embedding has cosine >= ``threshold`` with it (a paraphrase): not a wrong motion."""
         mask = torch.zeros(len(captions), len(self.indices), dtype=torch.bool)
         for b, text in enumerate(captions):
             mask[b, self.owners.get(caption_key(text), [])] = True
-        return mask.to(device)
+        mask = mask.to(device)
+        if text_emb is not None and self.caption_embeddings is not None and threshold < 1.0:
+            rows, cols = (text_emb @ self.caption_embeddings.T >= threshold).nonzero(as_tuple=True)
+            mask[rows, self.caption_owner.to(device)[cols]] = True
+        return mask
 
     def motions(self, positions: torch.Tensor, device) -> MotionBatch:
         return collate_motions([self.dataset[self.indices[int(j)]] for j in positions]).to(device)
@@ -239,7 +253,7 @@ def _spl_term(reward: Reward, batch: MotionBatch, positions: torch.Tensor, m: to
         return (spl_loss(scores, pairs) if spl.weight > 0 else scores.sum().detach() * 0), len(pairs)
     with torch.no_grad():
         scores = scale * c @ gallery.embeddings.T                # (texts, all train motions)
-        ignore = gallery.same_caption_mask(batch.captions, device)
+        ignore = gallery.same_caption_mask(batch.captions, device, c, spl.dup_threshold)
         pairs = mine_pairs(scores, targets=positions.to(device), k=spl.k, ignore=ignore)
     if len(pairs) == 0 or spl.weight == 0:
         return m.sum().detach() * 0, len(pairs)
