@@ -1,0 +1,92 @@
+"""The run cache: reuse of complete runs, new runs for changed configurations, no half-written runs."""
+
+import json
+
+import pytest
+import torch
+
+from easytune_lab import pipeline
+from easytune_lab.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def wb(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EASYTUNE_THREADS", "1")      # the reward stage sets torch's threads from it
+    torch.set_num_threads(1)
+    yield pipeline.workbench("smoke", seed=0, device="cpu", cache=tmp_path_factory.mktemp("cache"))
+    mp.undo()
+
+
+def _runs(wb, prefix):
+    return sorted(p.name for p in (wb.cache / "runs").iterdir() if p.name.startswith(prefix))
+
+
+def test_second_call_reuses_the_run(wb):
+    first = wb.finetune("easytune", reward="plain", iterations=1)
+    built = list(wb.built)
+    mtime = (first / "weights.safetensors").stat().st_mtime_ns
+    again = wb.finetune("easytune", reward="plain", iterations=1)
+    assert again == first
+    assert wb.built == built                       # nothing was trained the second time
+    assert (first / "weights.safetensors").stat().st_mtime_ns == mtime
+    manifest = json.loads((first / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    assert manifest["cache_key"]["overrides"] == {"iterations": 1}
+    assert first.name == f"finetune-easytune-{pipeline.config_hash(manifest['cache_key'])}"
+    # a fresh workbench object on the same cache finds it too
+    other = pipeline.workbench("smoke", seed=0, device="cpu", cache=wb.cache)
+    assert other.finetune("easytune", reward="plain", iterations=1) == first and other.built == []
+
+
+def test_changed_override_or_seed_gives_a_new_run(wb):
+    one = wb.finetune("easytune", reward="plain", iterations=1)
+    two = wb.finetune("easytune", reward="plain", iterations=2)
+    assert one != two and two.name.startswith("finetune-easytune-")
+    assert json.loads((two / "metrics.json").read_text())["iterations"] == 2
+    seed1 = pipeline.workbench("smoke", seed=1, device="cpu", cache=wb.cache)
+    assert seed1.run_dir("reward", seed1._key("reward", noise_aware=False)) != wb.reward()
+    # the parent's hash is part of the key: a different reward gives a different fine-tuning run
+    assert wb.finetune("easytune", reward="spl", iterations=1) != one
+
+
+def test_interrupted_build_leaves_no_run(wb, monkeypatch):
+    import easytune_lab.finetune.train as train
+
+    def interrupted(cfg, base, reward, data, out, device, **kw):
+        out.mkdir(parents=True)
+        (out / "manifest.json").write_text(json.dumps({"kind": "backbone", "status": "running"}))
+        (out / "weights.safetensors").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    before = _runs(wb, "finetune-draft")
+    monkeypatch.setattr(train, "run_finetune", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        wb.finetune("draft", reward="plain", iterations=1)
+    assert _runs(wb, "finetune-draft") == before == []
+    assert not [p for p in (wb.cache / "runs").iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.undo()
+    run = wb.finetune("draft", reward="plain", iterations=1)
+    assert pipeline.is_complete(run)
+
+
+def test_incomplete_run_is_rebuilt(wb):
+    run = wb.reward()
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["status"] = "running"
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    assert not pipeline.is_complete(run)
+    n = len(wb.built)
+    assert wb.reward() == run and pipeline.is_complete(run)
+    assert len(wb.built) == n + 1
+
+
+def test_user_data_identity_and_errors(tmp_path, wb):
+    with pytest.raises(UserError, match="train.txt"):
+        pipeline.workbench("smoke", device="cpu", cache=tmp_path, data=tmp_path)
+    with pytest.raises(UserError, match="profile"):
+        pipeline.workbench("huge", device="cpu", cache=tmp_path)
+    with pytest.raises(UserError, match="backbone"):
+        wb.backbone("gan")
+    ident = pipeline.dataset_identity(wb.data)
+    assert ident["kind"] == "procedural" and len(ident["digest"]) == 16
