@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(m)
     m.add_argument("--steps", required=True, help="comma-separated numbers of denoising steps, e.g. 10,50,100")
     m.add_argument("--batch-size", type=int, default=2)
+    m.add_argument("--length", type=int, default=None, help="frames of every motion (default: ground-truth lengths)")
     m.set_defaults(func=cmd_memory)
     s = bsub.add_parser("speed", help="reward reached against wall time and optimiser steps")
     _common(s)
@@ -71,7 +72,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
     _check_out(args.out)
     device = resolve_device(args.device)
     rows = memory_benchmark(methods, steps, args.profile, args.base, args.reward, args.data, device,
-                            seed=args.seed, batch_size=args.batch_size)
+                            seed=args.seed, batch_size=args.batch_size, length=args.length)
     write_json(args.out, {"results": rows})
     for r in rows:
         print(f"{r['method']:>15s} T={r['steps']:<5d} peak {r['peak_bytes'] / 2**20:9.2f} MiB "

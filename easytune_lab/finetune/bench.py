@@ -43,8 +43,12 @@ def _sampling_baseline(tuner: Finetuner, texts, lengths, num_steps: int) -> int:
 
 def memory_benchmark(methods: Sequence[str], steps: Sequence[int], profile: str, base: Path, reward: Path,
                      data: Path, device: torch.device, seed: int = 0, batch_size: int = 2,
-                     progress: bool = True) -> list[dict]:
-    """Peak training memory of one trajectory per method and number of denoising steps T."""
+                     length: int | None = None, progress: bool = True) -> list[dict]:
+    """Peak training memory of one trajectory per method and number of denoising steps T.
+
+    Every method gets the same captions (drawn with ``seed``) and lengths (their ground truth, or ``length``
+    frames for all).
+    """
     from tqdm import tqdm
 
     rows = []
@@ -54,10 +58,12 @@ def memory_benchmark(methods: Sequence[str], steps: Sequence[int], profile: str,
         tuner = _tuner(method, profile, base, reward, data, device, seed, sample_steps=num_steps,
                        batch_size=batch_size, lr=0.0, k=k)
         texts, lengths = tuner.prompts.draw(batch_size, np.random.default_rng(seed))
+        if length is not None:
+            lengths = [length] * len(texts)
         baseline = _sampling_baseline(tuner, texts, lengths, num_steps)
         start = time.perf_counter()
         stats = tuner.iteration(texts=texts, lengths=lengths)  # the same captions for every method
-        rows.append({"method": method, "steps": num_steps, "k": k if method in ("draft", "drtune") else None,
+        rows.append({"method": method, "steps": num_steps, "batch_size": batch_size, "lengths": lengths, "k": k if method in ("draft", "drtune") else None,
                      "peak_bytes": stats.peak_bytes, "baseline_bytes": baseline,
                      "graph_calls": len(stats.graph_calls), "optimizer_steps": stats.optimizer_steps,
                      "seconds": time.perf_counter() - start, "device": str(device),

@@ -292,8 +292,12 @@ def save_checkpoint(out: Path, tuner: Finetuner, state: dict) -> None:
 
 def run_finetune(cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Path, out: Path,
                  device: torch.device, *, resume: bool = False, progress: bool = True,
-                 evaluate: Callable[[Path], dict] | None = None) -> dict:
-    """Fine-tune ``base_run`` with ``cfg.method`` against ``reward_run`` into ``out``; return metrics."""
+                 stop_after: int | None = None, evaluate: Callable[[Path], dict] | None = None) -> dict:
+    """Fine-tune ``base_run`` with ``cfg.method`` against ``reward_run`` into ``out``; return metrics.
+
+    ``stop_after`` ends the run after that many iterations with a checkpoint, as an interruption would;
+    ``resume`` continues from ``OUT/checkpoint`` and gives the same weights as an uninterrupted run on CPU.
+    """
     from tqdm import tqdm
 
     out = Path(out)
@@ -330,7 +334,8 @@ def run_finetune(cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Pa
     bar = tqdm(total=cfg.iterations, initial=start_it, disable=not progress, desc=f"finetune {cfg.method}",
                dynamic_ncols=True)
     steps_done = log["optimizer_steps"][-1] if log["optimizer_steps"] else 0
-    for it in range(start_it, cfg.iterations):
+    end = cfg.iterations if stop_after is None else min(cfg.iterations, stop_after)
+    for it in range(start_it, end):
         t0 = time.perf_counter()
         stats = tuner.iteration()
         elapsed += time.perf_counter() - t0
@@ -350,9 +355,14 @@ def run_finetune(cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Pa
         if (cfg.eval_every and (it + 1) % cfg.eval_every == 0) or last:
             evals.append({"iteration": it + 1, "optimizer_steps": steps_done, "seconds": elapsed,
                           "reward": tuner.evaluate_reward()})
-        if (cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0) or last:
+        if (cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0) or last or it + 1 == end:
             save_checkpoint(out, tuner, {"iteration": it + 1, "elapsed": elapsed, "log": log, "evals": evals})
     bar.close()
+    if end < cfg.iterations:
+        manifest["status"] = "interrupted"
+        manifest["iterations_done"] = end
+        write_manifest(out, manifest)
+        return {"method": cfg.method, "iterations": end, "complete": False}
 
     save_tensors(out / WEIGHTS, tuner.backbone.state_dict())
     peak = max(log["peak_bytes"]) if log["peak_bytes"] else 0
