@@ -9,7 +9,7 @@ space back to normalised HumanML3D features.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
@@ -148,7 +148,3 @@ def keep_mask(batch_size: int, drop: float, generator: torch.Generator, device) 
     """True for the items that keep their text (classifier-free guidance training, Ho & Salimans 2022)."""
     u = torch.rand(batch_size, generator=generator, device=generator.device).to(device)
     return u >= drop
-
-
-def default_field(factory):
-    return field(default_factory=factory)

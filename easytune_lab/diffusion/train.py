@@ -34,7 +34,7 @@ import torch
 from ..data.text import Vocabulary
 from ..errors import UserError
 from ..io import write_json, write_npy
-from ..runs import (config_to_dict, load_tensors, make_manifest, read_manifest, save_tensors, write_manifest,
+from ..runs import (load_tensors, make_manifest, read_manifest, save_tensors, write_manifest,
                     WEIGHTS)
 from .backbone import Backbone
 
@@ -376,7 +376,3 @@ def load_backbone(run_dir: str | Path, device: torch.device | str = "cpu") -> tu
     model = build_backbone(config, vocab)
     model.load_state_dict(load_tensors(run_dir / WEIGHTS))
     return model.to(device).eval(), config, manifest
-
-
-def config_dict(config: PretrainConfig) -> dict:
-    return config_to_dict(config)
