@@ -194,6 +194,14 @@ def summarise(runs_dir: Path, results_dir: Path) -> dict:
             "spl_minus_control": _mean_sd([_r1(spl[s]["retrieval"], protocol=protocol)
                                            - _r1(control[s]["retrieval"], protocol=protocol) for s in seeds]),
         }
+    exact = _read_runs(runs_dir, "spl-exact")                    # ablation: only identical captions ignored
+    if seeds and all(seed in exact for seed in seeds):
+        spl_summary["ablation_spl_identical_captions_only"] = {
+            protocol: {"after": _mean_sd([_r1(exact[s]["retrieval"], protocol=protocol) for s in seeds]),
+                       "minus_control": _mean_sd([_r1(exact[s]["retrieval"], protocol=protocol)
+                                                  - _r1(control[s]["retrieval"], protocol=protocol) for s in seeds]),
+                       "mined_pairs_per_epoch": {str(s): exact[s]["mined_pairs_per_epoch"] for s in seeds}}
+            for protocol in ("all", "batch32")}
     spl_summary["m2t_all"] = {
         "before": _mean_sd([_r1(spl[s]["before"], direction="m2t") for s in seeds]),
         "after_spl": _mean_sd([_r1(spl[s]["retrieval"], direction="m2t") for s in seeds]),
@@ -219,5 +227,6 @@ def summarise(runs_dir: Path, results_dir: Path) -> dict:
     results_dir.mkdir(parents=True, exist_ok=True)
     write_json(results_dir / "spl.json", spl_summary)
     write_json(results_dir / "noise_aware.json", noise_summary)
-    write_json(results_dir / "runs.json", {"plain": plain, "spl": spl, "control": control, "noise_aware": aware})
+    write_json(results_dir / "runs.json", {"plain": plain, "spl": spl, "control": control, "noise_aware": aware,
+                                           "spl_identical_captions_only": exact})
     return {"spl": spl_summary, "noise_aware": noise_summary}
