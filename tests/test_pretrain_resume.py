@@ -12,6 +12,16 @@ from easytune_lab.runs import load_tensors
 WORDS = ["walks", "forward", "jumps", "waves", "left", "right", "hand", "slowly", "turns", "around"]
 
 
+@pytest.fixture(autouse=True)
+def float32_default():
+    """These tests build float32 models; keep them independent of a default dtype set elsewhere."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    yield
+    torch.set_default_dtype(old)
+
+
+
 def make_dataset(root, num=12, dim=263, seed=0):
     """A tiny HumanML3D-format directory: smooth random features of 40–64 frames with two-word captions."""
     rng = np.random.default_rng(seed)

@@ -57,7 +57,7 @@ class MotionTransformer(nn.Module):
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Condition, drop_text: bool = False) -> torch.Tensor:
         text = torch.zeros_like(cond.text) if drop_text else cond.text
         token = (self.time(t) + self.text_proj(text)).unsqueeze(1)           # (B, 1, d)
-        h = torch.cat([token, self.inp(x_t)], dim=1) + self.pos[: x_t.shape[1] + 1]
+        h = torch.cat([token, self.inp(x_t)], dim=1) + self.pos[: x_t.shape[1] + 1].to(self.inp.weight.dtype)
         valid = torch.cat([torch.ones_like(cond.mask[:, :1]), cond.mask], dim=1)
         h = self.norm(self.encoder(h, src_key_padding_mask=~valid))
         return self.out(h[:, 1:])

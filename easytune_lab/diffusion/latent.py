@@ -83,14 +83,14 @@ class MotionVAE(nn.Module):
     def encode(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, L = x.shape[0], self.config.latent_tokens
         tokens = self.dist_tokens.unsqueeze(0).expand(B, -1, -1)
-        h = torch.cat([tokens, self.inp(x)], dim=1) + self.pos[: x.shape[1] + 2 * L]
+        h = torch.cat([tokens, self.inp(x)], dim=1) + self.pos[: x.shape[1] + 2 * L].to(self.inp.weight.dtype)
         valid = torch.cat([torch.ones(B, 2 * L, dtype=torch.bool, device=x.device), mask], dim=1)
         h = self.enc_norm(self.enc(h, src_key_padding_mask=~valid))
         return self.to_mu(h[:, :L]), self.to_logvar(h[:, L:2 * L]).clamp(-20.0, 10.0)
 
     def decode(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         B, L, T = z.shape[0], z.shape[1], mask.shape[1]
-        queries = self.pos[2 * L: 2 * L + T].unsqueeze(0).expand(B, -1, -1)
+        queries = self.pos[2 * L: 2 * L + T].to(self.inp.weight.dtype).unsqueeze(0).expand(B, -1, -1)
         h = torch.cat([self.z_proj(z), queries], dim=1)
         valid = torch.cat([torch.ones(B, L, dtype=torch.bool, device=z.device), mask], dim=1)
         h = self.dec_norm(self.dec(h, src_key_padding_mask=~valid))
@@ -127,7 +127,7 @@ class LatentDenoiser(nn.Module):
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, cond: Condition, drop_text: bool = False) -> torch.Tensor:
         text = torch.zeros_like(cond.text) if drop_text else cond.text
         h = torch.cat([self.time(t).unsqueeze(1), self.text_proj(text).unsqueeze(1), self.inp(z_t)], dim=1)
-        h = self.norm(self.encoder(h + self.pos[: h.shape[1]]))
+        h = self.norm(self.encoder(h + self.pos[: h.shape[1]].to(self.inp.weight.dtype)))
         return self.out(h[:, 2:])
 
 

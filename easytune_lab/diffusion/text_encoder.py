@@ -77,7 +77,7 @@ class TextTransformer(nn.Module):
         self.norm = nn.LayerNorm(config.dim)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = self.embed(ids) + self.pos[: ids.shape[1]]
+        h = self.embed(ids) + self.pos[: ids.shape[1]].to(self.embed.weight.dtype)
         h = self.norm(self.encoder(h, src_key_padding_mask=~mask))
         m = mask.unsqueeze(-1).to(h.dtype)
         return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
