@@ -1,9 +1,13 @@
 """``easytune reproduce``: the main job behind ``make reproduce``.
 
-Stage 1 (this module today): generate the default procedural dataset (cached by its configuration), validate it
-with the same checks as ``easytune data check``, and write a few offline HTML playbacks into ``RESULTS/playback/``
-together with ``RESULTS/data/summary.json``. Later stages (evaluator, backbones, reward, fine-tuning, the paper's
-claims as notebooks) are appended here as they land.
+1. Data: the profile's procedural dataset (cached in ``CACHE/data``, see :mod:`easytune_lab.pipeline`) or the user's
+   ``--data`` directory, validated with the same checks as ``easytune data check``; a few offline HTML playbacks go to
+   ``RESULTS/playback/`` and a summary to ``RESULTS/data/summary.json``.
+2. Claims: every notebook under ``notebooks/`` runs with papermill (parameters ``profile``, ``device``, ``seed``,
+   ``out_dir = RESULTS/<notebook>``, ``cache``); trained runs are shared through the run cache, so a second
+   ``reproduce`` only re-executes the notebooks. Executed copies (with outputs) go to
+   ``CACHE/executed/<profile>-seed<seed>/<notebook>.ipynb``, outside git; ``RESULTS/notebooks.json`` records each
+   notebook's status and time. The main table (``RESULTS/04_main_results/main_table.csv``) is printed at the end.
 """
 
 from __future__ import annotations
@@ -17,13 +21,12 @@ from ..errors import UserError
 from ..io import write_json
 from ..runtime import check_profile
 
-DEFAULT_NUM_MOTIONS = 4000
-# Size of the procedural dataset per profile (the paper profile uses the user's real data when given).
-PROFILE_NUM_MOTIONS = {"smoke": 200, "quick": DEFAULT_NUM_MOTIONS, "paper": DEFAULT_NUM_MOTIONS}
+NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
+MAIN_TABLE = Path("04_main_results") / "main_table.csv"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("reproduce", help="the main job: data, checks, playbacks (and every claim as it lands)")
+    p = sub.add_parser("reproduce", help="the main job: data, checks, playbacks, and every claim notebook")
     p.add_argument("--profile", default="quick", help="smoke | quick | paper (default quick)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0)
@@ -32,35 +35,87 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, default=None,
                    help="an existing HumanML3D/KIT-format directory to use instead of the procedural dataset")
     p.add_argument("--playbacks", type=int, default=3, help="number of HTML playbacks to write")
+    p.add_argument("--notebooks", default="all",
+                   help="comma-separated notebook names or number prefixes to run (e.g. 03,04), 'all' or 'none'")
     p.set_defaults(func=cmd_reproduce)
 
 
-def procedural_dataset(cache: Path, num_motions: int, seed: int) -> Path:
-    """The procedural dataset for (num_motions, seed), generated once into the cache."""
-    from ..motion.synth import generate_dataset
+def select_notebooks(spec: str, folder: Path = NOTEBOOK_DIR) -> list[Path]:
+    """Notebooks named by ``spec``: ``all``, ``none``, or comma-separated stems / number prefixes."""
+    available = sorted(folder.glob("[0-9]*.ipynb"))
+    if spec == "none":
+        return []
+    if spec == "all":
+        return available
+    chosen = []
+    for part in (s.strip() for s in spec.split(",") if s.strip()):
+        hits = [nb for nb in available if nb.stem == part or nb.stem.split("_")[0] == part]
+        if not hits:
+            names = ", ".join(nb.stem for nb in available)
+            raise UserError(f"--notebooks: no notebook '{part}' in {folder} (have {names})")
+        chosen.extend(h for h in hits if h not in chosen)
+    return chosen
 
-    root = cache / "data" / f"procedural-n{num_motions}-seed{seed}"
-    if (root / "dataset.json").is_file():
-        print(f"[data] reusing {root}")
-        return root
-    if root.exists():
-        raise UserError(f"{root}: exists but holds no dataset.json (remove it and re-run)")
-    start = time.perf_counter()
-    generate_dataset(root, num_motions=num_motions, seed=seed)
-    print(f"[data] generated {num_motions} motions into {root} in {time.perf_counter() - start:.1f} s")
-    return root
+
+def run_notebooks(notebooks: list[Path], results: Path, cache: Path, profile: str, device: str, seed: int,
+                  data: Path | None = None) -> list[dict]:
+    """Execute each notebook with papermill; one record per notebook (status, seconds, executed copy)."""
+    import papermill
+
+    executed_dir = cache / "executed" / f"{profile}-seed{seed}"
+    records = []
+    for nb in notebooks:
+        out_dir = (results / nb.stem).resolve()
+        executed = executed_dir / nb.name
+        executed.parent.mkdir(parents=True, exist_ok=True)
+        params = {"profile": profile, "device": device, "seed": seed, "out_dir": str(out_dir),
+                  "cache": str(cache.resolve())}
+        if data is not None:
+            params["data"] = str(Path(data).resolve())
+        print(f"[notebook] {nb.stem} ...", flush=True)
+        start = time.perf_counter()
+        record = {"notebook": nb.stem, "executed": str(executed), "results": str(out_dir)}
+        try:
+            papermill.execute_notebook(str(nb), str(executed), parameters=params, cwd=str(nb.parent),
+                                       progress_bar=False, kernel_name="python3")
+            record["status"] = "ok"
+        except papermill.PapermillExecutionError as exc:
+            record["status"] = "failed"
+            record["error"] = f"{exc.ename}: {exc.evalue}"[:500]
+        record["seconds"] = round(time.perf_counter() - start, 1)
+        print(f"[notebook] {nb.stem}: {record['status']} in {record['seconds']} s"
+              + (f" ({record['error']})" if "error" in record else ""), flush=True)
+        records.append(record)
+    return records
+
+
+def print_main_table(results: Path) -> None:
+    path = results / MAIN_TABLE
+    if not path.is_file():
+        print(f"[main table] {path} not written")
+        return
+    import pandas as pd
+
+    table = pd.read_csv(path)
+    cols = [c for c in ("method", "r_precision_top1", "r_precision_top2", "r_precision_top3", "fid", "mm_dist",
+                        "diversity", "oracle_accuracy", "peak_memory_mib", "train_seconds") if c in table]
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(f"[main table] {path}")
+        print(table[cols].round(3).to_string(index=False))
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from ..data.check import check_dataset
     from ..data.humanml import read_motion
+    from ..pipeline import workbench
     from ..viz.playback import write_motion_html
 
     check_profile(args.profile)
-    if args.data is not None:
-        root = args.data
-    else:
-        root = procedural_dataset(args.cache, PROFILE_NUM_MOTIONS[args.profile], args.seed)
+    notebooks = select_notebooks(args.notebooks)
+    wb = workbench(args.profile, seed=args.seed, device=args.device, cache=args.cache, data=args.data,
+                   progress=True)
+    root = wb.data
+    print(f"[data] {root}")
 
     report = check_dataset(root)
     if report.problems:
@@ -89,4 +144,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         "check": report.as_dict() if hasattr(report, "as_dict") else {"problems": 0},
         "playbacks": written,
     })
+
+    records = run_notebooks(notebooks, results, args.cache, args.profile, args.device, args.seed, args.data)
+    if records:
+        write_json(results / "notebooks.json", {"profile": args.profile, "seed": args.seed, "device": args.device,
+                                                "notebooks": records})
+    print_main_table(results)
+    failed = [r["notebook"] for r in records if r["status"] != "ok"]
+    if failed:
+        raise UserError(f"{len(failed)} notebook(s) failed: {', '.join(failed)} "
+                        f"(executed copies with the error under {args.cache / 'executed'})")
     return 0
