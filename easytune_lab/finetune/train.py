@@ -245,10 +245,9 @@ class Finetuner:
     # ---------------------------------------------------------------------------------------------- state
     def state_tensors(self) -> dict:
         tensors = {f"model.{k}": v for k, v in self.backbone.state_dict().items()}
-        for i, state in self.optimizer.state.items():
-            for name, value in state.items():
-                if torch.is_tensor(value):
-                    tensors[f"optim.{i}.{name}"] = value
+        for index, p in enumerate(self.params):
+            for name, value in self.optimizer.state.get(p, {}).items():
+                tensors[f"optim.{index}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
         tensors["rng.noise"] = self.noise.get_state()
         tensors["rng.torch"] = torch.get_rng_state()
         return tensors

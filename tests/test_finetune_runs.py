@@ -1,0 +1,123 @@
+"""Fine-tuning on real (smoke-sized) backbones and rewards: memory scaling, resume, CLI, bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from easytune_lab.cli import main
+from easytune_lab.finetune.bench import memory_benchmark
+from easytune_lab.finetune.train import finetune_config, run_finetune
+from easytune_lab.runs import load_tensors
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("finetune")
+    data, base, reward = root / "data", root / "mdm", root / "reward"
+    for argv in (["data", "synth", "--out", str(data), "--num-motions", "240", "--seed", "3", "--no-progress"],
+                 ["pretrain", "--backbone", "mdm", "--data", str(data), "--profile", "smoke", "--out", str(base)],
+                 ["reward", "train", "--data", str(data), "--profile", "smoke", "--out", str(reward)]):
+        assert main(argv) == 0, argv
+    return {"root": root, "data": data, "base": base, "reward": reward}
+
+
+def test_memory_is_constant_in_T_for_easytune_and_linear_for_draft(runs):
+    # The committed benchmark (results/finetune/memory_smoke.json) goes to T = 1000; CI checks the same
+    # scaling on a shorter sweep so that it stays fast.
+    device = torch.device("cpu")
+    common = dict(device=device, batch_size=1, length=40, progress=False)
+    rows = memory_benchmark(["easytune", "draft"], [5, 25], "smoke", runs["base"], runs["reward"], runs["data"],
+                            **common)
+    rows += memory_benchmark(["easytune"], [100], "smoke", runs["base"], runs["reward"], runs["data"], **common)
+    peak = {(r["method"], r["steps"]): r["peak_bytes"] - r["baseline_bytes"] for r in rows}
+    assert peak[("easytune", 5)] > 0
+    assert abs(peak[("easytune", 100)] - peak[("easytune", 5)]) <= 0.05 * peak[("easytune", 5)]
+    assert peak[("draft", 25)] >= 0.9 * 5 * peak[("draft", 5)]
+    assert peak[("easytune", 25)] <= 0.10 * peak[("draft", 25)]
+    graph_calls = {(r["method"], r["steps"]): r["graph_calls"] for r in rows}
+    assert graph_calls[("draft", 25)] == 25 and graph_calls[("easytune", 100)] == 100
+
+
+def test_easytune_raises_the_reward_and_writes_a_generator_run(runs, tmp_path):
+    from easytune_lab.diffusion.generate import load_generator
+
+    out = tmp_path / "ft"
+    assert main(["finetune", "--method", "easytune", "--base", str(runs["base"]), "--reward", str(runs["reward"]),
+                 "--data", str(runs["data"]), "--profile", "smoke", "--out", str(out), "--no-progress"]) == 0
+    import json
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["optimizer_steps"] == 4 * 10  # one update per denoising step, T = 10, 4 trajectories
+    assert metrics["reward_after"] > metrics["reward_before"]
+    assert set(metrics["time_per_phase"]) == {"sampling", "reward", "backward", "optimizer"}
+    gen = load_generator(out, "cpu")
+    motions = gen.generate(["a person walks forward"], [60], seed=0)
+    assert motions[0].shape == (60, 263) and np.isfinite(motions[0]).all()
+    base = load_tensors(runs["base"] / "weights.safetensors")
+    tuned = load_tensors(out / "weights.safetensors")
+    changed = [k for k in base if not torch.equal(base[k], tuned[k])]
+    assert changed and all(k.startswith("denoiser.") for k in changed)
+
+
+@pytest.mark.parametrize("method", ["easytune", "draft"])
+def test_resume_after_interruption_matches_uninterrupted_run(runs, tmp_path, method):
+    device = torch.device("cpu")
+    cfg = finetune_config(method, "smoke", iterations=4, checkpoint_every=1)
+    run_finetune(cfg, runs["base"], runs["reward"], runs["data"], tmp_path / "full", device, progress=False)
+    part = tmp_path / "part"
+    run_finetune(cfg, runs["base"], runs["reward"], runs["data"], part, device, progress=False, stop_after=2)
+    assert not (part / "weights.safetensors").exists()
+    run_finetune(cfg, runs["base"], runs["reward"], runs["data"], part, device, progress=False, resume=True)
+    full = load_tensors(tmp_path / "full" / "weights.safetensors")
+    resumed = load_tensors(part / "weights.safetensors")
+    for key in full:
+        torch.testing.assert_close(resumed[key], full[key], rtol=0, atol=1e-6)
+
+
+def test_nonfinite_reward_stops_with_a_clear_error(runs, tmp_path, monkeypatch):
+    from easytune_lab.finetune import train
+
+    real = train.reward_function
+
+    def poisoned(reward_model, traj):
+        f = real(reward_model, traj)
+        return lambda x, t: f(x, t) * float("nan")
+
+    monkeypatch.setattr(train, "reward_function", poisoned)
+    cfg = finetune_config("easytune", "smoke")
+    with pytest.raises(train.NonFiniteError, match="non-finite"):
+        run_finetune(cfg, runs["base"], runs["reward"], runs["data"], tmp_path / "nan", torch.device("cpu"),
+                     progress=False)
+    assert not (tmp_path / "nan" / "weights.safetensors").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--method", "sgd"], "--method: unknown method 'sgd'"),
+    (["--method", "draft", "--k", "11"], "--k: must be in [1, 10]"),
+    (["--method", "easytune", "--profile", "huge"], "--profile: unknown profile 'huge'"),
+    (["--method", "easytune", "--steps", "0"], "--steps: must be at least 1"),
+])
+def test_bad_finetune_input_gives_one_line_error(runs, tmp_path, extra, message):
+    out = tmp_path / "bad"
+    argv = ["finetune", "--base", str(runs["base"]), "--reward", str(runs["reward"]), "--data", str(runs["data"]),
+            "--out", str(out), "--no-progress", *extra]
+    if "--profile" not in extra:
+        argv += ["--profile", "smoke"]
+    proc = subprocess.run([sys.executable, "-m", "easytune_lab.cli", *argv], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_missing_base_run_is_named(runs, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "easytune_lab.cli", "finetune", "--method", "easytune", "--base",
+                           str(tmp_path / "nope"), "--reward", str(runs["reward"]), "--data", str(runs["data"]),
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "nope" in proc.stderr and "Traceback" not in proc.stderr
