@@ -114,8 +114,8 @@ def mdm_profile(profile: str, feature_dim: int = 263):
         model = MDMConfig(feature_dim=feature_dim, d_model=128, layers=4, heads=4, ff=256, dropout=0.1,
                           text=TextEncoderConfig(dim=128, layers=2, heads=4, ff=256),
                           diffusion=DiffusionConfig(sample_steps=100))
-        return PretrainConfig("mdm", profile, model, steps=1200, batch_size=32, lr=4e-4, warmup=100,
-                              checkpoint_every=200, log_every=25)
+        return PretrainConfig("mdm", profile, model, steps=800, batch_size=32, lr=4e-4, warmup=80,
+                              checkpoint_every=100, log_every=25)
     model = MDMConfig(feature_dim=feature_dim, d_model=512, layers=8, heads=4, ff=1024, dropout=0.1,
                       text=TextEncoderConfig(dim=256, layers=4, heads=4, ff=1024),
                       diffusion=DiffusionConfig(sample_steps=1000))

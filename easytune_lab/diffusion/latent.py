@@ -210,8 +210,8 @@ def mld_profile(profile: str, feature_dim: int = 263):
         model = MLDConfig(feature_dim=feature_dim,
                           vae=VAEConfig(latent_tokens=1, latent_dim=64, d_model=128, layers=3, ff=256),
                           d_model=128, layers=4, ff=256, text=TextEncoderConfig(dim=128, layers=2, ff=256))
-        return PretrainConfig("mld", profile, model, steps=2400, batch_size=32, lr=4e-4, warmup=100,
-                              checkpoint_every=200, log_every=25, stage_fractions={"vae": 1 / 3})
+        return PretrainConfig("mld", profile, model, steps=1500, batch_size=32, lr=4e-4, warmup=80,
+                              checkpoint_every=100, log_every=25, stage_fractions={"vae": 1 / 3})
     model = MLDConfig(feature_dim=feature_dim, text=TextEncoderConfig(dim=256, layers=4, ff=1024))
     return PretrainConfig("mld", profile, model, steps=300_000, batch_size=64, lr=1e-4, warmup=1000,
                           checkpoint_every=5000, log_every=100, stage_fractions={"vae": 0.5})
