@@ -13,9 +13,10 @@
 Every stage is a run directory ``CACHE/runs/<stage>-<hash12>`` where the hash is
 :func:`easytune_lab.runs.config_hash` of everything that decides the result: the stage's options, profile,
 seed, resolved device type, the dataset's identity and the hashes of the runs it builds on. A run is reused only
-when its ``manifest.json`` says ``"status": "complete"``; a build writes into a hidden temporary sibling and is
-renamed into place at the end, so an interrupted build leaves no run behind (only a temporary directory, which
-the next build of that key removes).
+when its ``manifest.json`` says ``"status": "complete"``; a build writes into a hidden temporary sibling
+(``.<name>.tmp-<pid>``) and is renamed into place at the end, so an interrupted build leaves no run behind (a
+temporary directory at most, removed by the next build of that key once its process is gone). When two processes
+build the same key, the first rename wins and the other's copy is discarded.
 """
 
 from __future__ import annotations
@@ -111,11 +112,15 @@ class Workbench:
         final = self.run_dir(stage, key)
         if is_complete(final):
             return final
-        tmp = final.parent / f".{final.name}.tmp"
-        for stale in (tmp, final):          # an interrupted earlier build, or a run that never completed
-            if stale.exists():
-                shutil.rmtree(stale)
         final.parent.mkdir(parents=True, exist_ok=True)
+        for stale in final.parent.glob(f".{final.name}.tmp-*"):   # left by a build whose process has died
+            if not _pid_alive(stale.name.rsplit("-", 1)[1]):
+                shutil.rmtree(stale, ignore_errors=True)
+        if final.exists():                  # a run that never completed
+            shutil.rmtree(final)
+        tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
         threads = torch.get_num_threads()
         start = time.perf_counter()
         self.log(f"[cache] building {final.name} ({stage}, profile {self.profile})")
@@ -126,7 +131,11 @@ class Workbench:
             manifest["cache_key"] = config_to_dict(key)
             manifest["cache_seconds"] = time.perf_counter() - start
             write_manifest(tmp, manifest)
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except OSError:
+                if not is_complete(final):  # else another process finished the same run first: keep theirs
+                    raise
         finally:
             torch.set_num_threads(threads)
             if tmp.exists():
@@ -278,6 +287,16 @@ class Workbench:
 
         run = self._build("eval", key, build)
         return json.loads((run / "metrics.json").read_text())
+
+
+def _pid_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _mark_manifest(out: Path) -> None:

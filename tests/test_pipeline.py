@@ -64,7 +64,7 @@ def test_interrupted_build_leaves_no_run(wb, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         wb.finetune("draft", reward="plain", iterations=1)
     assert _runs(wb, "finetune-draft") == before == []
-    assert not [p for p in (wb.cache / "runs").iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in (wb.cache / "runs").iterdir() if ".tmp" in p.name]
     monkeypatch.undo()
     run = wb.finetune("draft", reward="plain", iterations=1)
     assert pipeline.is_complete(run)
@@ -90,3 +90,16 @@ def test_user_data_identity_and_errors(tmp_path, wb):
         wb.backbone("gan")
     ident = pipeline.dataset_identity(wb.data)
     assert ident["kind"] == "procedural" and len(ident["digest"]) == 16
+
+
+def test_stale_temporary_of_a_dead_build_is_removed(wb):
+    key = wb._key("reward", noise_aware=False)
+    final = wb.run_dir("reward", key)
+    stale = final.parent / f".{final.name}.tmp-999999999"        # no such process
+    stale.mkdir(parents=True)
+    (stale / "weights.safetensors").write_bytes(b"half")
+    manifest = json.loads((wb.reward() / "manifest.json").read_text())
+    manifest["status"] = "running"                               # force a rebuild of this key
+    (final / "manifest.json").write_text(json.dumps(manifest))
+    assert wb.reward() == final and pipeline.is_complete(final)
+    assert not stale.exists()
