@@ -14,8 +14,16 @@ from easytune_lab.analysis.memory import SavedTensorMeter
 from easytune_lab.finetune.loop import LoopConfig, run_trajectory
 from easytune_lab.finetune.policy import POLICIES, PolicyConfig, graph_steps, make_policy
 
-torch.set_default_dtype(torch.float64)
 DIM, BATCH = 6, 3
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Every test here runs in float64; the default dtype is restored afterwards."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 class ToyNet(torch.nn.Module):
@@ -64,7 +72,7 @@ class ToyTrajectory:
         return (1 - s) * x0 + s * torch.randn(x0.shape, generator=generator)
 
 
-TARGET = torch.linspace(-0.5, 0.5, DIM)
+TARGET = torch.linspace(-0.5, 0.5, DIM, dtype=torch.float64)
 
 
 def reward(x: torch.Tensor, t: int) -> torch.Tensor:
