@@ -250,8 +250,8 @@ class Workbench:
         cfg = self.finetune_config(method, **dict(overrides))
         validate(cfg)
         base, reward_run = self.backbone(backbone), self.reward(**rewards[reward])
-        key = self._key("finetune", config=cfg, overrides=overrides,
-                        parents={"base": base.name, "reward": reward_run.name})
+        # the resolved config is the key (not how it was asked for): equal configs share one run
+        key = self._key("finetune", config=cfg, parents={"base": base.name, "reward": reward_run.name})
 
         def build(out: Path) -> None:
             run_finetune(cfg, base, reward_run, self.data, out, self.torch_device, progress=self.progress)

@@ -32,7 +32,7 @@ def test_second_call_reuses_the_run(wb):
     assert (first / "weights.safetensors").stat().st_mtime_ns == mtime
     manifest = json.loads((first / "manifest.json").read_text())
     assert manifest["status"] == "complete"
-    assert manifest["cache_key"]["overrides"] == {"iterations": 1}
+    assert manifest["cache_key"]["config"]["iterations"] == 1 and manifest["finetune"]["iterations"] == 1
     assert first.name == f"finetune-easytune-{pipeline.config_hash(manifest['cache_key'])}"
     # a fresh workbench object on the same cache finds it too
     other = pipeline.workbench("smoke", seed=0, device="cpu", cache=wb.cache)
@@ -43,6 +43,9 @@ def test_changed_override_or_seed_gives_a_new_run(wb):
     one = wb.finetune("easytune", reward="plain", iterations=1)
     two = wb.finetune("easytune", reward="plain", iterations=2)
     assert one != two and two.name.startswith("finetune-easytune-")
+    # the same resolved configuration asked for another way is the same run
+    steps = wb.finetune_config("easytune").sample_steps
+    assert wb.finetune("easytune", reward="plain", iterations=1, sample_steps=steps) == one
     assert json.loads((two / "metrics.json").read_text())["iterations"] == 2
     seed1 = pipeline.workbench("smoke", seed=1, device="cpu", cache=wb.cache)
     assert seed1.run_dir("reward", seed1._key("reward", noise_aware=False)) != wb.reward()
@@ -103,3 +106,14 @@ def test_stale_temporary_of_a_dead_build_is_removed(wb):
     (final / "manifest.json").write_text(json.dumps(manifest))
     assert wb.reward() == final and pipeline.is_complete(final)
     assert not stale.exists()
+
+
+def test_reproduce_selects_notebooks():
+    from easytune_lab.commands.reproduce import NOTEBOOK_DIR, select_notebooks
+
+    names = [p.stem for p in select_notebooks("all")]
+    assert names == sorted(p.stem for p in NOTEBOOK_DIR.glob("[0-9]*.ipynb")) and "03_memory" in names
+    assert [p.stem for p in select_notebooks("04,03_memory,04")] == ["04_main_results", "03_memory"]
+    assert select_notebooks("none") == []
+    with pytest.raises(UserError, match="--notebooks: no notebook '99'"):
+        select_notebooks("99")
