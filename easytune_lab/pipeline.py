@@ -38,7 +38,7 @@ from .runtime import check_profile
 # T2M protocol needs at least one R-Precision group of 32 test rows: 300 motions -> 45 test motions.
 PROCEDURAL_MOTIONS = {"smoke": 300, "quick": 4000, "paper": 4000}
 DATA_SEED = 0          # the procedural dataset is the same for every training seed
-EVAL_REPLICATIONS = {"smoke": 2, "quick": 10, "paper": 20}
+EVAL_REPLICATIONS = {"smoke": 2, "quick": 3, "paper": 20}   # T2M uses 20
 LOOP_KEYS = ("reward_on", "reg_weight", "grad_clip")   # finetune overrides that belong to LoopConfig
 
 
@@ -258,31 +258,56 @@ class Workbench:
 
         return self._build(f"finetune-{method}", key, build)
 
+    def sampling(self, model: Path | str) -> tuple[str, int]:
+        """The (sampler, steps) a run is evaluated with: a fine-tuned run's own trajectory; for a base backbone the
+        trajectory its fine-tuning uses (DDIM with the profile's T; LCM: its consistency sampler and steps), so base
+        and fine-tuned models are compared under the same sampler."""
+        from .runs import read_manifest
+
+        manifest = read_manifest(model, kind="backbone")
+        if manifest.get("finetune"):
+            return manifest["finetune"]["sampler"], int(manifest["finetune"]["sample_steps"])
+        if manifest["config"]["backbone"] == "lcm":
+            diffusion = manifest["config"]["model"]["diffusion"]
+            return diffusion["sampler"], int(diffusion["sample_steps"])
+        cfg = self.finetune_config("easytune")
+        return cfg.sampler, cfg.sample_steps
+
     def evaluation(self, model: Path | str, replications: int | None = None) -> dict:
-        """T2M metrics of a backbone run (or ``gt``) on the test split, cached as an ``eval`` run."""
+        """T2M metrics of a backbone run (or ``gt``) on the test split, cached as an ``eval`` run; generated with
+        :meth:`sampling`."""
+        from .diffusion.generate import load_generator
         from .eval.evaluator import load_evaluator
-        from .eval.protocol import (GroundTruth, ProtocolConfig, evaluate, generated_source, generator_source,
-                                    load_actions, oracle_function)
+        from .eval.protocol import (GroundTruth, ProtocolConfig, evaluate, generated_source, load_actions,
+                                    oracle_function)
         from .io import write_json
         from .runs import make_manifest
 
         reps = replications or EVAL_REPLICATIONS[self.profile]
         evaluator = self.evaluator
         model_id = "gt" if str(model) == "gt" else Path(model).name
-        key = self._key("eval", model=model_id, evaluator=evaluator.name, replications=reps)
+        sampler, steps = (None, None) if model_id == "gt" else self.sampling(model)
+        key = self._key("eval", model=model_id, evaluator=evaluator.name, replications=reps, sampler=sampler,
+                        steps=steps)
 
         def build(out: Path) -> None:
             ev = load_evaluator(evaluator, self.torch_device)
             config = ProtocolConfig(replications=reps, seed=self.seed, max_text_len=ev.config.max_text_len)
             gt = GroundTruth(self.data, "test", ev, max_text_len=config.max_text_len)
-            source = gt.source() if model_id == "gt" else generated_source(generator_source(model, self.torch_device))
+            if model_id == "gt":
+                source = gt.source()
+            else:
+                gen = load_generator(model, self.torch_device)
+                source = generated_source(lambda texts, lengths, seed: gen.generate(
+                    list(texts), [int(n) for n in lengths], seed=int(seed), sampler=sampler, steps=steps))
             actions = load_actions(self.data)
             summary = evaluate(ev, gt, source, config, actions=actions,
                                oracle=oracle_function() if actions is not None else None)
             out.mkdir(parents=True)
             write_json(out / "metrics.json", summary)
             manifest = make_manifest("eval", config, seed=self.seed, device=str(self.torch_device),
-                                     parents={"evaluator": str(evaluator), "model": str(model)})
+                                     parents={"evaluator": str(evaluator), "model": str(model)},
+                                     extra={"sampler": sampler, "steps": steps})
             write_manifest(out, manifest)
 
         run = self._build("eval", key, build)
