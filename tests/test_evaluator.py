@@ -156,6 +156,12 @@ def test_eval_gt_and_sanity_baselines(smoke_run, tmp_path):
     assert noise["fid"]["mean"] > 100 * max(gt["fid"]["mean"], 1e-3)
     # one motion (cropped to each row's length) is far less diverse than the real motions
     assert repeat["diversity"]["mean"] < 0.25 * gt["diversity"]["mean"]
+    # every caption paired with another real motion: same motions (so Diversity is unchanged), wrong pairs
+    shuffled = run_eval(data, ev_dir, tmp_path / "shuffled.json", "shuffled", reps=2)
+    assert shuffled["r_precision_top1"]["mean"] < gt["r_precision_top1"]["mean"]
+    assert abs(shuffled["diversity"]["mean"] - gt["diversity"]["mean"]) < 0.25 * gt["diversity"]["mean"]
+    if "oracle_accuracy" in gt:
+        assert shuffled["oracle_accuracy"]["mean"] < gt["oracle_accuracy"]["mean"]
 
 
 def test_eval_rejects_non_generator_runs(smoke_run, tmp_path, capsys):

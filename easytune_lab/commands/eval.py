@@ -11,7 +11,7 @@ from ..errors import UserError
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="R-Precision, FID, MM-Dist, Diversity (and MultiModality) with replications")
     p.add_argument("--model", required=True,
-                   help="gt (the real-motion row), noise or repeat (sanity baselines), or a generator run directory")
+                   help="gt (the real-motion row), noise, repeat or shuffled (sanity baselines), or a generator run directory")
     p.add_argument("--evaluator", required=True, type=Path, help="run directory of `easytune evaluator train`")
     p.add_argument("--data", required=True, type=Path, help="HumanML3D-format dataset directory")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate (test)")
@@ -30,7 +30,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..eval.evaluator import load_evaluator
     from ..eval.protocol import (BASELINES, GroundTruth, ProtocolConfig, evaluate, generator_source,
                                  generated_source, load_actions, noise_source, oracle_function,
-                                 repeat_source)
+                                 repeat_source, shuffled_source)
     from ..io import write_json
     from ..runs import make_manifest
     from ..runtime import resolve_device
@@ -60,6 +60,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         source = noise_source(gt, args.seed)
     elif args.model == "repeat":
         source = repeat_source(gt)
+    elif args.model == "shuffled":
+        source = shuffled_source(gt)
     else:
         source = generated_source(generate)
 

@@ -33,7 +33,7 @@ from .evaluator import LoadedEvaluator, embed_motions, embed_text_tensors
 # A motion source: (captions, lengths, rows) -> raw (un-normalised) features, one (length_i, D) array per row.
 MotionSource = Callable[[list[str], np.ndarray, "EvalRows"], Sequence[np.ndarray]]
 
-BASELINES = ("gt", "noise", "repeat")
+BASELINES = ("gt", "noise", "repeat", "shuffled")
 METRIC_KEYS = ("r_precision_top1", "r_precision_top2", "r_precision_top3", "fid", "mm_dist", "diversity")
 
 
@@ -125,6 +125,12 @@ def repeat_source(gt: GroundTruth) -> MotionSource:
         return out
 
     return source
+
+
+def shuffled_source(gt: GroundTruth) -> MotionSource:
+    """Sanity baseline: each row gets the ground-truth motion of the next row, so every caption is paired with
+    another real motion (the floor of R-Precision and of the oracle's accuracy)."""
+    return lambda captions, lengths, rows: [gt.motions[i] for i in np.roll(rows.clip_index, 1)]
 
 
 # --------------------------------------------------------------------------------------------- generator runs
