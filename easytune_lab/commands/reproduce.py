@@ -149,7 +149,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if records:
         write_json(results / "notebooks.json", {"profile": args.profile, "seed": args.seed, "device": args.device,
                                                 "notebooks": records})
-    print_main_table(results)
+    if any(r["notebook"] == MAIN_TABLE.parts[0] and r["status"] == "ok" for r in records):
+        print_main_table(results)  # only a table this invocation wrote, never one left by another profile
     failed = [r["notebook"] for r in records if r["status"] != "ok"]
     if failed:
         raise UserError(f"{len(failed)} notebook(s) failed: {', '.join(failed)} "
