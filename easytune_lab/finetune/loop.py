@@ -181,7 +181,7 @@ def run_trajectory(
 
     stats.final_reward = stats.rewards[-1] if stats.rewards else float("nan")
 
-    lv = getattr(policy, "lv_samples", 0)
+    lv = policy.lv_samples
     if lv:
         # DRaFT-LV: re-noise the final sample to the last step's level n times; one grad step each.
         x0 = x.detach()

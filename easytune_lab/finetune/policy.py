@@ -77,9 +77,6 @@ class Policy:
     def plan(self, num_steps: int, rng: np.random.Generator) -> list[StepPlan]:
         raise NotImplementedError
 
-    def describe(self) -> dict:
-        return {"method": self.name, **self.config.__dict__}
-
 
 def step_weights(num_steps: int, weighting: str) -> np.ndarray:
     """Per-step loss weights over step index i (0 = noisiest), normalised to mean 1.

@@ -61,7 +61,7 @@ class RewardModelConfig:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# noise schedule (one import to switch to the backbone's own module)
+# noise schedule: the backbone's own (easytune_lab.diffusion.schedule); here t = 0 means the clean motion
 
 def alphas_cumprod_for(schedule: str, num_train_timesteps: int = 1000) -> torch.Tensor:
     """ᾱ_t for t = 0..T−1 of the backbone's schedule (:class:`easytune_lab.diffusion.schedule.NoiseSchedule`:
@@ -340,13 +340,14 @@ class Reward(nn.Module):
 
 def frame_mask(features: torch.Tensor, mask: torch.Tensor | None = None, lengths=None) -> torch.Tensor:
     """Bool (B, T) mask of real frames from an explicit mask, from lengths, or all True."""
+    from ..diffusion.backbone import frame_mask as lengths_mask
+
     B, T = features.shape[:2]
     if mask is not None:
         return mask.to(features.device).bool()
     if lengths is None:
         return torch.ones(B, T, dtype=torch.bool, device=features.device)
-    lengths = torch.as_tensor(lengths, device=features.device).reshape(-1)
-    return torch.arange(T, device=features.device)[None, :] < lengths[:, None]
+    return lengths_mask(torch.as_tensor(lengths).reshape(-1), T, features.device)
 
 
 # ----------------------------------------------------------------------------------------------------------
