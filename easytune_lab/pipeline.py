@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from .errors import UserError
 from .runs import MANIFEST, config_hash, config_to_dict, read_manifest, write_manifest
 from .runtime import check_profile
@@ -189,11 +191,14 @@ class Workbench:
             raise UserError(f"backbone: unknown backbone '{kind}' (choose {', '.join(BACKBONES)})")
         teacher = self.backbone("mld") if kind == "lcm" else None
         parents = {"teacher": teacher.name} if teacher else {}
-        key = self._key("backbone", backbone=kind, parents=parents)
+        feature_dim = int(np.load(self.data / "Mean.npy", mmap_mode="r").shape[0])
+        # the resolved config is part of the key: changing a profile retrains instead of reusing a stale run
+        key = self._key("backbone", backbone=kind, parents=parents,
+                        config=pretrain_config(kind, self.profile, feature_dim, seed=self.seed))
 
         def build(out: Path) -> None:
             data = load_training_data(self.data, self.seed)
-            config = pretrain_config(kind, self.profile, int(data.mean.shape[0]), seed=self.seed)
+            config = pretrain_config(kind, self.profile, feature_dim, seed=self.seed)
             init = None
             if kind == "lcm":
                 from .diffusion.consistency import teacher_setup
@@ -208,18 +213,20 @@ class Workbench:
     def reward(self, noise_aware: bool = False, spl: bool = False) -> Path:
         """A retrieval reward run (paper Sec. 3.3); ``spl`` refines the plain one with SPL (Sec. 3.4)."""
         from .reward.pipeline import spl_run, train_run
+        from .reward.train import profile_configs
 
+        train_cfg, spl_cfg = profile_configs(self.profile, noise_aware=noise_aware)
         quiet = self.log if self.progress else (lambda _msg: None)
         if spl:
             parent = self.reward(noise_aware=noise_aware, spl=False)
-            key = self._key("reward-spl", noise_aware=noise_aware, parents={"reward": parent.name})
+            key = self._key("reward-spl", noise_aware=noise_aware, parents={"reward": parent.name}, config=spl_cfg)
 
             def build(out: Path) -> None:
                 spl_run(parent, self.data, out, self.profile, self.seed, str(self.torch_device), log=quiet)
                 _mark_manifest(out)
 
             return self._build("reward-spl", key, build)
-        key = self._key("reward", noise_aware=noise_aware)
+        key = self._key("reward", noise_aware=noise_aware, config=train_cfg)
 
         def build(out: Path) -> None:
             train_run(self.data, out, self.profile, self.seed, str(self.torch_device), noise_aware=noise_aware,
