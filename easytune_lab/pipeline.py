@@ -215,7 +215,7 @@ class Workbench:
         from .reward.pipeline import spl_run, train_run
         from .reward.train import profile_configs
 
-        train_cfg, spl_cfg = profile_configs(self.profile, noise_aware=noise_aware)
+        spl_cfg = profile_configs(self.profile, noise_aware=noise_aware)[1]
         quiet = self.log if self.progress else (lambda _msg: None)
         if spl:
             parent = self.reward(noise_aware=noise_aware, spl=False)
@@ -226,7 +226,7 @@ class Workbench:
                 _mark_manifest(out)
 
             return self._build("reward-spl", key, build)
-        key = self._key("reward", noise_aware=noise_aware, config=train_cfg)
+        key = self.reward_key(noise_aware)
 
         def build(out: Path) -> None:
             train_run(self.data, out, self.profile, self.seed, str(self.torch_device), noise_aware=noise_aware,
@@ -234,6 +234,12 @@ class Workbench:
             _mark_manifest(out)
 
         return self._build("reward-noise-aware" if noise_aware else "reward", key, build)
+
+    def reward_key(self, noise_aware: bool = False) -> dict:
+        """The cache key of the plain (not SPL-refined) reward run: options plus the profile's resolved config."""
+        from .reward.train import profile_configs
+
+        return self._key("reward", noise_aware=noise_aware, config=profile_configs(self.profile, noise_aware)[0])
 
     def finetune_config(self, method: str, **overrides):
         """The :class:`~easytune_lab.finetune.train.FinetuneConfig` that :meth:`finetune` trains with."""

@@ -96,7 +96,7 @@ def test_user_data_identity_and_errors(tmp_path, wb):
 
 
 def test_stale_temporary_of_a_dead_build_is_removed(wb):
-    key = wb._key("reward", noise_aware=False)
+    key = wb.reward_key(noise_aware=False)
     final = wb.run_dir("reward", key)
     stale = final.parent / f".{final.name}.tmp-999999999"        # no such process
     stale.mkdir(parents=True)
