@@ -121,3 +121,19 @@ def test_missing_base_run_is_named(runs, tmp_path):
                            str(tmp_path / "nope"), "--reward", str(runs["reward"]), "--data", str(runs["data"]),
                            "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert proc.returncode == 2 and "nope" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_length_sorted_generation_keeps_the_callers_order(runs):
+    from easytune_lab.diffusion.generate import load_generator
+
+    gen = load_generator(runs["base"], "cpu")
+    texts = ["a person walks forward", "a person jumps", "a person waves", "a person turns around"]
+    lengths = [40, 120, 64, 96]
+    motions = gen.generate(texts, lengths, seed=0, batch_size=2)
+    assert [m.shape[0] for m in motions] == lengths
+    # each batch is sampled from the sorted order: [120, 96] then [64, 40]; the second batch's seed is seed + 2
+    alone = gen.generate(texts[2::-2][:1] + [texts[0]], [64, 40], seed=2, batch_size=2)
+    np.testing.assert_allclose(motions[2], alone[0], atol=1e-5)
+    np.testing.assert_allclose(motions[0], alone[1], atol=1e-5)
+    unsorted = gen.generate(texts, lengths, seed=0, batch_size=2, by_length=False)
+    assert [m.shape[0] for m in unsorted] == lengths
