@@ -2,6 +2,8 @@
 
 Each group of subcommands lives in ``easytune_lab/commands/<name>.py`` and exposes ``register(subparsers)``.
 User errors (:class:`easytune_lab.errors.UserError`) print one line and exit non-zero, without a traceback.
+Commands marked ``distributed`` (pretrain, reward train|spl, evaluator train, finetune) also run under ``torchrun``
+(:mod:`easytune_lab.distributed`); the others refuse to.
 """
 
 from __future__ import annotations
@@ -46,16 +48,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import distributed
+    from .runs import pickle_allowed
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        result = args.func(args)
+        if distributed.launched() and not getattr(args, "distributed", False):
+            raise UserError(f"{args.command}: runs in one process; start it without torchrun "
+                            "(torchrun is for pretrain, reward train|spl, evaluator train and finetune)")
+        with pickle_allowed(getattr(args, "allow_pickle", False)):
+            result = args.func(args)
     except UserError as exc:
-        print(f"easytune: error: {exc}", file=sys.stderr)
+        if distributed.is_main():  # under torchrun every rank fails alike; one line is enough
+            print(f"easytune: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("easytune: interrupted", file=sys.stderr)
         return 130
+    finally:
+        distributed.teardown()
     return int(result or 0)
 
 

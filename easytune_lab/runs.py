@@ -7,21 +7,27 @@ Every stage of the workbench writes a run directory::
     RUN/checkpoint/          last checkpoint (weights, optimiser, RNG state, step) for --resume
     RUN/metrics.json         what the stage measured
 
+Checkpoints are swapped in whole (:func:`checkpoint_writer`), so a run killed at any moment resumes from a
+complete one. Pickle checkpoints are refused unless the command got ``--allow-pickle``.
+
 Later stages name the run directory they build on.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -135,17 +141,160 @@ def save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict | None =
         save_file(tensors, str(tmp), metadata=meta)
 
 
-def load_tensors(path: str | os.PathLike, device: str = "cpu") -> dict:
-    """Load safetensors weights; pickle-based files are refused (see :func:`load_state`)."""
+# ------------------------------------------------------------------------------------------------ loading weights
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
+ALLOW_PICKLE_FLAG = "--allow-pickle"
+_ALLOW_PICKLE: contextvars.ContextVar[bool] = contextvars.ContextVar("allow_pickle", default=False)
+
+
+@contextlib.contextmanager
+def pickle_allowed(allowed: bool = True) -> Iterator[None]:
+    """Within the block, :func:`load_tensors` accepts pickle checkpoints (what ``--allow-pickle`` turns on)."""
+    token = _ALLOW_PICKLE.set(bool(allowed))
+    try:
+        yield
+    finally:
+        _ALLOW_PICKLE.reset(token)
+
+
+def add_allow_pickle(parser) -> None:
+    """The ``--allow-pickle`` option of every command that loads weights."""
+    parser.add_argument(ALLOW_PICKLE_FLAG, action="store_true",
+                        help="also load pickle checkpoints (.pt/.pth/.ckpt/.bin/.pkl); unpickling can run "
+                             "arbitrary code, so only for files you trust (default: safetensors only)")
+
+
+def is_pickle(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in PICKLE_SUFFIXES
+
+
+def pickle_refusal(path: str | os.PathLike) -> UserError:
+    return UserError(f"{path}: pickle checkpoint refused (loading it can run arbitrary code); convert it to "
+                     f".safetensors, or pass {ALLOW_PICKLE_FLAG} if you trust the file")
+
+
+def load_tensors(path: str | os.PathLike, device: str = "cpu", allow_pickle: bool | None = None) -> dict:
+    """Load a dict of tensors from safetensors.
+
+    Pickle checkpoints are refused unless ``allow_pickle`` (default: whether the command got ``--allow-pickle``,
+    see :func:`pickle_allowed`); then a state dict, or a dict holding one under ``state_dict``/``model``, is read.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: weights file missing")
-    if path.suffix in {".pt", ".pth", ".pkl", ".ckpt", ".bin"}:
-        raise UserError(f"{path}: pickle checkpoints can execute code and are refused; convert to .safetensors")
+    if is_pickle(path):
+        if not (_ALLOW_PICKLE.get() if allow_pickle is None else allow_pickle):
+            raise pickle_refusal(path)
+        return _load_pickle(path, device)
     try:
         return load_file(str(path), device=device)
     except (SafetensorError, OSError, ValueError) as exc:
         raise UserError(f"{path}: not a valid safetensors file ({exc})") from None
+
+
+def _load_pickle(path: Path, device: str) -> dict:
+    import torch
+
+    try:
+        obj = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any failure to unpickle is the file's problem
+        raise UserError(f"{path}: cannot be read as a torch checkpoint ({type(exc).__name__}: {exc})") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{path}: holds no dictionary of tensors (a state dict)")
+    return {str(k): v for k, v in obj.items()}
+
+
+def weights_file(run_dir: str | os.PathLike) -> Path:
+    """``RUN/weights.safetensors``, or a pickle ``RUN/weights.pt`` (etc.) in its place (refused on loading
+    unless pickles are allowed)."""
+    run_dir = Path(run_dir)
+    safe = run_dir / WEIGHTS
+    if safe.is_file():
+        return safe
+    for suffix in PICKLE_SUFFIXES:
+        candidate = run_dir / f"weights{suffix}"
+        if candidate.is_file():
+            return candidate
+    return safe
+
+
+def check_model_dir(path: str | os.PathLike, option: str) -> None:
+    """A local Hugging Face model directory whose weights are only pickles is refused without --allow-pickle."""
+    path = Path(path)
+    if not path.is_dir() or _ALLOW_PICKLE.get():
+        return
+    if any(path.glob("*.safetensors")):
+        return
+    pickles = sorted(p for p in path.iterdir() if p.is_file() and is_pickle(p))
+    if pickles:
+        raise UserError(f"{option} {path}: its weights ({pickles[0].name}) are a pickle checkpoint (loading it can "
+                        f"run arbitrary code); convert them to .safetensors, or pass {ALLOW_PICKLE_FLAG} if you "
+                        "trust the files")
+
+
+def hf_pickle_kwargs() -> dict:
+    """Keyword arguments for ``from_pretrained``: safetensors only unless pickles are allowed."""
+    return {} if _ALLOW_PICKLE.get() else {"use_safetensors": True}
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+CHECKPOINT = "checkpoint"
+
+
+@contextlib.contextmanager
+def checkpoint_writer(run_dir: str | os.PathLike, name: str = CHECKPOINT) -> Iterator[Path]:
+    """Build ``RUN/<name>/`` as a whole: the block writes into ``RUN/<name>.new/``, which then replaces it.
+
+    The block must write its ``state.json`` last (its presence marks a complete checkpoint). Whenever the process
+    dies, :func:`find_checkpoint` finds a complete checkpoint: the previous one or the new one.
+    """
+    run_dir = Path(run_dir)
+    new, old, final = run_dir / f"{name}.new", run_dir / f"{name}.old", run_dir / name
+    shutil.rmtree(new, ignore_errors=True)
+    new.mkdir(parents=True)
+    yield new
+    if not (new / "state.json").is_file():
+        raise RuntimeError(f"{new}: checkpoint written without its state.json")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    new.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def find_checkpoint(run_dir: str | os.PathLike, name: str = CHECKPOINT) -> Path | None:
+    """The last complete checkpoint ``RUN/<name>/`` (repaired after an interrupted swap), or None.
+
+    :func:`checkpoint_writer` renames ``<name>`` to ``<name>.old`` and ``<name>.new`` to ``<name>``; a kill between
+    the two renames leaves no ``<name>``, and the complete ``.new`` (else ``.old``) is moved back into place.
+    Only one process may call it (rank 0; the others wait at a barrier).
+    """
+    run_dir = Path(run_dir)
+    new, old, final = run_dir / f"{name}.new", run_dir / f"{name}.old", run_dir / name
+    if not (final / "state.json").is_file():
+        for candidate in (new, old):
+            if (candidate / "state.json").is_file():
+                shutil.rmtree(final, ignore_errors=True)
+                candidate.rename(final)
+                break
+    for leftover in (new, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    return final if (final / "state.json").is_file() else None
+
+
+def never_started(run_dir: str | os.PathLike) -> bool:
+    """True if ``run_dir`` is an existing directory that a run was killed in before it wrote its manifest
+    (it holds nothing but temporary files)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return False
+    return all(p.name.startswith(".") and p.name.endswith(".tmp") for p in run_dir.iterdir())

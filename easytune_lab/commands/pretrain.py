@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
+from ..runs import add_allow_pickle
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,9 +28,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-encoder", default=None,
                    help="local directory of a frozen Hugging Face sentence encoder (default: a small "
                         "transformer trained on the dataset vocabulary); never downloaded")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--dropout", type=float, default=None,
+                   help="dropout of the backbone's layers (default: the profile's; 0 makes multi-process runs "
+                        "reproduce a single process exactly)")
+    p.add_argument("--accumulate", type=int, default=None,
+                   help="batches whose gradients are summed per optimiser step (default 1; under torchrun they "
+                        "are all-reduced once per step)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default=None,
+                   help="parameter precision (default float32; float64 for exact comparisons)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (under torchrun: cuda = one GPU per rank)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(func=cmd_pretrain)
+    add_allow_pickle(p)
+    p.set_defaults(func=cmd_pretrain, distributed=True)
 
 
 def load_training_data(root: Path, seed: int):
@@ -45,18 +55,42 @@ def load_training_data(root: Path, seed: int):
     return PretrainData(ds, collate_motions, vocab, ds.mean, ds.std, source=str(root))
 
 
+def _set_dropout(config, dropout: float) -> None:
+    """Set every dropout probability of the backbone's config (model, text encoder, VAE)."""
+    import dataclasses
+
+    def visit(obj) -> None:
+        if not dataclasses.is_dataclass(obj):
+            return
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if f.name == "dropout" and isinstance(value, float):
+                setattr(obj, f.name, float(dropout))
+            else:
+                visit(value)
+
+    visit(config.model)
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from ..runs import read_manifest
-    from ..runtime import check_profile, resolve_device
-    from ..diffusion.train import config_from_dict, pretrain, pretrain_config
+    from .. import distributed as dist
+    from ..runs import never_started, read_manifest
+    from ..runtime import check_profile
+    from ..diffusion.train import check_world, config_from_dict, pretrain, pretrain_config
 
     check_profile(args.profile)
-    for name in ("steps", "batch_size", "checkpoint_every", "stop_after"):
+    for name in ("steps", "batch_size", "checkpoint_every", "stop_after", "accumulate"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')}: must be >= 1 (got {value})")
-    device = resolve_device(args.device)
-    if args.resume:
+    if args.dropout is not None and not 0.0 <= args.dropout < 1.0:
+        raise UserError(f"--dropout: must be in [0, 1) (got {args.dropout})")
+    if args.teacher is not None and args.backbone != "lcm":
+        raise UserError(f"--teacher: only --backbone lcm distils a teacher (got --backbone {args.backbone})")
+    if not args.data.is_dir():
+        raise UserError(f"--data {args.data}: dataset directory not found")
+    resume = args.resume and not never_started(args.out)  # killed before its manifest: start afresh
+    if resume:
         manifest = read_manifest(args.out, kind="backbone")
         config = config_from_dict(manifest["config"])
         if config.backbone != args.backbone:
@@ -65,14 +99,33 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             raise UserError(f"--steps {args.steps}: {args.out} was started with {config.steps} steps; "
                             "--resume continues the saved configuration")
         seed = config.seed
+        training = manifest.get("training", {})
+        for name, default in (("accumulate", 1), ("dtype", "float32")):
+            given, saved = getattr(args, name), training.get(name, default)
+            if given is not None and given != saved:
+                raise UserError(f"--{name} {given}: {args.out} was started with {saved}; "
+                                "--resume continues the saved configuration")
+            setattr(args, name, saved)
     else:
-        if args.out.exists() and any(args.out.iterdir()):
+        if args.out.exists() and (not args.out.is_dir() or not never_started(args.out)):
             raise UserError(f"--out {args.out}: exists and is not empty (use --resume to continue it)")
         seed = args.seed
+    if args.text_encoder is not None:
+        from ..runs import check_model_dir
+
+        check_model_dir(args.text_encoder, "--text-encoder")
+    ctx, device = dist.setup(args.device)
     data = load_training_data(args.data, seed)
-    if not args.resume:
-        config = pretrain_config(args.backbone, args.profile, int(data.mean.shape[0]), steps=args.steps,
+    width = int(data.mean.shape[0])
+    if resume:
+        saved = manifest.get("feature_dim")
+        if saved is not None and int(saved) != width:
+            raise UserError(f"--data {args.data}: {width}-d features, but {args.out} was trained on {saved}-d")
+    else:
+        config = pretrain_config(args.backbone, args.profile, width, steps=args.steps,
                                  batch_size=args.batch_size, checkpoint_every=args.checkpoint_every, seed=args.seed)
+        if args.dropout is not None:
+            _set_dropout(config, args.dropout)
         if args.text_encoder is not None:
             config.model.text.kind = "pretrained"
             config.model.text.pretrained_path = str(args.text_encoder)
@@ -86,10 +139,14 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
         parents["teacher"] = config.teacher
         init = teacher_setup(config, data)
-    metrics = pretrain(config, data, args.out, resume=args.resume, stop_after=args.stop_after, device=device,
-                       progress=not args.no_progress, parents=parents, init=init)
+    check_world(config, len(data.dataset))
+    metrics = pretrain(config, data, args.out, resume=resume, stop_after=args.stop_after, device=device,
+                       progress=not args.no_progress, parents=parents, init=init,
+                       accumulate=args.accumulate or 1, dtype=args.dtype or "float32")
     state = "finished" if metrics["complete"] else "stopped (resume with --resume)"
     loss = metrics["final_loss"]
-    print(f"{args.out}: {config.backbone} {state} at step {metrics['steps']}/{config.steps}"
-          + (f", last logged loss {loss:.4f}" if loss is not None else ""))
+    if ctx.is_main:
+        print(f"{args.out}: {config.backbone} {state} at step {metrics['steps']}/{config.steps}"
+              + (f", last logged loss {loss:.4f}" if loss is not None else "")
+              + (f" ({ctx.world_size} processes)" if ctx.active else ""))
     return 0

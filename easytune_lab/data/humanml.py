@@ -297,10 +297,24 @@ class MotionBatch:
     pos_one_hot: torch.Tensor  # float32 (B, L, 15)
     sent_lens: torch.Tensor    # int64 (B,)
     motion_ids: list[str]
+    # Valid frames a frame-averaged loss divides by (None: this batch's own). Sharded training sets it to the
+    # global batch's count / number of ranks, so the ranks' mean gradient is that of the combined batch.
+    norm_frames: float | None = None
 
-    def to(self, device: Any) -> "MotionBatch":
-        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
-        return MotionBatch(**moved)
+    def to(self, device: Any, dtype: torch.dtype | None = None) -> "MotionBatch":
+        """On ``device``; with ``dtype``, the floating-point tensors (features, POS one-hots) cast to it."""
+        def move(v):
+            if not isinstance(v, torch.Tensor):
+                return v
+            if dtype is not None and v.is_floating_point():
+                return v.to(device=device, dtype=dtype)
+            return v.to(device)
+        return MotionBatch(**{k: move(v) for k, v in self.__dict__.items()})
+
+    def rows(self, lo: int, hi: int) -> "MotionBatch":
+        """Items ``lo..hi-1`` (padding kept at this batch's length)."""
+        return MotionBatch(**{k: (v[lo:hi] if isinstance(v, (torch.Tensor, list)) else v)
+                              for k, v in self.__dict__.items()})
 
     def __len__(self) -> int:
         return len(self.motion_ids)

@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..distributed import as_random
 from .sampling import Predictor
 from .schedule import NoiseSchedule
 
@@ -77,13 +78,19 @@ class TimestepEmbedding(nn.Module):
         return self.mlp(timestep_features(t, self.dim).to(self.mlp[0].weight.dtype))
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean squared error over the valid frames (mask (B, T)) and all feature channels."""
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None,
+               frames: float | None = None) -> torch.Tensor:
+    """Mean squared error over the valid frames (mask (B, T)) and all feature channels.
+
+    ``frames`` replaces the mask's own count of valid frames as the normaliser (sharded training passes the
+    global batch's count divided by the number of ranks; see ``MotionBatch.norm_frames``).
+    """
     se = (pred - target).pow(2)
     if mask is None:
         return se.mean()
     m = mask.to(se.dtype).unsqueeze(-1)
-    return (se * m).sum() / (m.sum() * se.shape[-1]).clamp(min=1.0)
+    count = m.sum() if frames is None else torch.as_tensor(float(frames), dtype=se.dtype, device=se.device)
+    return (se * m).sum() / (count * se.shape[-1]).clamp(min=1.0)
 
 
 class Backbone(nn.Module):
@@ -135,16 +142,20 @@ class Backbone(nn.Module):
         """Hook run once when a stage starts (e.g. measuring the latent scale); ``batches`` yields batches."""
 
 
-def training_noise(x0: torch.Tensor, schedule: NoiseSchedule, generator: torch.Generator
+def training_noise(x0: torch.Tensor, schedule: NoiseSchedule, generator
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """t ~ U{0..N-1}, ε ~ N(0, I), x_t = √ᾱ_t x0 + √(1-ᾱ_t) ε (DDPM Alg. 1), drawn from ``generator``."""
-    gdev = generator.device
-    t = torch.randint(0, schedule.num_train_steps, (x0.shape[0],), generator=generator, device=gdev).to(x0.device)
-    eps = torch.randn(x0.shape, generator=generator, device=gdev, dtype=x0.dtype).to(x0.device)
+    """t ~ U{0..N-1}, ε ~ N(0, I), x_t = √ᾱ_t x0 + √(1-ᾱ_t) ε (DDPM Alg. 1), drawn from ``generator``.
+
+    ``generator`` is a ``torch.Generator`` or a :class:`~easytune_lab.distributed.ShardedRandom` (this rank's rows
+    of the draws for a global batch); the same holds for every ``generator`` of a backbone's ``loss``.
+    """
+    rand = as_random(generator)
+    t = rand.randint(0, schedule.num_train_steps, (x0.shape[0],)).to(x0.device)
+    eps = rand.randn(x0.shape, dtype=x0.dtype).to(x0.device)
     return t, eps, schedule.add_noise(x0, eps, t)
 
 
-def keep_mask(batch_size: int, drop: float, generator: torch.Generator, device) -> torch.Tensor:
+def keep_mask(batch_size: int, drop: float, generator, device) -> torch.Tensor:
     """True for the items that keep their text (classifier-free guidance training, Ho & Salimans 2022)."""
-    u = torch.rand(batch_size, generator=generator, device=generator.device).to(device)
+    u = as_random(generator).rand((batch_size,)).to(device)
     return u >= drop

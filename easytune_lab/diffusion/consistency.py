@@ -27,6 +27,7 @@ from torch import nn
 
 from ..data.text import Vocabulary
 from ..errors import UserError
+from ..distributed import as_random
 from .backbone import Backbone, Condition, DiffusionConfig, keep_mask
 from .latent import LatentDenoiser, MLDConfig, MotionVAE
 from .sampling import Predictor, consistency_scalings
@@ -110,16 +111,16 @@ class LCMBackbone(Backbone):
     def loss(self, stage: str, batch, generator: torch.Generator) -> torch.Tensor:
         for module in (self.vae, self.teacher, self.target, self.text):
             module.eval()
-        gdev = generator.device
+        rand = as_random(generator)
         with torch.no_grad():
             mu, logvar = self.vae.encode(batch.features, batch.mask)
             z0 = self.vae.reparameterise(mu, logvar, generator) * self.latent_scale
             cond = Condition(text=self.text(batch.captions), mask=batch.mask)
             grid = torch.tensor(self.grid())
-            idx = torch.randint(0, len(grid), (z0.shape[0],), generator=generator, device=gdev)
+            idx = rand.randint(0, len(grid), (z0.shape[0],))
             t = grid[idx.cpu()].to(z0.device)
             s = t - self.config.skip
-            eps = torch.randn(z0.shape, generator=generator, device=gdev).to(z0.device)
+            eps = rand.randn(z0.shape).to(z0.device)
             z_t = self.schedule.add_noise(z0, eps, t)
             # teacher ODE step t -> s with guidance w: DDIM eq. 12 with per-item timesteps
             eps_c = self.teacher(z_t, t, cond)

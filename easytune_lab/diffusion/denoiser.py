@@ -91,7 +91,7 @@ class MDMBackbone(Backbone):
         cond = Condition(text=self.text(batch.captions), mask=batch.mask)
         cond = cond.drop_text(keep_mask(x0.shape[0], self.config.diffusion.cond_drop, generator, x0.device))
         t, _, x_t = training_noise(x0, self.schedule, generator)
-        return masked_mse(self.denoiser(x_t, t, cond), x0, batch.mask)
+        return masked_mse(self.denoiser(x_t, t, cond), x0, batch.mask, getattr(batch, "norm_frames", None))
 
 
 def mdm_profile(profile: str, feature_dim: int = 263):

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..data.text import Vocabulary
+from ..distributed import as_random
 from .backbone import (Backbone, Condition, DiffusionConfig, TimestepEmbedding, keep_mask, masked_mse,
                        training_noise)
 from .schedule import NoiseSchedule
@@ -97,15 +98,16 @@ class MotionVAE(nn.Module):
         return self.out(h[:, L:]) * mask.unsqueeze(-1).to(z.dtype)
 
     @staticmethod
-    def reparameterise(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        eps = torch.randn(mu.shape, generator=generator, device=generator.device, dtype=mu.dtype).to(mu.device)
+    def reparameterise(mu: torch.Tensor, logvar: torch.Tensor, generator) -> torch.Tensor:
+        eps = as_random(generator).randn(mu.shape, dtype=mu.dtype).to(mu.device)
         return mu + (0.5 * logvar).exp() * eps
 
-    def loss(self, x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def loss(self, x: torch.Tensor, mask: torch.Tensor, generator, frames: float | None = None) -> torch.Tensor:
+        """Reconstruction MSE over valid frames (normalised by ``frames``, see :func:`masked_mse`) + weighted KL."""
         mu, logvar = self.encode(x, mask)
         recon = self.decode(self.reparameterise(mu, logvar, generator), mask)
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean()
-        return masked_mse(recon, x, mask) + self.config.kl_weight * kl
+        return masked_mse(recon, x, mask, frames) + self.config.kl_weight * kl
 
 
 class LatentDenoiser(nn.Module):
@@ -179,7 +181,7 @@ class MLDBackbone(Backbone):
 
     def loss(self, stage: str, batch, generator: torch.Generator) -> torch.Tensor:
         if stage == "vae":
-            return self.vae.loss(batch.features, batch.mask, generator)
+            return self.vae.loss(batch.features, batch.mask, generator, getattr(batch, "norm_frames", None))
         self.vae.eval()
         with torch.no_grad():
             z0 = self.encode_latent(batch.features, batch.mask, generator)

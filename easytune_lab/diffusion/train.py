@@ -12,16 +12,25 @@ A run directory holds::
 Everything random in a step is a function of the step index or of a saved RNG state: the batch order is a
 per-epoch permutation seeded by (seed, epoch); diffusion noise, timesteps and condition dropout come from one
 saved ``torch.Generator``; dataset crops and dropout layers use torch's global RNG, also saved. So resuming from a
-checkpoint reproduces the uninterrupted run bit for bit on CPU.
+checkpoint reproduces the uninterrupted run bit for bit on CPU. The checkpoint directory is swapped in whole
+(:func:`easytune_lab.runs.checkpoint_writer`): a run killed at any moment resumes from a complete checkpoint.
+
+Under ``torchrun`` (:mod:`easytune_lab.distributed`) the backbone trains in DistributedDataParallel: every rank draws
+the same global batch (items, crops, captions) and keeps its ``batch_size / world`` rows; the noise, timesteps and
+condition dropout are drawn for the global batch and sliced per rank; frame-averaged losses divide by the global
+batch's frame count over the number of ranks. So N processes take the same steps as one process on the combined
+batch (dropout layers aside: they get a rank-specific seed). ``accumulate > 1`` sums the gradients of that many
+consecutive batches per optimiser step, all-reduced once (``DistributedDataParallel.no_sync``). Only rank 0 writes.
+A NaN/Inf loss stops the run (:class:`~easytune_lab.errors.NonFiniteError`) and keeps the last checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import random
-import shutil
 import time
 import typing
 from dataclasses import dataclass, field
@@ -31,15 +40,16 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from .. import distributed as dist
 from ..data.text import Vocabulary
-from ..errors import UserError
+from ..errors import NonFiniteError, UserError
 from ..io import write_json, write_npy
-from ..runs import (load_tensors, make_manifest, read_manifest, save_tensors, write_manifest,
-                    WEIGHTS)
+from ..runs import (CHECKPOINT, checkpoint_writer, find_checkpoint, load_tensors, make_manifest, read_manifest,
+                    save_tensors, weights_file, write_manifest, WEIGHTS)
 from .backbone import Backbone
 
 BACKBONES = ("mdm", "mld", "lcm")
-CHECKPOINT = "checkpoint"
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass
@@ -196,31 +206,23 @@ def _set_rng_state(tensors: dict, scalars: dict, generator: torch.Generator) -> 
 
 def save_checkpoint(run_dir: Path, model: Backbone, optimizer: torch.optim.Optimizer, generator: torch.Generator,
                     state: dict) -> None:
-    """Write RUN/checkpoint/ as a whole: built in a sibling directory, then swapped in."""
-    run_dir = Path(run_dir)
-    new, old, final = run_dir / (CHECKPOINT + ".new"), run_dir / (CHECKPOINT + ".old"), run_dir / CHECKPOINT
-    shutil.rmtree(new, ignore_errors=True)
-    new.mkdir(parents=True)
-    save_tensors(new / WEIGHTS, model.state_dict())
-    opt = optimizer.state_dict()
-    tensors, opt_scalars = {}, {}
-    for idx, entry in opt["state"].items():
-        for key, value in entry.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"state.{idx}.{key}"] = value
-            else:
-                opt_scalars[f"{idx}.{key}"] = value
-    rng_tensors, rng_scalars = _rng_state(generator)
-    tensors.update(rng_tensors)
-    save_tensors(new / "optimizer.safetensors", tensors)
-    groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
-    write_json(new / "state.json", {**state, "param_groups": groups, "optimizer_scalars": opt_scalars,
-                                    "rng": rng_scalars})
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-    new.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    """Write RUN/checkpoint/ as a whole: built in a sibling directory (state.json last), then swapped in."""
+    with checkpoint_writer(run_dir) as new:
+        save_tensors(new / WEIGHTS, model.state_dict())
+        opt = optimizer.state_dict()
+        tensors, opt_scalars = {}, {}
+        for idx, entry in opt["state"].items():
+            for key, value in entry.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"state.{idx}.{key}"] = value
+                else:
+                    opt_scalars[f"{idx}.{key}"] = value
+        rng_tensors, rng_scalars = _rng_state(generator)
+        tensors.update(rng_tensors)
+        save_tensors(new / "optimizer.safetensors", tensors)
+        groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
+        write_json(new / "state.json", {**state, "param_groups": groups, "optimizer_scalars": opt_scalars,
+                                        "rng": rng_scalars})
 
 
 def load_checkpoint(run_dir: Path, model: Backbone, device: torch.device) -> tuple[dict, dict]:
@@ -259,53 +261,108 @@ class PretrainData:
     source: str = ""
 
 
-def _batches(data: PretrainData, config: PretrainConfig, device: torch.device, step: int):
+def _batches(data: PretrainData, config: PretrainConfig, device: torch.device, step: int,
+             dtype: torch.dtype | None = None):
+    """The whole global batch of ``step`` (used where every rank needs all of it, e.g. stage preparation)."""
     idx = batch_indices(len(data.dataset), config.batch_size, config.seed, step)
-    return data.collate([data.dataset[i] for i in idx]).to(device)
+    return data.collate([data.dataset[i] for i in idx]).to(device, dtype)
+
+
+def _shard_batch(data: PretrainData, config: PretrainConfig, device: torch.device, step: int,
+                 dtype: torch.dtype | None = None):
+    """This rank's rows of the global batch of ``step``.
+
+    Every rank builds every item of the global batch (their random crops and captions come from torch's global
+    generator, which must advance alike on all ranks and as in a single process; an item is a slice of the
+    in-memory feature array) and collates only its own rows, padded to the global batch's length so that
+    per-row noise lines up with a single process's draw.
+    """
+    idx = batch_indices(len(data.dataset), config.batch_size, config.seed, step)
+    items = [data.dataset[i] for i in idx]
+    if dist.world_size() == 1:
+        return data.collate(items).to(device, dtype)
+    lo, hi = dist.shard_bounds(len(items))
+    batch = data.collate(items[lo:hi], pad_to=max(int(it.length) for it in items))
+    batch.norm_frames = sum(int(it.length) for it in items) / dist.world_size()
+    return batch.to(device, dtype)
+
+
+class _StageLoss(torch.nn.Module):
+    """``forward(stage, batch, noise) -> loss`` of a backbone: the module DistributedDataParallel wraps, so that
+    its forward (not a plain method call) builds the graph whose gradients DDP all-reduces."""
+
+    def __init__(self, model: Backbone):
+        super().__init__()
+        self.model = model
+
+    def forward(self, stage: str, batch, noise) -> torch.Tensor:
+        return self.model.loss(stage, batch, noise)
+
+
+def check_world(config: PretrainConfig, num_items: int) -> None:
+    """The global batch must split evenly over the processes (validated before anything is written)."""
+    dist.check_divisible(min(config.batch_size, num_items), "--batch-size")
 
 
 def pretrain(config: PretrainConfig, data: PretrainData, run_dir: str | Path, *, resume: bool = False,
              stop_after: int | None = None, device: torch.device | str = "cpu", progress: bool = True,
-             parents: dict | None = None, init: Callable[[Backbone], None] | None = None) -> dict:
+             parents: dict | None = None, init: Callable[[Backbone], None] | None = None,
+             accumulate: int = 1, dtype: str = "float32") -> dict:
     """Train ``config.backbone`` on ``data`` into ``run_dir``; return the metrics dict.
 
     ``stop_after`` ends the run after that many steps (writing a checkpoint there), as an interruption would;
-    ``resume`` continues from ``RUN/checkpoint``. ``init`` sets initial weights (LCM: from the teacher).
+    ``resume`` continues from ``RUN/checkpoint`` (or starts afresh if the run was killed before its first
+    checkpoint). ``init`` sets initial weights (LCM: from the teacher). ``accumulate`` batches are summed per
+    optimiser step; ``dtype`` is the parameters' precision (float64 for exact comparisons). Both are recorded in
+    the manifest (not in the config, whose hash keys cached runs). Under torchrun every rank calls this; only
+    rank 0 writes.
     """
     from tqdm import tqdm
 
     run_dir = Path(run_dir)
     device = torch.device(device)
+    ctx = dist.context()
+    check_world(config, len(data.dataset))
+    dist.barrier()  # every rank has validated its input before rank 0 writes anything
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     np.random.seed(config.seed % 2**32)
     generator = torch.Generator().manual_seed(config.seed)
-    model = build_backbone(config, data.vocab).to(device)
-    if init is not None and not resume:
-        init(model)
+    model = build_backbone(config, data.vocab).to(device, DTYPES[dtype])
     ranges = stage_ranges(model.stages, config.stage_fractions, config.steps)
     state: dict = {"step": 0, "log": {"step": [], "stage": [], "loss": []}, "elapsed": 0.0}
     opt_tensors = None
+    has_checkpoint = False
     if resume:
+        if ctx.is_main:
+            find_checkpoint(run_dir)
+        dist.barrier()
+        has_checkpoint = (run_dir / CHECKPOINT / "state.json").is_file()
+    if has_checkpoint:
         state, opt_tensors = load_checkpoint(run_dir, model, device)
         _set_rng_state(opt_tensors, state["rng"], generator)
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        data.vocab.save(run_dir / "vocab.json")
-        write_npy(run_dir / "mean.npy", np.asarray(data.mean, dtype=np.float32))
-        write_npy(run_dir / "std.npy", np.asarray(data.std, dtype=np.float32))
+    elif init is not None:
+        init(model)
     manifest = make_manifest("backbone", config, seed=config.seed, device=str(device),
                              parents={"data": data.source, **(parents or {})},
                              extra={"backbone": config.backbone, "status": "running",
-                                    "feature_dim": int(np.asarray(data.mean).shape[0])})
-    write_manifest(run_dir, manifest)
+                                    "feature_dim": int(np.asarray(data.mean).shape[0]),
+                                    "training": {"world_size": ctx.world_size, "accumulate": accumulate,
+                                                 "dtype": dtype}})
+    if ctx.is_main:
+        write_manifest(run_dir, manifest)  # first: a run killed after this point can be resumed
+        if not has_checkpoint:
+            data.vocab.save(run_dir / "vocab.json")
+            write_npy(run_dir / "mean.npy", np.asarray(data.mean, dtype=np.float32))
+            write_npy(run_dir / "std.npy", np.asarray(data.std, dtype=np.float32))
 
     step = int(state["step"])
     end = config.steps if stop_after is None else min(config.steps, stop_after)
-    bar = tqdm(total=config.steps, initial=step, disable=not progress, desc=f"pretrain {config.backbone}",
-               dynamic_ncols=True)
+    bar = tqdm(total=config.steps, initial=step, disable=not (progress and ctx.is_main),
+               desc=f"pretrain {config.backbone}", dynamic_ncols=True)
     window: list[float] = list(state.get("window", []))
-    optimizer, current = None, None
+    optimizer, current, wrapped = None, None, None
+    accumulate = max(1, int(accumulate))
     started = time.perf_counter()
     while step < end:
         stage, s0, s1 = next(r for r in ranges if r[1] <= step < r[2])
@@ -318,25 +375,32 @@ def pretrain(config: PretrainConfig, data: PretrainData, run_dir: str | Path, *,
             if opt_tensors is not None and state.get("stage") == stage:  # resumed inside this stage
                 _restore_optimizer(optimizer, state, opt_tensors)
             elif step == s0:
-                model.prepare_stage(stage, (_batches(data, config, device, s0 + k) for k in range(8)))
+                model.prepare_stage(stage, (_batches(data, config, device, s0 + k, DTYPES[dtype]) for k in range(8)))
             opt_tensors = None
             current = stage
+            wrapped = dist.wrap_ddp(_StageLoss(model), device)  # after requires_grad is set for this stage
         lr = learning_rate(config, step - s0, s1 - s0)
         for g in optimizer.param_groups:
             g["lr"] = lr
         model.train()
-        batch = _batches(data, config, device, step)
-        loss = model.loss(stage, batch, generator)
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"pretrain: loss became {float(loss)} at step {step} (stage {stage})")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total = torch.zeros((), dtype=torch.float64)
+        for micro in range(accumulate):
+            batch = _shard_batch(data, config, device, step * accumulate + micro, DTYPES[dtype])
+            noise = dist.ShardedRandom(generator)
+            with dist.no_sync(wrapped, micro < accumulate - 1), _dropout_rng(config.seed, step, micro, device):
+                loss = wrapped(stage, batch, noise)
+                global_loss = dist.all_reduce_mean(loss.detach())
+                if not torch.isfinite(global_loss):
+                    _stop_nonfinite(run_dir, manifest, float(global_loss), step, stage)
+                (loss / accumulate if accumulate > 1 else loss).backward()
+            total += global_loss.double().cpu()
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], config.grad_clip)
         optimizer.step()
         model.after_step(stage)
         step += 1
-        window.append(float(loss.detach()))
+        window.append(float(total) / accumulate)
         bar.update(1)
         bar.set_postfix(stage=stage, loss=f"{window[-1]:.4f}", lr=f"{lr:.2e}")
         if step % config.log_every == 0 or step == s1:
@@ -348,31 +412,59 @@ def pretrain(config: PretrainConfig, data: PretrainData, run_dir: str | Path, *,
             state.update(step=step, stage=stage, lr=lr, window=window,
                          elapsed=float(state.get("elapsed", 0.0)) + time.perf_counter() - started)
             started = time.perf_counter()
-            save_checkpoint(run_dir, model, optimizer, generator, state)
+            if ctx.is_main:
+                save_checkpoint(run_dir, model, optimizer, generator, state)
     bar.close()
 
     done = step >= config.steps
     metrics = {"steps": step, "complete": done, "log": state["log"],
                "final_loss": state["log"]["loss"][-1] if state["log"]["loss"] else None,
-               "train_seconds": float(state.get("elapsed", 0.0))}
-    if done:
-        save_tensors(run_dir / WEIGHTS, model.state_dict())
-    write_json(run_dir / "metrics.json", metrics)
-    manifest["status"] = "complete" if done else "interrupted"
-    manifest["steps_done"] = step
-    write_manifest(run_dir, manifest)
+               "train_seconds": float(state.get("elapsed", 0.0)), "world_size": ctx.world_size}
+    if ctx.is_main:
+        if done:
+            save_tensors(run_dir / WEIGHTS, model.state_dict())
+        write_json(run_dir / "metrics.json", metrics)
+        manifest["status"] = "complete" if done else "interrupted"
+        manifest["steps_done"] = step
+        write_manifest(run_dir, manifest)
+    dist.barrier()  # the other ranks return once rank 0's files are in place
     return metrics
+
+
+@contextlib.contextmanager
+def _dropout_rng(seed: int, step: int, micro: int, device: torch.device):
+    """Under several processes, dropout layers draw from a rank-specific seed (a function of the step, so
+    resuming needs no extra state) without advancing the global generator the data draws share."""
+    if dist.world_size() == 1:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(dist.rank_seed(seed, step, micro))
+        yield
+
+
+def _stop_nonfinite(run_dir: Path, manifest: dict, value: float, step: int, stage: str):
+    """Stop on a NaN/Inf loss: record it in the manifest, keep the last checkpoint, raise one clear line."""
+    ckpt = run_dir / CHECKPOINT / "state.json"
+    last = json.loads(ckpt.read_text())["step"] if ckpt.is_file() else None
+    if dist.is_main():
+        manifest.update(status="failed", failure=f"loss {value} at step {step + 1} (stage {stage})")
+        write_manifest(run_dir, manifest)
+    kept = (f"the last good checkpoint (step {last}) is kept in {run_dir / CHECKPOINT}; "
+            "resume it with --resume after changing what diverged") if last is not None else "no checkpoint yet"
+    raise NonFiniteError(f"pretrain: the loss became {value} at step {step + 1} (stage {stage}); stopped, {kept}")
 
 
 def load_backbone(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[Backbone, PretrainConfig, dict]:
     """A finished backbone run -> (model in eval mode, its config, its manifest)."""
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir, kind="backbone")
-    if manifest.get("status") != "complete" or not (run_dir / WEIGHTS).is_file():
+    if manifest.get("status") != "complete" or not weights_file(run_dir).is_file():
         raise UserError(f"{run_dir}: pretraining did not finish (status {manifest.get('status')}); "
                         "continue it with `easytune pretrain --resume`")
     config = config_from_dict(manifest["config"])
     vocab = Vocabulary.load(run_dir / "vocab.json")
     model = build_backbone(config, vocab)
-    model.load_state_dict(load_tensors(run_dir / WEIGHTS))
+    model.load_state_dict(load_tensors(weights_file(run_dir)))
     return model.to(device).eval(), config, manifest
