@@ -71,14 +71,22 @@ class EvalRows:
 
 
 class GroundTruth:
-    """The ground-truth clips of a split, raw features (crops at the start, as T2M's evaluation loader)."""
+    """The ground-truth clips of a split, raw features (crops at the start, as T2M's evaluation loader).
 
-    def __init__(self, root: str | Path, split: str, ev: LoadedEvaluator, max_text_len: int = 20):
+    ``max_clips`` > 0 keeps a fixed subset of that many clips (drawn with a fixed seed, in split order), for quick
+    evaluations during training; FID is then taken against the subset's own ground truth.
+    """
+
+    def __init__(self, root: str | Path, split: str, ev: LoadedEvaluator, max_text_len: int = 20,
+                 max_clips: int = 0):
         self.dataset = HumanMLDataset(root, split, mode="eval", max_text_len=max_text_len, vocab=ev.vocab,
                                       normalise=False)
         if self.dataset.spec.dim != ev.config.feature_dim:
             raise UserError(f"{root}: feature width {self.dataset.spec.dim} does not match the evaluator's "
                             f"{ev.config.feature_dim}")
+        if 0 < max_clips < len(self.dataset.clips):
+            keep = np.random.default_rng((max_clips, 5)).choice(len(self.dataset.clips), max_clips, replace=False)
+            self.dataset.clips = [self.dataset.clips[i] for i in np.sort(keep)]
         self.motions = [self._motion(i) for i in range(len(self.dataset))]
 
     def _motion(self, index: int) -> np.ndarray:

@@ -31,10 +31,11 @@ import torch
 from ..analysis.memory import memory_probe
 from ..errors import UserError
 from ..io import write_json
-from ..runs import WEIGHTS, config_to_dict, load_tensors, make_manifest, read_manifest, save_tensors, write_manifest
+from ..runs import config_to_dict, load_tensors, make_manifest, read_manifest, save_tensors, write_manifest
 from ..runtime import check_profile
 from .adapters import BackboneTrajectory, reward_function
 from .loop import LoopConfig, TrajectoryStats, run_trajectory
+from .lora import LoraConfig, check_lora, save_weights, trainable_parameters
 from .policy import POLICIES, PolicyConfig, make_policy
 
 CHECKPOINT = "checkpoint"
@@ -58,9 +59,11 @@ class FinetuneConfig:
     seed: int = 0
     eval_every: int = 0               # iterations between reward evaluations on held-out captions (0 = end only)
     eval_captions: int = 16
+    eval_motions: int = 128           # test-split clips scored with the T2M evaluator + oracle (--evaluator; 0 = all)
     checkpoint_every: int = 0         # iterations (0 = only at the end)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)  # rank 0: full fine-tuning of the denoiser
 
 
 def finetune_config(method: str, profile: str, **overrides) -> FinetuneConfig:
@@ -70,21 +73,24 @@ def finetune_config(method: str, profile: str, **overrides) -> FinetuneConfig:
         raise UserError(f"--method: unknown method '{method}' (choose from {', '.join(POLICIES)})")
     if profile == "smoke":
         cfg = FinetuneConfig(method, profile, iterations=4, batch_size=4, sample_steps=10, lr=1e-4,
-                             policy=PolicyConfig(k=10 if method == "draft" else 1), eval_captions=8)
+                             policy=PolicyConfig(k=10 if method == "draft" else 1), eval_captions=8,
+                             eval_motions=32)
     elif profile == "quick":
         cfg = FinetuneConfig(method, profile, iterations=30, batch_size=16, sample_steps=50, lr=2e-5,
                              eval_every=10, eval_captions=64, checkpoint_every=10,
                              policy=PolicyConfig(k=50 if method == "draft" else 1))
     else:
         cfg = FinetuneConfig(method, profile, iterations=1000, batch_size=32, sample_steps=50, lr=1e-5,
-                             warmup=100, lr_schedule="cosine", eval_every=100, eval_captions=256,
+                             warmup=100, lr_schedule="cosine", eval_every=100, eval_captions=256, eval_motions=1024,
                              checkpoint_every=100, policy=PolicyConfig(k=50 if method == "draft" else 1))
     if method == "drtune":
         cfg.policy.k = 5
     for key, value in overrides.items():
         if value is None:
             continue
-        if hasattr(cfg.policy, key) and not hasattr(cfg, key):
+        if key.startswith("lora_") and hasattr(cfg.lora, key[len("lora_"):]):
+            setattr(cfg.lora, key[len("lora_"):], value)
+        elif hasattr(cfg.policy, key) and not hasattr(cfg, key):
             setattr(cfg.policy, key, value)
         elif hasattr(cfg, key):
             setattr(cfg, key, value)
@@ -107,6 +113,10 @@ def validate(cfg: FinetuneConfig) -> None:
         raise UserError(f"--reward-on: must be x0_hat or x_t (got '{cfg.loop.reward_on}')")
     if cfg.lr_schedule not in ("constant", "cosine"):
         raise UserError(f"lr_schedule: must be constant or cosine (got '{cfg.lr_schedule}')")
+    if cfg.eval_motions and cfg.eval_motions < 32:
+        raise UserError(f"--eval-motions: must be 0 (the whole test split) or at least 32, one R-Precision group "
+                        f"(got {cfg.eval_motions})")
+    check_lora(cfg.lora)
 
 
 def expected_updates(cfg: FinetuneConfig) -> int:
@@ -168,9 +178,8 @@ class Finetuner:
         self.backbone = self.generator.backbone
         self.backbone.eval()
         self.backbone.requires_grad_(False)
-        self.params = list(self.backbone.net.parameters())
-        for p in self.params:
-            p.requires_grad_(True)
+        self.params = trainable_parameters(self.backbone.net, cfg.lora, cfg.seed)  # all, or LoRA's A and B
+        self.net_params = list(self.backbone.net.parameters())  # not counted as saved activations by the probe
         self.reward = load_reward(reward_run, device)
         self.reward.requires_grad_(False)
         if cfg.loop.reward_on == "x_t":
@@ -219,7 +228,7 @@ class Finetuner:
             texts, lengths = self.prompts.draw(self.cfg.batch_size, self.rng)
         traj = self.trajectory(texts, lengths)
         plans = self.policy.plan(traj.num_steps, self.rng)
-        probe = memory_probe(self.device, self.params, probe_kind or self.memory)
+        probe = memory_probe(self.device, self.net_params, probe_kind or self.memory)
         with probe:
             stats = run_trajectory(traj, self.policy, plans, reward_function(self.reward, traj), self.optimizer,
                                    self.params, self.cfg.loop, probe=probe, generator=self.noise,
@@ -291,16 +300,31 @@ def save_checkpoint(out: Path, tuner: Finetuner, state: dict) -> None:
 
 def run_finetune(cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Path, out: Path,
                  device: torch.device, *, resume: bool = False, progress: bool = True,
-                 stop_after: int | None = None, evaluate: Callable[[Path], dict] | None = None) -> dict:
+                 stop_after: int | None = None, evaluate: Callable[[Path], dict] | None = None,
+                 evaluator: Path | None = None) -> dict:
     """Fine-tune ``base_run`` with ``cfg.method`` against ``reward_run`` into ``out``; return metrics.
 
     ``stop_after`` ends the run after that many iterations with a checkpoint, as an interruption would;
     ``resume`` continues from ``OUT/checkpoint`` and gives the same weights as an uninterrupted run on CPU.
+    ``evaluator`` (an evaluator run) adds the T2M metrics and the oracle's accuracy on ``cfg.eval_motions`` test
+    clips to every evaluation (:mod:`easytune_lab.finetune.periodic_eval`).
     """
     from tqdm import tqdm
 
+    from .periodic_eval import PeriodicEvaluator, postfix
+
     out = Path(out)
     tuner = Finetuner(cfg, base_run, reward_run, data, device)
+    periodic = None if evaluator is None else PeriodicEvaluator(evaluator, data, device, cfg.eval_motions,
+                                                                cfg.sampler, cfg.sample_steps, seed=cfg.seed)
+
+    def evaluation(iteration: int, optimizer_steps: int, seconds: float) -> dict:
+        entry = {"iteration": iteration, "optimizer_steps": optimizer_steps, "seconds": seconds,
+                 "reward": tuner.evaluate_reward()}
+        if periodic is not None:
+            entry.update(periodic(tuner.generator))
+        return entry
+
     log: dict = {"iteration": [], "reward": [], "final_reward": [], "loss": [], "peak_bytes": [],
                  "optimizer_steps": [], "time": [], "grad_norm": []}
     evals: list[dict] = []
@@ -310,6 +334,9 @@ def run_finetune(cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Pa
         if not state_path.is_file():
             raise UserError(f"--resume: {state_path} missing (nothing to resume in {out})")
         state = json.loads(state_path.read_text())
+        trained = read_manifest(out).get("finetune", {}).get("lora", {}).get("rank", 0)
+        if trained != cfg.lora.rank:
+            raise UserError(f"--resume: {out} was trained with --lora-rank {trained}, not {cfg.lora.rank}")
         tuner.load_state_tensors(load_tensors(out / CHECKPOINT / "state.safetensors", device="cpu"),
                                  state["numpy_rng"])
         tuner.scheduler.load_state_dict(state["scheduler"])
@@ -322,13 +349,14 @@ def run_finetune(cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Pa
         out.mkdir(parents=True, exist_ok=True)
     base_manifest = _copy_base_files(base_run, out)
     manifest = make_manifest("backbone", base_manifest["config"], seed=cfg.seed, device=str(device),
-                             parents={"base": str(base_run), "reward": str(reward_run), "data": str(data)},
+                             parents={"base": str(base_run), "reward": str(reward_run), "data": str(data),
+                                      **({"evaluator": str(evaluator)} if evaluator is not None else {})},
                              extra={"backbone": base_manifest.get("backbone"), "status": "running",
                                     "feature_dim": base_manifest.get("feature_dim"),
                                     "finetune": config_to_dict(cfg)})
     write_manifest(out, manifest)
     if not evals:
-        evals.append({"iteration": 0, "optimizer_steps": 0, "seconds": 0.0, "reward": tuner.evaluate_reward()})
+        evals.append(evaluation(0, 0, 0.0))
 
     bar = tqdm(total=cfg.iterations, initial=start_it, disable=not progress, desc=f"finetune {cfg.method}",
                dynamic_ncols=True)
@@ -348,12 +376,11 @@ def run_finetune(cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Pa
         log["time"].append({k: round(v, 6) for k, v in stats.time.items()})
         log["grad_norm"].append(float(np.mean(stats.grad_norms)) if stats.grad_norms else 0.0)
         bar.update(1)
-        bar.set_postfix(reward=f"{log['reward'][-1]:.3f}", loss=f"{log['loss'][-1]:.3f}",
-                        mem=f"{stats.peak_bytes / 2**20:.1f}MiB")
         last = it + 1 == cfg.iterations
         if (cfg.eval_every and (it + 1) % cfg.eval_every == 0) or last:
-            evals.append({"iteration": it + 1, "optimizer_steps": steps_done, "seconds": elapsed,
-                          "reward": tuner.evaluate_reward()})
+            evals.append(evaluation(it + 1, steps_done, elapsed))
+        bar.set_postfix(reward=f"{log['reward'][-1]:.3f}", loss=f"{log['loss'][-1]:.3f}",
+                        mem=f"{stats.peak_bytes / 2**20:.1f}MiB", **postfix(evals[-1]))
         if (cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0) or last or it + 1 == end:
             save_checkpoint(out, tuner, {"iteration": it + 1, "elapsed": elapsed, "log": log, "evals": evals})
     bar.close()
@@ -363,7 +390,7 @@ def run_finetune(cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Pa
         write_manifest(out, manifest)
         return {"method": cfg.method, "iterations": end, "complete": False}
 
-    save_tensors(out / WEIGHTS, tuner.backbone.state_dict())
+    save_weights(out, tuner.backbone, cfg.lora)  # merged weights (+ adapter.safetensors for LoRA)
     peak = max(log["peak_bytes"]) if log["peak_bytes"] else 0
     phases = {k: float(sum(t[k] for t in log["time"])) for k in ("sampling", "reward", "backward", "optimizer")}
     metrics = {"method": cfg.method, "iterations": cfg.iterations, "optimizer_steps": steps_done,
