@@ -137,3 +137,19 @@ def test_length_sorted_generation_keeps_the_callers_order(runs):
     np.testing.assert_allclose(motions[0], alone[1], atol=1e-5)
     unsorted = gen.generate(texts, lengths, seed=0, batch_size=2, by_length=False)
     assert [m.shape[0] for m in unsorted] == lengths
+
+
+def test_speed_benchmark_interleaves_methods_and_counts_updates(runs):
+    from easytune_lab.finetune.bench import speed_benchmark, speedup
+
+    result = speed_benchmark(["easytune", "draft"], 0.01, "smoke", runs["base"], runs["reward"], runs["data"],
+                             torch.device("cpu"), max_iterations=2, progress=False)
+    for method, per_iteration in (("easytune", 10), ("draft", 1)):  # smoke T = 10: EasyTune updates every step
+        curve = result["curves"][method]
+        assert curve["iterations"] == [0, 1]                          # budget spent after one trajectory
+        assert curve["optimizer_steps"] == [0, per_iteration]
+        assert curve["seconds"][1] > 0 and len(curve["reward"]) == 2 and np.isfinite(curve["reward"]).all()
+    # speed-up arithmetic: the fast method reaches the slow one's final reward at its second point
+    fake = {"curves": {"draft": {"seconds": [0, 10, 20, 40], "reward": [0.0, 0.1, 0.2, 0.3]},
+                       "easytune": {"seconds": [0, 4, 8], "reward": [0.0, 0.25, 0.35]}}}
+    assert speedup(fake) == {"target_reward": 0.3, "slow_seconds": 40, "fast_seconds": 8.0, "speedup": 5.0}
