@@ -76,8 +76,9 @@ def finetune_config(method: str, profile: str, **overrides) -> FinetuneConfig:
                              policy=PolicyConfig(k=10 if method == "draft" else 1), eval_captions=8,
                              eval_motions=32)
     elif profile == "quick":
-        cfg = FinetuneConfig(method, profile, iterations=30, batch_size=16, sample_steps=50, lr=2e-5,
-                             eval_every=10, eval_captions=64, checkpoint_every=10,
+        # sized so that one run takes a few minutes on a 2-core CPU: 16 trajectories of 8 captions, T = 50
+        cfg = FinetuneConfig(method, profile, iterations=16, batch_size=8, sample_steps=50, lr=2e-5,
+                             eval_every=8, eval_captions=32, checkpoint_every=8,
                              policy=PolicyConfig(k=50 if method == "draft" else 1))
     else:
         cfg = FinetuneConfig(method, profile, iterations=1000, batch_size=32, sample_steps=50, lr=1e-5,
