@@ -178,6 +178,23 @@ def rank_seed(seed: int, *keys: int) -> int:
     return value % (2**63 - 1)
 
 
+@contextlib.contextmanager
+def rank_rng(seed: int, *keys: int, device: torch.device | None = None) -> Iterator[None]:
+    """Under several processes, run the block with torch's global generator forked and seeded per rank.
+
+    For dropout layers, whose masks must differ between ranks, while the global generator (which also draws the
+    data's random crops and captions) keeps advancing alike on every rank. The seed is a function of
+    ``(seed, keys, rank)``, so a resumed run needs no extra state. A no-op in a single process.
+    """
+    if not _CONTEXT.active:
+        yield
+        return
+    devices = [device] if device is not None and torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(rank_seed(seed, *keys))
+        yield
+
+
 class ShardedRandom:
     """Random tensors for a global batch, of which this rank keeps its rows.
 
@@ -234,6 +251,36 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     out = values.detach().clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out / _CONTEXT.world_size
+
+
+class _GatherRows(torch.autograd.Function):
+    """all_gather along dim 0; backward: the gradients every rank computed for these rows, summed."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        parts = [torch.empty_like(x) for _ in range(_CONTEXT.world_size)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        rows = grad.shape[0] // _CONTEXT.world_size
+        return grad[_CONTEXT.rank * rows:(_CONTEXT.rank + 1) * rows]
+
+
+def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``x`` concatenated along the first dimension in rank order (equal shapes on every rank),
+    differentiable: each rank's rows receive the sum of the gradients all ranks computed for them. ``x`` itself
+    in a single process."""
+    if not _CONTEXT.active:
+        return x
+    return _GatherRows.apply(x)
 
 
 def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:

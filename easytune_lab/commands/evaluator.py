@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--epochs", type=int, default=None, help="override the profile's number of epochs")
     t.add_argument("--max-seconds", type=float, default=None, help="override the profile's training time budget")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    t.set_defaults(func=cmd_train)
+    t.set_defaults(func=cmd_train, distributed=True)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -34,8 +34,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     import torch
 
+    from .. import distributed as dist
     from ..eval.evaluator_train import EVALUATOR_SEED, profile_config, train_evaluator
-    from ..runtime import check_profile, default_threads, resolve_device
+    from ..runtime import check_profile, default_threads
 
     check_profile(args.profile)
     if not args.data.is_dir():
@@ -46,7 +47,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"--epochs: must be at least 1 (got {args.epochs})")
     if args.max_seconds is not None and args.max_seconds <= 0:
         raise UserError(f"--max-seconds: must be positive (got {args.max_seconds})")
-    device = resolve_device(args.device)
+    if not (args.data / "train.txt").is_file():
+        raise UserError(f"--data {args.data}: no train.txt (not a HumanML3D-format directory)")
+    ctx, device = dist.setup(args.device)
     if device.type == "cpu" and "EASYTUNE_THREADS" in os.environ:
         torch.set_num_threads(default_threads())
     config = profile_config(args.profile)
@@ -55,6 +58,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = dataclasses.replace(config, **overrides)
     seed = EVALUATOR_SEED if args.seed is None else args.seed
     metrics = train_evaluator(args.data, config, args.out, seed=seed, device=device, progress=not args.no_progress)
+    if not ctx.is_main:
+        return 0
     val = metrics["val"]
     print(f"evaluator: val R-Precision top1 {val['r_precision_top1']:.3f} top3 {val['r_precision_top3']:.3f} "
           f"(chance {val['chance_top1']:.3f}/{val['chance_top3']:.3f}), MM-Dist {val['mm_dist']:.3f}, "

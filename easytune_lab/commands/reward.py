@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
+from ..runs import add_allow_pickle
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--text-model", type=Path, default=None,
                    help="optional local Hugging Face text model directory (frozen; never downloaded)")
     t.add_argument("--epochs", type=int, default=None, help="override the profile's number of epochs")
-    t.set_defaults(func=cmd_train)
+    add_allow_pickle(t)
+    t.set_defaults(func=cmd_train, distributed=True)
 
     s = rsub.add_parser("spl", help="refine a trained reward with Self-refinement Preference Learning")
     s.add_argument("--reward", required=True, type=Path, help="a reward run directory (from `reward train`)")
@@ -35,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--spl-weight", type=float, default=None,
                    help="weight of the SPL loss (0 = control: same extra epochs, InfoNCE only)")
     s.add_argument("--epochs", type=int, default=None, help="override the profile's number of SPL epochs")
-    s.set_defaults(func=cmd_spl)
+    add_allow_pickle(s)
+    s.set_defaults(func=cmd_spl, distributed=True)
 
     st = rsub.add_parser("study", help="SPL before/after (with a no-SPL control) over seeds; plain vs noise-aware")
     st.add_argument("--data", required=True, type=Path, help="HumanML3D-format dataset directory")
@@ -54,7 +57,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default="quick", help="smoke | quick | paper (default quick)")
     p.add_argument("--out", required=True, type=Path, help="output run directory (absent or empty)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto; under torchrun cuda = one "
+                                                    "GPU per rank)")
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -100,8 +100,11 @@ class PretrainedSentenceEncoder:
         except ImportError:
             raise UserError(f"--text-encoder {path}: the 'transformers' package is not installed "
                             "(pip install transformers)") from None
+        from ..runs import check_model_dir, hf_pickle_kwargs
+
+        check_model_dir(p, "--text-encoder")
         self.tokenizer = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
-        self.model = AutoModel.from_pretrained(str(p), local_files_only=True).eval().to(device)
+        self.model = AutoModel.from_pretrained(str(p), local_files_only=True, **hf_pickle_kwargs()).eval().to(device)
         for param in self.model.parameters():
             param.requires_grad_(False)
         self.dim = int(self.model.config.hidden_size)

@@ -26,7 +26,6 @@ A NaN/Inf loss stops the run (:class:`~easytune_lab.errors.NonFiniteError`) and 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -388,7 +387,7 @@ def pretrain(config: PretrainConfig, data: PretrainData, run_dir: str | Path, *,
         for micro in range(accumulate):
             batch = _shard_batch(data, config, device, step * accumulate + micro, DTYPES[dtype])
             noise = dist.ShardedRandom(generator)
-            with dist.no_sync(wrapped, micro < accumulate - 1), _dropout_rng(config.seed, step, micro, device):
+            with dist.no_sync(wrapped, micro < accumulate - 1), dist.rank_rng(config.seed, step, micro, device=device):
                 loss = wrapped(stage, batch, noise)
                 global_loss = dist.all_reduce_mean(loss.detach())
                 if not torch.isfinite(global_loss):
@@ -429,19 +428,6 @@ def pretrain(config: PretrainConfig, data: PretrainData, run_dir: str | Path, *,
         write_manifest(run_dir, manifest)
     dist.barrier()  # the other ranks return once rank 0's files are in place
     return metrics
-
-
-@contextlib.contextmanager
-def _dropout_rng(seed: int, step: int, micro: int, device: torch.device):
-    """Under several processes, dropout layers draw from a rank-specific seed (a function of the step, so
-    resuming needs no extra state) without advancing the global generator the data draws share."""
-    if dist.world_size() == 1:
-        yield
-        return
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(dist.rank_seed(seed, step, micro))
-        yield
 
 
 def _stop_nonfinite(run_dir: Path, manifest: dict, value: float, step: int, stage: str):

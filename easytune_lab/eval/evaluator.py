@@ -28,7 +28,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from ..data.text import NUM_POS, Vocabulary, parse_caption_line, plain_tokens
 from ..errors import UserError
-from ..runs import WEIGHTS, load_tensors, read_manifest
+from ..runs import load_tensors, read_manifest, weights_file
 
 EVALUATOR_KIND = "evaluator"
 VOCABULARY_FILE = "vocabulary.json"
@@ -163,10 +163,10 @@ def load_evaluator(run_dir: str | Path, device: str | torch.device = "cpu") -> L
         mean, std = z["mean"].astype(np.float32), z["std"].astype(np.float32)
     device = torch.device(device)
     model = TextMotionEvaluator(config, len(vocab))
-    state = load_tensors(run_dir / WEIGHTS)
+    state = load_tensors(weights_file(run_dir))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise UserError(f"{run_dir / WEIGHTS}: does not match the evaluator config "
+        raise UserError(f"{weights_file(run_dir)}: does not match the evaluator config "
                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.to(device).eval()
     return LoadedEvaluator(model, vocab, mean, std, device, run_dir, manifest)

@@ -11,6 +11,11 @@ Loss (config ``loss``):
 The evaluator has its own fixed seed (:data:`EVALUATOR_SEED`), different from the reward model's, so that the judge
 is never the model being optimised. Validation retrieval (R-Precision top-1/2/3 and MM-Dist on the val split, groups
 of 32) is measured after every epoch; the best epoch's weights are kept.
+
+Under ``torchrun`` the encoders train in DistributedDataParallel: every rank draws the same global batch, encodes its
+``batch_size / world`` rows, and the embeddings are all-gathered (with gradients), so the contrastive loss sees the
+whole global batch. Rank 0 measures validation, keeps the best weights and writes the run; its wall-clock stop
+decision is broadcast so that all ranks stop after the same epoch.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from .. import distributed as dist
 from ..data.humanml import HumanMLDataset, MotionBatch, collate_motions
 from ..errors import UserError
 from ..io import write_json
@@ -120,6 +126,26 @@ def encode_batch(model: TextMotionEvaluator, batch: MotionBatch, device: torch.d
     return text, motion
 
 
+class _BatchEncoder(torch.nn.Module):
+    """``forward(batch) -> (text, motion)`` embeddings: the module DistributedDataParallel wraps."""
+
+    def __init__(self, model: TextMotionEvaluator, device: torch.device):
+        super().__init__()
+        self.model, self.device = model, device
+
+    def forward(self, batch: MotionBatch):
+        return encode_batch(self.model, batch, self.device)
+
+
+def check_world(config: EvaluatorTrainConfig, train_items: int, data_root) -> None:
+    """Under several processes every batch must be full and split evenly (validated before training)."""
+    if dist.world_size() > 1:
+        dist.check_divisible(config.batch_size, "batch size")
+        if train_items < config.batch_size:
+            raise UserError(f"{data_root}/train.txt: {train_items} usable clips, fewer than one batch of "
+                            f"{config.batch_size}")
+
+
 @torch.no_grad()
 def embed_dataset(model: TextMotionEvaluator, dataset: HumanMLDataset, device: torch.device,
                   batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
@@ -171,7 +197,9 @@ def train_evaluator(data_root: str | Path, config: EvaluatorTrainConfig, out_dir
     if len(val) < 2:
         raise UserError(f"{data_root}/val.txt: needs at least 2 usable clips, got {len(val)}")
 
+    check_world(config, len(train), data_root)
     model = TextMotionEvaluator(config.model, len(train.vocab)).to(device)
+    encoder = dist.wrap_ddp(_BatchEncoder(model, device), device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(seed)
     loader = DataLoader(train, batch_size=config.batch_size, shuffle=True, drop_last=len(train) > config.batch_size,
@@ -180,12 +208,16 @@ def train_evaluator(data_root: str | Path, config: EvaluatorTrainConfig, out_dir
 
     history, best, best_state = [], None, None
     start = time.perf_counter()
-    bar = tqdm(range(config.epochs), desc="evaluator", unit="epoch", disable=not progress)
+    bar = tqdm(range(config.epochs), desc="evaluator", unit="epoch", disable=not (progress and dist.is_main()))
     for epoch in bar:
         model.train()
         losses = []
-        for batch in loader:
-            text, motion = encode_batch(model, batch, device)
+        for step, batch in enumerate(loader):
+            lo, hi = dist.shard_bounds(len(batch))
+            local = batch if dist.world_size() == 1 else batch.rows(lo, hi)
+            with dist.rank_rng(seed, epoch, step, device=device):   # rank-specific dropout
+                text, motion = encoder(local)
+            text, motion = dist.all_gather_rows(text), dist.all_gather_rows(motion)
             exclude = same_caption_mask(batch.captions)
             if config.loss == "infonce":
                 loss = infonce_loss(text, motion, config.temperature, exclude)
@@ -197,19 +229,24 @@ def train_evaluator(data_root: str | Path, config: EvaluatorTrainConfig, out_dir
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             opt.step()
             losses.append(float(loss.detach()))
-        scores = retrieval_scores(*embed_dataset(model, val, device), seed=seed)
         elapsed = time.perf_counter() - start
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(elapsed, 2),
-                        **{k: scores[k] for k in ("r_precision_top1", "r_precision_top3", "mm_dist")}})
-        key = scores["r_precision_top1"] + scores["r_precision_top2"] + scores["r_precision_top3"]
-        if best is None or key > best[0]:
-            best = (key, epoch + 1, scores)
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        bar.set_postfix(loss=f"{np.mean(losses):.3f}", val_top1=f"{scores['r_precision_top1']:.3f}")
-        if config.max_seconds is not None and elapsed > config.max_seconds:
+        if dist.is_main():                                        # validation and selection on rank 0
+            scores = retrieval_scores(*embed_dataset(model, val, device), seed=seed)
+            history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(elapsed, 2),
+                            **{k: scores[k] for k in ("r_precision_top1", "r_precision_top3", "mm_dist")}})
+            key = scores["r_precision_top1"] + scores["r_precision_top2"] + scores["r_precision_top3"]
+            if best is None or key > best[0]:
+                best = (key, epoch + 1, scores)
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            bar.set_postfix(loss=f"{np.mean(losses):.3f}", val_top1=f"{scores['r_precision_top1']:.3f}")
+        out_of_time = config.max_seconds is not None and elapsed > config.max_seconds
+        if dist.broadcast_flag(out_of_time, device):              # rank 0's clock decides for every rank
             break
     bar.close()
     train_seconds = time.perf_counter() - start
+    if not dist.is_main():                                        # rank 0 writes; the others wait for it
+        dist.barrier()
+        return {"epochs_run": epoch + 1, "train_seconds": round(train_seconds, 2)}
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model.load_state_dict(best_state)
@@ -224,6 +261,8 @@ def train_evaluator(data_root: str | Path, config: EvaluatorTrainConfig, out_dir
     }
     write_json(out_dir / "metrics.json", metrics)
     manifest = make_manifest(EVALUATOR_KIND, config, seed=seed, device=str(device),
-                             extra={"data": {"root": str(Path(data_root).resolve()), "skeleton": train.skeleton}})
+                             extra={"data": {"root": str(Path(data_root).resolve()), "skeleton": train.skeleton},
+                                    "world_size": dist.world_size()})
     write_manifest(out_dir, manifest)
+    dist.barrier()
     return metrics

@@ -19,28 +19,63 @@ from ..errors import UserError
 def _prepare(data: Path, out: Path, profile: str, device: str, seed: int):
     import torch
 
-    from ..runtime import check_profile, default_threads, resolve_device, seed_everything
+    from .. import distributed as dist
+    from ..runtime import check_profile, default_threads, seed_everything
 
     check_profile(profile)
     if not Path(data).is_dir():
         raise UserError(f"--data {data}: dataset directory not found")
+    if not (Path(data) / "train.txt").is_file():
+        raise UserError(f"--data {data}: no train.txt (not a HumanML3D-format directory)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out}: exists and is not an empty directory")
-    dev = resolve_device(device)
+    _, dev = dist.setup(device)
     torch.set_num_threads(default_threads())
     seed_everything(seed)
     return dev
 
 
+def _check_sizes(data: Path, cfg, batch_size: int, train_idx, test_idx) -> None:
+    """Up front, before any training: the batches and the retrieval protocol fit the data and the processes."""
+    from .. import distributed as dist
+
+    effective = min(batch_size, len(train_idx))
+    if len(train_idx) < 2:
+        raise UserError(f"--data {data}/train.txt: needs at least 2 usable motions, got {len(train_idx)}")
+    if len(train_idx) < batch_size:
+        raise UserError(f"--data {data}/train.txt: {len(train_idx)} usable motions, fewer than one batch of "
+                        f"{batch_size} (the last incomplete batch is dropped)")
+    if len(test_idx) < cfg.eval_batch:
+        raise UserError(f"--data {data}/test.txt: {len(test_idx)} usable motions; the retrieval metrics need at "
+                        f"least {cfg.eval_batch} (galleries of {cfg.eval_batch})")
+    dist.check_divisible(effective, "batch size")
+
+
 def _write_run(out: Path, kind: str, config, reward, metrics: dict, seed: int, device, parents=None) -> None:
+    from .. import distributed as dist
     from ..io import write_json
     from ..runs import make_manifest, write_manifest
     from .retrieval import save_reward
 
+    if not dist.is_main():                      # rank 0 writes; the others wait for it
+        dist.barrier()
+        return
     out.mkdir(parents=True, exist_ok=True)
     save_reward(reward, out)
     write_json(out / "metrics.json", metrics)
-    write_manifest(out, make_manifest(kind, config, seed=seed, device=str(device), parents=parents))
+    write_manifest(out, make_manifest(kind, config, seed=seed, device=str(device), parents=parents,
+                                      extra={"world_size": dist.world_size()}))
+    dist.barrier()
+
+
+def _evaluate(reward, test, test_idx, device, timesteps, eval_batch) -> dict | None:
+    """Test-split retrieval metrics, measured on rank 0 only (None elsewhere)."""
+    from .. import distributed as dist
+    from .train import evaluate_reward
+
+    if not dist.is_main():
+        return None
+    return evaluate_reward(reward, test, test_idx, device, timesteps, eval_batch, seed=0)
 
 
 def headline(retrieval: dict) -> str:
@@ -67,18 +102,23 @@ def train_run(data: Path, out: Path, profile: str = "quick", seed: int = 0, devi
     if text_model is not None:
         if not Path(text_model).is_dir():
             raise UserError(f"--text-model {text_model}: local model directory not found (models are never downloaded)")
+        from ..runs import check_model_dir
+
+        check_model_dir(text_model, "--text-model")
         cfg.model = dataclasses.replace(cfg.model, text_model_path=str(Path(text_model).resolve()))
     train, test, train_idx, test_idx = load_splits(data, cfg.max_train_items, cfg.max_test_items, seed)
+    _check_sizes(data, cfg, cfg.batch_size, train_idx, test_idx)
     start = time.perf_counter()
-    reward, history = train_reward(train, train_idx, cfg, dev, log=log)
+    reward, history = train_reward(train, train_idx, cfg, dev, log=log, seed=seed)
     seconds = time.perf_counter() - start
-    retrieval = evaluate_reward(reward, test, test_idx, dev, cfg.eval_timesteps, cfg.eval_batch, seed=0)
+    retrieval = _evaluate(reward, test, test_idx, dev, cfg.eval_timesteps, cfg.eval_batch)
     metrics = {"profile": profile, "noise_aware": cfg.model.noise_aware, "train_seconds": seconds,
                "train_items": len(train_idx), "test_items": len(test_idx), "history": history,
                "retrieval": retrieval}
     _write_run(out, "reward", {"profile": profile, "data": str(data.resolve()), "train": cfg, "model": cfg.model},
                reward, metrics, seed, dev)
-    log(f"reward trained in {seconds:.0f} s; {headline(retrieval)}; wrote {out}")
+    if retrieval is not None:
+        log(f"reward trained in {seconds:.0f} s; {headline(retrieval)}; wrote {out}")
     return metrics
 
 
@@ -107,19 +147,21 @@ def spl_run(reward_dir: Path, data: Path, out: Path, profile: str = "quick", see
             raise UserError(f"--epochs: must be at least 1 (got {epochs})")
         spl.epochs = epochs
     train, test, train_idx, test_idx = load_splits(data, cfg.max_train_items, cfg.max_test_items, seed)
-    before = evaluate_reward(reward, test, test_idx, dev, (0,), cfg.eval_batch, seed=0)
+    _check_sizes(data, cfg, spl.batch_size, train_idx, test_idx)
+    before = _evaluate(reward, test, test_idx, dev, (0,), cfg.eval_batch)
     start = time.perf_counter()
-    history = refine_spl(reward, train, train_idx, cfg, spl, dev, log=log)
+    history = refine_spl(reward, train, train_idx, cfg, spl, dev, log=log, seed=seed)
     seconds = time.perf_counter() - start
-    after = evaluate_reward(reward, test, test_idx, dev, cfg.eval_timesteps, cfg.eval_batch, seed=0)
+    after = _evaluate(reward, test, test_idx, dev, cfg.eval_timesteps, cfg.eval_batch)
     metrics = {"profile": profile, "spl": dataclasses.asdict(spl), "train_seconds": seconds,
                "mined_pairs_per_epoch": [row["mined_pairs"] for row in history], "history": history,
                "before": before, "retrieval": after}
     _write_run(out, "reward-spl", {"profile": profile, "data": str(data.resolve()), "train": cfg,
                                    "model": cfg.model, "spl": spl},
                reward, metrics, seed, dev, parents={"reward": str(reward_dir.resolve())})
-    log(f"SPL ({spl.epochs} epochs, weight {spl.weight}, k {spl.k}; mined pairs per epoch "
-        f"{metrics['mined_pairs_per_epoch']}): before {headline(before)}; after {headline(after)}; wrote {out}")
+    if after is not None:
+        log(f"SPL ({spl.epochs} epochs, weight {spl.weight}, k {spl.k}; mined pairs per epoch "
+            f"{metrics['mined_pairs_per_epoch']}): before {headline(before)}; after {headline(after)}; wrote {out}")
     return metrics
 
 

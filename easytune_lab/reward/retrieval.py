@@ -216,9 +216,12 @@ class FrozenTextModel(nn.Module):
             from transformers import AutoModel, AutoTokenizer  # type: ignore
         except ImportError:
             raise UserError(f"--text-model {path}: the 'transformers' package is not installed") from None
+        from ..runs import check_model_dir, hf_pickle_kwargs
+
+        check_model_dir(path, "--text-model")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-            model = AutoModel.from_pretrained(str(path), local_files_only=True)
+            model = AutoModel.from_pretrained(str(path), local_files_only=True, **hf_pickle_kwargs())
         except (OSError, ValueError) as exc:
             raise UserError(f"--text-model {path}: cannot load a local model ({exc})") from None
         self.backbone = [model.eval().requires_grad_(False)]  # a list keeps it out of state_dict/parameters
@@ -381,7 +384,7 @@ def load_reward(run_dir, device="cpu", trainable: bool = False) -> Reward:
     import dataclasses
 
     from ..data.text import Vocabulary
-    from ..runs import WEIGHTS, load_tensors, read_manifest
+    from ..runs import load_tensors, read_manifest, weights_file
 
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
@@ -394,10 +397,10 @@ def load_reward(run_dir, device="cpu", trainable: bool = False) -> Reward:
     if not cfg.text_model_path:
         tokenizer = CaptionTokenizer(Vocabulary.load(run_dir / VOCAB_FILE), cfg.max_words)
     reward = Reward(cfg, tokenizer)
-    state = load_tensors(run_dir / WEIGHTS)
+    state = load_tensors(weights_file(run_dir))
     missing, unexpected = reward.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise UserError(f"{run_dir / WEIGHTS}: does not match the manifest's model "
+        raise UserError(f"{weights_file(run_dir)}: does not match the manifest's model "
                         f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
     reward.requires_grad_(trainable)
     return reward.to(torch.device(device) if isinstance(device, str) else device).eval()

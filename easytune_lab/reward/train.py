@@ -7,6 +7,7 @@ a GPU at TMR-like sizes). Training reads the dataset through :class:`easytune_la
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -15,6 +16,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .. import distributed as dist
 from ..data.humanml import HumanMLDataset, MotionBatch, collate_motions
 from .metrics import batched_retrieval_metrics, retrieval_metrics
 from .retrieval import CaptionTokenizer, FrozenTextModel, Reward, RewardModelConfig, identical_captions, info_nce, noise_motion
@@ -191,10 +193,43 @@ def _lr_at(step: int, total: int, base: float, warmup: int) -> float:
 
 # ----------------------------------------------------------------------------------------------- loops
 
+class _Embedder(torch.nn.Module):
+    """``forward(x, mask, t, captions) -> (motion embeddings, text embeddings, logit scale)`` of a reward: the
+    module DistributedDataParallel wraps, so that the gradients of the pass are all-reduced."""
+
+    def __init__(self, reward: Reward):
+        super().__init__()
+        self.reward = reward
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, t, captions: Sequence[str]):
+        m = self.reward.embed_motion(x, mask, t=t)
+        if isinstance(self.reward.text_encoder, FrozenTextModel):
+            c = self.reward.embed_text(captions)
+        else:
+            c = self.reward.embed_text(ids=self.reward.text_ids(captions))
+        return m, c, self.reward.logit_scale()
+
+
+def _caption_similarity(reward: Reward, captions: Sequence[str], device) -> torch.Tensor:
+    """The caption-similarity matrix that keeps near-duplicate captions from being negatives."""
+    if isinstance(reward.text_encoder, FrozenTextModel):
+        feats = torch.nn.functional.normalize(reward.text_encoder.sentence_embeddings(captions, device), dim=-1)
+        return feats @ feats.T
+    return identical_captions(reward.text_ids(captions))
+
+
 def _run_epochs(reward: Reward, train, train_idx, cfg: RewardTrainConfig, device, epochs: int, batch_size: int,
-                lr: float, warmup: int, spl: SPLConfig | None, log: Callable[[str], None]) -> list[dict]:
+                lr: float, warmup: int, spl: SPLConfig | None, log: Callable[[str], None], seed: int = 0) -> list[dict]:
+    """Train for ``epochs``; under torchrun in DistributedDataParallel.
+
+    Every rank draws the same global batch and embeds its own ``batch_size / world`` rows; the embeddings are
+    all-gathered (with gradients), so InfoNCE and SPL mining see the whole global batch as one process would, and
+    averaging the ranks' gradients gives the combined batch's gradient. Noise levels and noise are drawn for the
+    global batch and sliced; dropout gets a rank-specific seed.
+    """
     params = [p for p in reward.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    embedder = dist.wrap_ddp(_Embedder(reward), torch.device(device))
     steps_per_epoch = max(1, len(train_idx) // batch_size)
     total = epochs * steps_per_epoch
     history, step = [], 0
@@ -208,17 +243,29 @@ def _run_epochs(reward: Reward, train, train_idx, cfg: RewardTrainConfig, device
         for positions, batch in _batches(train, train_idx, batch_size, shuffle=True, drop_last=True,
                                          with_positions=True):
             batch = batch.to(device)
+            lo, hi = dist.shard_bounds(len(batch))
+            local = batch if dist.world_size() == 1 else batch.rows(lo, hi)
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, total, lr, warmup)
             t = _timesteps(cfg, len(batch), device)
-            x = batch.features if t is None else noise_motion(batch.features, t, reward.alphas_cumprod)
-            m = reward.embed_motion(x, batch.mask, t=t)
-            c, cap_sim = _text_side(reward, batch, device)
-            scale = reward.logit_scale()
+            t_local = None if t is None else t[lo:hi]
+            if t is None:
+                x = local.features
+            else:
+                noise = torch.randn_like(batch.features)
+                x = noise_motion(local.features, t_local, reward.alphas_cumprod, noise[lo:hi])
+            def dropout_rng(part: int, epoch=epoch, step=step):  # rank-specific dropout of this step's passes
+                return dist.rank_rng(seed, epoch, step, part, device=device)
+
+            with dropout_rng(0):
+                m, c, scale = embedder(x, local.mask, t_local, local.captions)
+            m, c = dist.all_gather_rows(m), dist.all_gather_rows(c)
+            cap_sim = _caption_similarity(reward, batch.captions, device)
             nce = info_nce(m, c, scale, cap_sim, cfg.dup_threshold)
             loss = nce
             if spl is not None:
-                s_loss, n_pairs = _spl_term(reward, batch, positions, m, c, scale, t, spl, gallery, device)
+                s_loss, n_pairs = _spl_term(reward, batch, positions, m, c, scale, t, spl, gallery, device,
+                                            (lo, hi), dropout_rng)
                 if spl.weight > 0:                               # weight 0: the control only counts pairs
                     loss = loss + spl.weight * s_loss
                 sums["spl"] += float(s_loss.detach())
@@ -232,6 +279,10 @@ def _run_epochs(reward: Reward, train, train_idx, cfg: RewardTrainConfig, device
             sums["loss"] += float(loss.detach())
             sums["nce"] += float(nce.detach())
             sums["batches"] += 1
+        if dist.world_size() > 1:  # the SPL term is per rank: log the mean over ranks
+            keys = ("loss", "spl")
+            mean = dist.all_reduce_mean(torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=device))
+            sums.update({k: float(v) for k, v in zip(keys, mean.tolist())})
         nb = max(1, sums["batches"])
         row = {"epoch": epoch + 1, "loss": sums["loss"] / nb, "infonce": sums["nce"] / nb,
                "logit_scale": float(reward.logit_scale().detach()), "seconds": time.perf_counter() - start}
@@ -239,18 +290,34 @@ def _run_epochs(reward: Reward, train, train_idx, cfg: RewardTrainConfig, device
             row.update({"spl_loss": sums["spl"] / nb, "mined_pairs": sums["pairs"],
                         "texts_seen": sums["batches"] * batch_size})
         history.append(row)
-        log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        if dist.is_main():
+            log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     reward.eval()
     return history
 
 
 def _spl_term(reward: Reward, batch: MotionBatch, positions: torch.Tensor, m: torch.Tensor, c: torch.Tensor,
-              scale: torch.Tensor, t, spl: SPLConfig, gallery: TrainGallery | None, device):
-    """(SPL loss of the batch, number of mined pairs); the loss is 0 with no graph work when weight is 0."""
+              scale: torch.Tensor, t, spl: SPLConfig, gallery: TrainGallery | None, device,
+              rows: tuple[int, int] | None = None, dropout_rng: Callable | None = None):
+    """(SPL loss of this rank's rows ``rows`` of the global batch, number of pairs mined in the whole batch).
+
+    ``m``/``c`` are the global batch's embeddings. Pairs are mined for the whole batch on every rank (the losers'
+    items and noise are drawn alike everywhere); each rank's loss covers the captions of its rows, divided by
+    its number of rows. The loss is 0 with no graph work when the weight is 0.
+    """
+    lo, hi = rows if rows is not None else (0, len(batch))
     if gallery is None:                                          # in-batch gallery
         scores = scale * c @ m.T                                 # (texts, motions) reward matrix
         pairs = mine_pairs(scores.detach(), k=spl.k)
-        return (spl_loss(scores, pairs) if spl.weight > 0 else scores.sum().detach() * 0), len(pairs)
+        if spl.weight == 0:
+            return scores.sum().detach() * 0, len(pairs)
+        if (lo, hi) == (0, len(batch)):
+            return spl_loss(scores, pairs), len(pairs)
+        keep = (pairs.rows >= lo) & (pairs.rows < hi)
+        if not bool(keep.any()):
+            return scores.sum() * 0.0, len(pairs)
+        r_w, r_l = scores[pairs.rows[keep], pairs.winners[keep]], scores[pairs.rows[keep], pairs.losers[keep]]
+        return preference_kl(r_w, r_l).sum() / (hi - lo), len(pairs)
     with torch.no_grad():
         scores = scale * c @ gallery.embeddings.T                # (texts, all train motions)
         ignore = gallery.same_caption_mask(batch.captions, device, c, spl.dup_threshold)
@@ -259,12 +326,20 @@ def _spl_term(reward: Reward, batch: MotionBatch, positions: torch.Tensor, m: to
         return m.sum().detach() * 0, len(pairs)
     losers = gallery.motions(pairs.losers, device)
     t_rows = None if t is None else t[pairs.rows]
-    x_l = losers.features if t_rows is None else noise_motion(losers.features, t_rows, reward.alphas_cumprod)
-    m_l = reward.embed_motion(x_l, losers.mask, t=t_rows)
-    c_rows = c[pairs.rows]
-    r_w = scale * (c_rows * m[pairs.rows]).sum(-1)               # batch row i is its own ground truth
+    noise = None if t_rows is None else torch.randn_like(losers.features)
+    keep = ((pairs.rows >= lo) & (pairs.rows < hi)).nonzero(as_tuple=True)[0]
+    if len(keep) == 0:
+        return m.sum() * 0.0, len(pairs)
+    x_l = losers.features[keep]
+    if t_rows is not None:
+        x_l = noise_motion(x_l, t_rows[keep], reward.alphas_cumprod, noise[keep])
+    with (dropout_rng(1) if dropout_rng is not None else contextlib.nullcontext()):
+        m_l = reward.embed_motion(x_l, losers.mask[keep], t=None if t_rows is None else t_rows[keep])
+    r_rows = pairs.rows[keep]
+    c_rows = c[r_rows]
+    r_w = scale * (c_rows * m[r_rows]).sum(-1)                   # batch row i is its own ground truth
     r_l = scale * (c_rows * m_l).sum(-1)
-    return preference_kl(r_w, r_l).sum() / len(batch), len(pairs)
+    return preference_kl(r_w, r_l).sum() / (hi - lo), len(pairs)
 
 
 def build_reward(train: HumanMLDataset, cfg: RewardTrainConfig) -> Reward:
@@ -278,19 +353,20 @@ def build_reward(train: HumanMLDataset, cfg: RewardTrainConfig) -> Reward:
     return Reward(model_cfg, tokenizer)
 
 
-def train_reward(train, train_idx, cfg: RewardTrainConfig, device, log: Callable[[str], None] = print):
+def train_reward(train, train_idx, cfg: RewardTrainConfig, device, log: Callable[[str], None] = print,
+                 seed: int = 0):
     """Train a fresh reward with InfoNCE (noise-aware if ``cfg.model.noise_aware``); returns (reward, history)."""
     reward = build_reward(train, cfg).to(device)
     history = _run_epochs(reward, train, train_idx, cfg, device, cfg.epochs, cfg.batch_size, cfg.lr,
-                          cfg.warmup_steps, None, log)
+                          cfg.warmup_steps, None, log, seed=seed)
     return reward, history
 
 
 def refine_spl(reward: Reward, train, train_idx, cfg: RewardTrainConfig, spl: SPLConfig, device,
-               log: Callable[[str], None] = print) -> list[dict]:
+               log: Callable[[str], None] = print, seed: int = 0) -> list[dict]:
     """Continue training with L_InfoNCE + weight · L_SPL; the history logs mined pairs per epoch."""
     return _run_epochs(reward, train, train_idx, cfg, device, spl.epochs, spl.batch_size, spl.lr,
-                       warmup=0, spl=spl, log=log)
+                       warmup=0, spl=spl, log=log, seed=seed)
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
