@@ -104,3 +104,33 @@ def wrap_fixture(fixture_dir: Path, dst: Path, captions: list[str] | None = None
     for path in dst.rglob("*"):  # the shared fixture is read-only; copies must be writable
         path.chmod(0o755 if path.is_dir() else 0o644)
     return dst
+
+
+def finetune_inputs(tmp_path_factory, evaluator: bool = False) -> dict[str, Path]:
+    """What a fine-tuning run needs, built once per test session: ``data`` (240 procedural motions), ``base`` (a
+    smoke MDM run), ``reward`` (a smoke reward run) and, with ``evaluator``, ``evaluator`` (a one-epoch smoke
+    evaluator: its numbers mean nothing, it exercises the protocol)."""
+    import torch
+
+    from easytune_lab.cli import main
+
+    threads = torch.get_num_threads()  # training commands set their own thread count; the tests keep theirs
+    key = ("finetune-inputs",)
+    if key not in _CACHE:
+        root = tmp_path_factory.mktemp("finetune-inputs")
+        data, base, reward = root / "data", root / "mdm", root / "reward"
+        for argv in (["data", "synth", "--out", str(data), "--num-motions", "240", "--seed", "3", "--workers", "1",
+                      "--no-progress"],
+                     ["pretrain", "--backbone", "mdm", "--data", str(data), "--profile", "smoke", "--out", str(base)],
+                     ["reward", "train", "--data", str(data), "--profile", "smoke", "--out", str(reward)]):
+            assert main(argv) == 0, argv
+        _CACHE[key] = root
+    root = _CACHE[key]
+    runs = {"root": root, "data": root / "data", "base": root / "mdm", "reward": root / "reward"}
+    if evaluator:
+        runs["evaluator"] = root / "evaluator"
+        if not (runs["evaluator"] / "manifest.json").is_file():
+            assert main(["evaluator", "train", "--data", str(runs["data"]), "--profile", "smoke", "--epochs", "1",
+                         "--out", str(runs["evaluator"]), "--device", "cpu", "--no-progress"]) == 0
+    torch.set_num_threads(threads)
+    return runs

@@ -31,6 +31,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lora-rank", type=int, default=None,
+                   help="LoRA rank r: train only low-rank adapters of the denoiser (0 = full fine-tuning; needs "
+                        "pip install easytune_lab[lora])")
+    p.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (scale alpha/r; default alpha = r)")
+    p.add_argument("--evaluator", type=Path, default=None,
+                   help="evaluator run: also score every evaluation with the T2M metrics and the oracle")
+    p.add_argument("--eval-every", type=int, default=None, help="iterations between evaluations (0 = end only)")
+    p.add_argument("--eval-motions", type=int, default=None,
+                   help="test clips scored with --evaluator at each evaluation (0 = the whole split)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.add_argument("--no-progress", action="store_true")
@@ -44,7 +53,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     cfg = finetune_config(args.method, args.profile, iterations=args.steps, sample_steps=args.sample_steps,
                           sampler=args.sampler, k=args.k, train_steps=args.train_steps, weighting=args.weighting,
-                          lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+                          lr=args.lr, batch_size=args.batch_size, seed=args.seed, lora_rank=args.lora_rank,
+                          lora_alpha=args.lora_alpha, eval_every=args.eval_every, eval_motions=args.eval_motions)
     if args.reward_on:
         cfg.loop.reward_on = args.reward_on
     if args.reg_weight is not None:
@@ -53,12 +63,17 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         cfg.loop.reg_weight = args.reg_weight
     read_manifest(args.base, kind="backbone")
     read_manifest(args.reward)
+    if args.evaluator is not None:
+        read_manifest(args.evaluator, kind="evaluator")
     if not (args.data / "train.txt").is_file():
         raise UserError(f"--data {args.data}: no train.txt (not a HumanML3D-format directory)")
     device = resolve_device(args.device)
     metrics = run_finetune(cfg, args.base, args.reward, args.data, args.out, device, resume=args.resume,
-                           progress=not args.no_progress)
-    print(f"{args.method}: reward {metrics['reward_before']:.4f} -> {metrics['reward_after']:.4f} "
+                           progress=not args.no_progress, evaluator=args.evaluator)
+    scored = [e for e in metrics["evaluations"] if "fid" in e]  # evaluations with the T2M evaluator
+    t2m = "".join(f", {key} {scored[0][key]:.3f} -> {scored[-1][key]:.3f}"
+                  for key in ("r_precision_top1", "fid", "oracle_accuracy") if scored and key in scored[-1])
+    print(f"{args.method}: reward {metrics['reward_before']:.4f} -> {metrics['reward_after']:.4f}{t2m} "
           f"({metrics['optimizer_steps']} optimiser steps, {metrics['train_seconds']:.1f} s, "
           f"peak {metrics['peak_bytes'] / 2**20:.1f} MiB) -> {args.out}")
     return 0

@@ -114,6 +114,8 @@ def validate(cfg: FinetuneConfig) -> None:
         raise UserError(f"--reward-on: must be x0_hat or x_t (got '{cfg.loop.reward_on}')")
     if cfg.lr_schedule not in ("constant", "cosine"):
         raise UserError(f"lr_schedule: must be constant or cosine (got '{cfg.lr_schedule}')")
+    if cfg.eval_every < 0:
+        raise UserError(f"--eval-every: must be >= 0 (0 = at the end only; got {cfg.eval_every})")
     if cfg.eval_motions and cfg.eval_motions < 32:
         raise UserError(f"--eval-motions: must be 0 (the whole test split) or at least 32, one R-Precision group "
                         f"(got {cfg.eval_motions})")
