@@ -126,3 +126,33 @@ def test_lora_without_peft_names_the_extra(monkeypatch):
     with pytest.raises(UserError, match=r"pip install easytune_lab\[lora\]"):
         finetune_config("easytune", "smoke", lora_rank=RANK)
     assert finetune_config("easytune", "smoke").lora.rank == 0   # full fine-tuning needs no peft
+
+
+@pytest.mark.parametrize("kind", ["mdm", "mld"])
+def test_adapted_denoisers_equal_their_merged_weights_with_and_without_grad(kind):
+    # Without grad, nn.TransformerEncoderLayer's fast path would read the base weights and skip the adapters.
+    import copy
+
+    from easytune_lab.diffusion.backbone import Condition
+    from easytune_lab.diffusion.denoiser import MotionTransformer, mdm_profile
+    from easytune_lab.diffusion.latent import LatentDenoiser, mld_profile
+    from easytune_lab.finetune.lora import LoraConfig, add_lora, merged_state_dict
+
+    torch.manual_seed(0)
+    config = (mdm_profile if kind == "mdm" else mld_profile)("smoke").model
+    net = (MotionTransformer if kind == "mdm" else LatentDenoiser)(config, config.text.dim).eval()
+    merged = copy.deepcopy(net)
+    params = add_lora(net, LoraConfig(rank=RANK, alpha=8.0))
+    with torch.no_grad():
+        for p in params:
+            p.normal_(0, 0.05)
+    frames, dim = (12, config.feature_dim) if kind == "mdm" else (config.vae.latent_tokens, config.vae.latent_dim)
+    x, t = torch.randn(2, frames, dim), torch.tensor([10, 700])
+    cond = Condition(text=torch.randn(2, config.text.dim), mask=torch.arange(12)[None] < torch.tensor([[12], [8]]))
+    merged.load_state_dict(merged_state_dict(net))
+    with torch.no_grad():
+        adapted, reference = net(x, t, cond), merged(x, t, cond)
+    with_grad = net(x, t, cond)
+    valid = cond.mask[..., None] if kind == "mdm" else torch.ones(1, dtype=torch.bool)
+    torch.testing.assert_close(adapted * valid, reference * valid, rtol=0, atol=1e-5)
+    torch.testing.assert_close(with_grad.detach() * valid, reference * valid, rtol=0, atol=1e-5)
