@@ -19,6 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--multimodality", action="store_true", help="also MultiModality (generator runs only)")
     p.add_argument("--mm-texts", type=int, default=100, help="texts with several generations (T2M: 100)")
     p.add_argument("--mm-repeats", type=int, default=30, help="generations per such text (T2M: 30)")
+    p.add_argument("--sampler", default=None, help="generator runs: sampler (default: the run's, e.g. ddim)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="generator runs: sampling steps (default: the run's; e.g. 1, 2, 4 for an lcm run)")
+    p.add_argument("--guidance", type=float, default=None, help="generator runs: guidance scale (default: the run's)")
     p.add_argument("--seed", type=int, default=0, help="seed of caption draws, shuffles and pair sampling")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--out", required=True, type=Path, help="output .json file")
@@ -44,11 +48,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.mm_texts < 1 or args.mm_repeats < 2:
         raise UserError("--mm-texts/--mm-repeats: need at least 1 text and 2 repeats")
     is_baseline = args.model in BASELINES
+    sampling = {"sampler": args.sampler, "steps": args.steps, "guidance": args.guidance}
+    if is_baseline and any(v is not None for v in sampling.values()):
+        raise UserError(f"--sampler/--steps/--guidance: need a generator run (--model {args.model} samples nothing)")
+    if args.steps is not None and args.steps < 1:
+        raise UserError(f"--steps: must be at least 1 (got {args.steps})")
     if args.multimodality and is_baseline:
         raise UserError(f"--multimodality: needs a generator run (--model {args.model} has one motion per text)")
     device = resolve_device(args.device)
     # resolve the generator before the (slow) evaluator and data loading, so a bad --model fails fast
-    generate = None if is_baseline else generator_source(args.model, device)
+    generate = None if is_baseline else generator_source(args.model, device, **sampling)
     ev = load_evaluator(args.evaluator, device)
     config = ProtocolConfig(split=args.split, replications=args.replications, multimodality=args.multimodality,
                             mm_texts=args.mm_texts, mm_repeats=args.mm_repeats, seed=args.seed,
@@ -72,6 +81,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     manifest = make_manifest("eval", config, seed=args.seed, device=str(device),
                              parents={"evaluator": str(args.evaluator)},
                              extra={"model": args.model, "data": str(args.data), "rows": len(gt.motions),
+                                    "sampling": {k: v for k, v in sampling.items() if v is not None},
                                     "oracle": "used" if oracle is not None else
                                     ("no oracle module" if actions is not None else "no attributes.jsonl")})
     result = {k: v for k, v in summary.items() if k != "per_replication"}

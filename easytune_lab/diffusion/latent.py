@@ -6,6 +6,14 @@ whose outputs are μ and log σ² of L latent tokens (MLD's latent 1 × 256); z 
 [z tokens; one positional query per frame] and writes the frames. Loss: masked reconstruction MSE +
 λ_KL · KL(N(μ, σ²) ‖ N(0, I)) with λ_KL = 1e-4 (MLD's setting).
 
+Two options, off in MLD's configuration, make the VAE learn within a CPU budget (the ``quick`` profile):
+``patch`` > 1 groups that many consecutive frames into one token (a strided linear embedding, as ViT's patches,
+Dosovitskiy et al. 2021; temporal down-sampling as in TEMOS/T2M-GPT's motion encoders) and the decoder writes
+``patch`` frames per query, so both transformers see T/patch tokens; ``z_queries`` also adds a projection of z to
+every frame query (ACTOR's decoder reads z at every position through cross-attention, Petrovich et al. 2021), so
+that the reconstruction depends on z from the first step instead of only through attention to the z tokens, which
+the queries learn to use only slowly (the decoder first fits the mean motion and ignores z).
+
 Stage 2, a latent denoiser: a transformer over [timestep token; text token; z_t tokens] predicting ε
 (L_simple of DDPM eq. 14) on the VAE latents scaled to unit variance (the scale is measured once when stage 2
 starts, as latent diffusion does), with the VAE frozen. Sampling: DDIM, 50 steps, guidance 7.5, then decode.
@@ -43,6 +51,8 @@ class VAEConfig:
     ff: int = 1024
     dropout: float = 0.1
     kl_weight: float = 1e-4
+    patch: int = 1                 # frames per encoder token / decoder query (1: MLD)
+    z_queries: bool = False        # add a projection of z to every decoder query (False: MLD)
 
 
 @dataclass
@@ -68,8 +78,9 @@ class MotionVAE(nn.Module):
     def __init__(self, config: VAEConfig, feature_dim: int, max_frames: int):
         super().__init__()
         self.config = config
-        d, L = config.d_model, config.latent_tokens
-        self.inp = nn.Linear(feature_dim, d)
+        d, L, p = config.d_model, config.latent_tokens, max(int(config.patch), 1)
+        self.patch = p
+        self.inp = nn.Linear(feature_dim * p, d)
         self.dist_tokens = nn.Parameter(torch.randn(2 * L, d) * 0.02)
         self.register_buffer("pos", sinusoidal_table(max_frames + 2 * L, d), persistent=False)
         self.enc = _encoder(d, config.heads, config.ff, config.dropout, config.layers)
@@ -77,12 +88,25 @@ class MotionVAE(nn.Module):
         self.to_mu = nn.Linear(d, config.latent_dim)
         self.to_logvar = nn.Linear(d, config.latent_dim)
         self.z_proj = nn.Linear(config.latent_dim, d)
+        self.z_query = nn.Linear(L * config.latent_dim, d) if config.z_queries else None
         self.dec = _encoder(d, config.heads, config.ff, config.dropout, config.layers)
         self.dec_norm = nn.LayerNorm(d)
-        self.out = nn.Linear(d, feature_dim)
+        self.out = nn.Linear(d, feature_dim * p)
+
+    def _tokens(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, D) frames -> (B, ⌈T/p⌉, p·D) patches (padded frames zeroed) and the patch mask (any frame valid)."""
+        B, T, D = x.shape
+        n = -(-T // self.patch)
+        pad = n * self.patch - T
+        x = x * mask.unsqueeze(-1).to(x.dtype)
+        if pad:
+            x = torch.cat([x, x.new_zeros(B, pad, D)], dim=1)
+            mask = torch.cat([mask, mask.new_zeros(B, pad)], dim=1)
+        return x.reshape(B, n, self.patch * D), mask.reshape(B, n, self.patch).any(-1)
 
     def encode(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, L = x.shape[0], self.config.latent_tokens
+        x, mask = self._tokens(x, mask)
         tokens = self.dist_tokens.unsqueeze(0).expand(B, -1, -1)
         h = torch.cat([tokens, self.inp(x)], dim=1) + self.pos[: x.shape[1] + 2 * L].to(self.inp.weight.dtype)
         valid = torch.cat([torch.ones(B, 2 * L, dtype=torch.bool, device=x.device), mask], dim=1)
@@ -91,11 +115,16 @@ class MotionVAE(nn.Module):
 
     def decode(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         B, L, T = z.shape[0], z.shape[1], mask.shape[1]
-        queries = self.pos[2 * L: 2 * L + T].to(self.inp.weight.dtype).unsqueeze(0).expand(B, -1, -1)
+        n = -(-T // self.patch)
+        patch_mask = torch.cat([mask, mask.new_zeros(B, n * self.patch - T)], dim=1).reshape(B, n, -1).any(-1)
+        queries = self.pos[2 * L: 2 * L + n].to(self.inp.weight.dtype).unsqueeze(0).expand(B, -1, -1)
+        if self.z_query is not None:
+            queries = queries + self.z_query(z.flatten(1)).unsqueeze(1)
         h = torch.cat([self.z_proj(z), queries], dim=1)
-        valid = torch.cat([torch.ones(B, L, dtype=torch.bool, device=z.device), mask], dim=1)
+        valid = torch.cat([torch.ones(B, L, dtype=torch.bool, device=z.device), patch_mask], dim=1)
         h = self.dec_norm(self.dec(h, src_key_padding_mask=~valid))
-        return self.out(h[:, L:]) * mask.unsqueeze(-1).to(z.dtype)
+        out = self.out(h[:, L:]).reshape(B, n * self.patch, -1)[:, :T]
+        return out * mask.unsqueeze(-1).to(z.dtype)
 
     @staticmethod
     def reparameterise(mu: torch.Tensor, logvar: torch.Tensor, generator) -> torch.Tensor:
@@ -192,10 +221,12 @@ class MLDBackbone(Backbone):
 
 
 def mld_profile(profile: str, feature_dim: int = 263):
-    """PretrainConfig of the MLD-style backbone per profile (VAE first: half the steps, a third for quick).
+    """PretrainConfig of the MLD-style backbone per profile (VAE first: half the steps, a fifth for quick).
 
     ``paper``: latent 1 × 256, VAE and denoiser 9 layers × 256, batch 64, DDIM 50, guidance 7.5;
-    ``quick``: latent 1 × 64 and 3/4 layers × 128 for a 2-core CPU; ``smoke``: tiny.
+    ``quick`` (a 2-core CPU): latent 2 × 32, VAE 3 layers × 128 over 4-frame patches with z added to every decoder
+    query and no dropout, denoiser 4 layers × 128; 800 VAE steps then 3200 cheap denoiser steps (its sequence is
+    4 tokens long), lr 1e-3; ``smoke``: tiny.
     """
     from ..runtime import check_profile
     from .train import PretrainConfig
@@ -210,10 +241,11 @@ def mld_profile(profile: str, feature_dim: int = 263):
                               checkpoint_every=10, log_every=5, stage_fractions={"vae": 0.5})
     if profile == "quick":
         model = MLDConfig(feature_dim=feature_dim,
-                          vae=VAEConfig(latent_tokens=1, latent_dim=64, d_model=128, layers=3, ff=256),
+                          vae=VAEConfig(latent_tokens=2, latent_dim=32, d_model=128, layers=3, ff=256, dropout=0.0,
+                                        patch=4, z_queries=True),
                           d_model=128, layers=4, ff=256, text=TextEncoderConfig(dim=128, layers=2, ff=256))
-        return PretrainConfig("mld", profile, model, steps=1500, batch_size=32, lr=4e-4, warmup=80,
-                              checkpoint_every=100, log_every=25, stage_fractions={"vae": 1 / 3})
+        return PretrainConfig("mld", profile, model, steps=4000, batch_size=32, lr=1e-3, warmup=80,
+                              checkpoint_every=200, log_every=25, stage_fractions={"vae": 0.2})
     model = MLDConfig(feature_dim=feature_dim, text=TextEncoderConfig(dim=256, layers=4, ff=1024))
     return PretrainConfig("mld", profile, model, steps=300_000, batch_size=64, lr=1e-4, warmup=1000,
                           checkpoint_every=5000, log_every=100, stage_fractions={"vae": 0.5})

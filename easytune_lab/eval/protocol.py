@@ -147,8 +147,10 @@ def shuffled_source(gt: GroundTruth) -> MotionSource:
 Generator = Callable[[list[str], np.ndarray, int], Sequence[np.ndarray]]  # (texts, lengths, seed) -> raw features
 
 
-def generator_source(run_dir: str | Path, device: torch.device | str = "cpu") -> Generator:
+def generator_source(run_dir: str | Path, device: torch.device | str = "cpu", **sampling) -> Generator:
     """A generator run directory as ``(texts, lengths, seed) -> raw HumanML3D features`` (one array per text).
+
+    ``sampling`` (``sampler``, ``steps``, ``guidance``; None keeps the run's default) is passed to every call.
 
     Uses the diffusion module's ``load_generator(run, device).generate(texts, lengths, seed)``. Raises UserError
     when ``run_dir`` is not a run, is a run of a non-generating kind, or the diffusion module is unavailable.
@@ -168,7 +170,9 @@ def generator_source(run_dir: str | Path, device: torch.device | str = "cpu") ->
                         f"easytune_lab.diffusion.generate.load_generator, which is not available "
                         f"(use --model gt)") from None
     model = load_generator(run_dir, torch.device(device))
-    return lambda texts, lengths, seed: model.generate(list(texts), [int(n) for n in lengths], seed=int(seed))
+    options = {k: v for k, v in sampling.items() if v is not None}
+    return lambda texts, lengths, seed: model.generate(list(texts), [int(n) for n in lengths], seed=int(seed),
+                                                       **options)
 
 
 def generated_source(generate: Generator) -> MotionSource:
