@@ -338,31 +338,20 @@ def average_gradients(params: Sequence[torch.nn.Parameter]) -> None:
 
 
 class GradientSync:
-    """DistributedDataParallel's gradient averaging for a parameter list used outside a DDP-wrapped forward.
+    """DistributedDataParallel's gradient averaging for parameters used outside a DDP-wrapped forward.
 
-    The fine-tuning loop calls the live denoiser many times per backward (guidance, chains of steps, gradient
-    checkpointing), which DDP's forward hooks do not support; instead the loop calls this object right before
-    each optimiser step: one all-reduce of the trainable gradients, averaged. Inside :meth:`no_sync` calls are
-    skipped, so gradients accumulate locally (like ``DistributedDataParallel.no_sync``) and the next call outside
-    it averages the sum once.
+    The fine-tuning loop calls the live denoiser several times per backward (guidance, chains of steps, gradient
+    checkpointing, re-noised samples), which DDP's one-forward-one-backward hooks do not fit; instead the loop
+    calls this object right before each optimiser step: one all-reduce of the trainable gradients, averaged over
+    the ranks. Gradients accumulated over several backward passes before a step (the loop's accumulate mode) are
+    thus all-reduced once, as inside ``DistributedDataParallel.no_sync``. ``calls`` counts the all-reduces.
     """
 
     def __init__(self, params: Sequence[torch.nn.Parameter]):
         self.params = list(params)
-        self._skip = False
         self.calls = 0
 
-    @contextlib.contextmanager
-    def no_sync(self) -> Iterator[None]:
-        old, self._skip = self._skip, True
-        try:
-            yield
-        finally:
-            self._skip = old
-
     def __call__(self) -> None:
-        if self._skip:
-            return
         self.calls += 1
         average_gradients(self.params)
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
+from ..runs import add_allow_pickle
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -17,6 +18,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, type=Path, help="output JSON file")
+    add_allow_pickle(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
+from ..runs import add_allow_pickle
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--out", required=True, type=Path, help="output .json file")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_allow_pickle(p)
     p.set_defaults(func=cmd_eval)
 
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
+from ..runs import add_allow_pickle
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,36 +41,75 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-every", type=int, default=None, help="iterations between evaluations (0 = end only)")
     p.add_argument("--eval-motions", type=int, default=None,
                    help="test clips scored with --evaluator at each evaluation (0 = the whole split)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--checkpoint-every", type=int, default=None,
+                   help="iterations between checkpoints (default: the profile's; 0 = at the end only)")
+    p.add_argument("--accumulate", action="store_true",
+                   help="one optimiser step (and, under torchrun, one all-reduce) per trajectory: the per-step "
+                        "gradients are summed locally instead of stepping after each")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (under torchrun: cuda = one GPU per rank)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_finetune)
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="precision of backbone and reward (float64 for exact comparisons)")
+    add_allow_pickle(p)
+    p.set_defaults(func=cmd_finetune, distributed=True)
+
+
+def check_inputs(base: Path, reward: Path, data: Path, evaluator: Path | None = None) -> None:
+    """Everything about the named runs and data that can be checked before a run directory is made."""
+    import numpy as np
+
+    from ..reward.retrieval import REWARD_KINDS
+    from ..runs import read_manifest, weights_file
+
+    base_manifest = read_manifest(base, kind="backbone")
+    if base_manifest.get("status") != "complete" or not weights_file(base).is_file():
+        raise UserError(f"--base {base}: the run did not finish (status {base_manifest.get('status')})")
+    reward_manifest = read_manifest(reward)
+    if reward_manifest.get("kind") not in REWARD_KINDS:
+        raise UserError(f"--reward {reward}: is a '{reward_manifest.get('kind')}' run, expected a reward run")
+    if evaluator is not None:
+        read_manifest(evaluator, kind="evaluator")
+    for split in ("train", "val"):
+        if not (data / f"{split}.txt").is_file():
+            raise UserError(f"--data {data}: no {split}.txt (not a HumanML3D-format directory)")
+    if not (data / "Mean.npy").is_file():
+        raise UserError(f"--data {data}: no Mean.npy (not a HumanML3D-format directory)")
+    width = int(np.load(data / "Mean.npy", mmap_mode="r", allow_pickle=False).shape[0])
+    model_width = base_manifest.get("feature_dim")
+    if model_width is not None and int(model_width) != width:
+        raise UserError(f"--data {data}: {width}-d features, but --base {base} generates {model_width}-d motions")
+    reward_width = reward_manifest.get("config", {}).get("model", {}).get("feat_dim")
+    if reward_width is not None and model_width is not None and int(reward_width) != int(model_width):
+        raise UserError(f"--reward {reward}: scores {reward_width}-d motions, but --base {base} generates "
+                        f"{model_width}-d motions")
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    from .. import distributed as dist
     from ..finetune.train import finetune_config, run_finetune
-    from ..runtime import resolve_device
-    from ..runs import read_manifest
 
     cfg = finetune_config(args.method, args.profile, iterations=args.steps, sample_steps=args.sample_steps,
                           sampler=args.sampler, k=args.k, train_steps=args.train_steps, weighting=args.weighting,
                           lr=args.lr, batch_size=args.batch_size, seed=args.seed, lora_rank=args.lora_rank,
-                          lora_alpha=args.lora_alpha, eval_every=args.eval_every, eval_motions=args.eval_motions)
+                          lora_alpha=args.lora_alpha, eval_every=args.eval_every, eval_motions=args.eval_motions,
+                          checkpoint_every=args.checkpoint_every)
     if args.reward_on:
         cfg.loop.reward_on = args.reward_on
     if args.reg_weight is not None:
         if args.reg_weight < 0:
             raise UserError(f"--reg-weight: must be >= 0 (got {args.reg_weight})")
         cfg.loop.reg_weight = args.reg_weight
-    read_manifest(args.base, kind="backbone")
-    read_manifest(args.reward)
-    if args.evaluator is not None:
-        read_manifest(args.evaluator, kind="evaluator")
-    if not (args.data / "train.txt").is_file():
-        raise UserError(f"--data {args.data}: no train.txt (not a HumanML3D-format directory)")
-    device = resolve_device(args.device)
+    if args.checkpoint_every is not None and args.checkpoint_every < 0:
+        raise UserError(f"--checkpoint-every: must be >= 0 (got {args.checkpoint_every})")
+    check_inputs(args.base, args.reward, args.data, args.evaluator)
+    ctx, device = dist.setup(args.device)
+    dist.check_divisible(cfg.batch_size, "--batch-size")
     metrics = run_finetune(cfg, args.base, args.reward, args.data, args.out, device, resume=args.resume,
-                           progress=not args.no_progress, evaluator=args.evaluator)
+                           progress=not args.no_progress, evaluator=args.evaluator, accumulate=args.accumulate,
+                           dtype=args.dtype)
+    if not ctx.is_main:
+        return 0
     scored = [e for e in metrics["evaluations"] if "fid" in e]  # evaluations with the T2M evaluator
     t2m = "".join(f", {key} {scored[0][key]:.3f} -> {scored[-1][key]:.3f}"
                   for key in ("r_precision_top1", "fid", "oracle_accuracy") if scored and key in scored[-1])

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
+from ..runs import add_allow_pickle
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--out", type=Path, required=True,
                    help=".npy: (N, length, D) de-normalised features; .html: offline skeleton playback")
+    add_allow_pickle(p)
     p.set_defaults(func=cmd_sample)
 
 

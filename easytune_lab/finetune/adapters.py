@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import torch
 
 from ..diffusion.backbone import Backbone, Condition
+from ..distributed import ShardedRandom
 from ..diffusion.sampling import DEFAULT_SPACING, STOCHASTIC, Predictor, get_sampler
 from ..diffusion.schedule import inference_timesteps, timestep_pairs
 
@@ -26,11 +27,19 @@ class InputDetachedPredictor(Predictor):
 
 
 class BackboneTrajectory:
-    """One batch of captions sampled with ``sampler`` in ``num_steps`` steps on a backbone."""
+    """One batch of captions sampled with ``sampler`` in ``num_steps`` steps on a backbone.
+
+    Data-parallel fine-tuning passes this rank's rows of a global batch with ``max_len`` (the global batch's
+    longest length, so every rank pads alike) and ``rows = (rank, world)``: noise is then drawn for the global
+    batch from the shared generator and sliced (:class:`~easytune_lab.distributed.ShardedRandom`), so the ranks
+    together see exactly the noise of one process on the combined batch.
+    """
 
     def __init__(self, backbone: Backbone, texts: Sequence[str], lengths: Sequence[int], sampler: str,
-                 num_steps: int, guidance: float, spacing: str | None = None):
+                 num_steps: int, guidance: float, spacing: str | None = None, *, max_len: int | None = None,
+                 rows: tuple[int, int] = (0, 1)):
         self.backbone = backbone
+        self.rank, self.world = rows
         self.texts = list(texts)
         self.lengths = [int(n) for n in lengths]
         self.sampler = sampler
@@ -40,21 +49,25 @@ class BackboneTrajectory:
         self.timesteps = inference_timesteps(schedule.num_train_steps, num_steps, spacing or DEFAULT_SPACING[sampler])
         self.pairs = timestep_pairs(self.timesteps)
         self.num_steps = len(self.pairs)
-        self.cond: Condition = backbone.condition(self.texts, self.lengths)
+        self.cond: Condition = backbone.condition(self.texts, self.lengths, max_len)
         self.predictor = Predictor(backbone.net, schedule)
         self.detached = InputDetachedPredictor(backbone.net, schedule)
         self.device = next(backbone.parameters()).device
+        self.dtype = next(backbone.parameters()).dtype
+
+    def _randn(self, shape, generator: torch.Generator | None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """N(0, I) of ``shape`` (this rank's rows) from ``generator``, drawn for the global batch and sliced."""
+        if generator is None:
+            return torch.randn(shape, device=self.device, dtype=dtype)
+        return ShardedRandom(generator, self.rank, self.world).randn(shape, dtype=dtype).to(self.device)
 
     def initial_noise(self, generator: torch.Generator | None) -> torch.Tensor:
-        shape = self.backbone.sample_shape(self.cond)
-        gdev = generator.device if generator is not None else self.device
-        return torch.randn(shape, generator=generator, device=gdev).to(self.device)
+        return self._randn(self.backbone.sample_shape(self.cond), generator, self.dtype)
 
     def draw_noise(self, i: int, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor | None:
         if self.sampler not in STOCHASTIC or self.pairs[i][1] < 0:
             return None
-        gdev = generator.device if generator is not None else x.device
-        return torch.randn(x.shape, generator=generator, device=gdev, dtype=x.dtype).to(x.device)
+        return self._randn(x.shape, generator, x.dtype).to(x.device)
 
     def step(self, x_t: torch.Tensor, i: int, noise: torch.Tensor | None, detach_input: bool
              ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,8 +81,7 @@ class BackboneTrajectory:
 
     def renoise(self, x0: torch.Tensor, i: int, generator: torch.Generator | None) -> torch.Tensor:
         t = self.pairs[i][0]
-        gdev = generator.device if generator is not None else x0.device
-        eps = torch.randn(x0.shape, generator=generator, device=gdev, dtype=x0.dtype).to(x0.device)
+        eps = self._randn(x0.shape, generator, x0.dtype).to(x0.device)
         tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=x0.device)
         return self.backbone.schedule.add_noise(x0, eps, tt)
 

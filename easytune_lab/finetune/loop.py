@@ -2,8 +2,14 @@
 
 A method is a :class:`~easytune_lab.finetune.policy.Policy` that hands the loop one
 :class:`~easytune_lab.finetune.policy.StepPlan` per denoising step; the loop, the optimiser, gradient clipping,
-the regulariser, memory/time probes and (later) distributed all-reduce are shared, so comparisons between
-methods are fair. Gradients are computed on the live parameters: no copy of the model is made per batch.
+the regulariser, memory/time probes and the distributed all-reduce are shared, so comparisons between methods are
+fair. Gradients are computed on the live parameters: no copy of the model is made per batch.
+
+Data-parallel training (torchrun) averages the trainable gradients over the ranks with one all-reduce right before
+each optimiser step (``sync_gradients``, a :class:`~easytune_lab.distributed.GradientSync`), so EasyTune's per-step
+updates cost one all-reduce each. With ``accumulate`` the per-step backward passes still run at once (the graph of
+one denoiser call at a time) but their gradients accumulate locally and the trajectory ends with a single
+all-reduce and optimiser step.
 
 The loop talks to the backbone through a :class:`Trajectory` (how to draw x_T, run reverse step ``i`` and
 re-noise a clean sample) and to the reward through a callable ``reward(x, t) -> (B,)``:
@@ -96,12 +102,15 @@ def run_trajectory(
     generator: torch.Generator | None = None,
     regulariser: RegulariserFn | None = None,
     after_update: Callable[[], None] | None = None,
+    sync_gradients: Callable[[], None] | None = None,
+    accumulate: bool = False,
 ) -> TrajectoryStats:
     """Run one denoising trajectory under ``plans`` and apply the policy's updates.
 
     ``probe`` is a memory probe from :mod:`easytune_lab.analysis.memory` already entered (its ``observe`` is
-    called before every backward). ``after_update`` runs after each optimiser step (LR scheduler, all-reduce
-    bookkeeping).
+    called before every backward). ``sync_gradients`` runs before each optimiser step (the all-reduce of
+    data-parallel training); ``after_update`` after it (LR scheduler). ``accumulate`` defers every update of the
+    trajectory to one optimiser step at its end.
     """
     config = config or LoopConfig()
     stats = TrajectoryStats()
@@ -109,6 +118,7 @@ def run_trajectory(
     device = x.device
     clock = _Clock(device)
     pending: list[torch.Tensor] = []  # losses of this trajectory not yet back-propagated
+    finishing = False
 
     def take_reward(x_prev: torch.Tensor, x0_hat: torch.Tensor, i: int) -> torch.Tensor:
         start = clock.now()
@@ -128,8 +138,16 @@ def run_trajectory(
         if probe is not None:
             probe.backward_done()
 
+    owed = False  # accumulate: an update deferred to the end of the trajectory
+
     def update() -> None:
+        nonlocal owed
+        if accumulate and not finishing:
+            owed = True
+            return
         start = clock.now()
+        if sync_gradients is not None:
+            sync_gradients()
         norm = _grad_norm(params)
         stats.grad_norms.append(norm)
         if config.grad_clip > 0:
@@ -202,6 +220,9 @@ def run_trajectory(
         backward(loss)
         update()
 
+    finishing = True
+    if owed:
+        update()
     if probe is not None:
         stats.peak_bytes = int(max(probe.peak_bytes, probe.observe()))
     return stats

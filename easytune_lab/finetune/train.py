@@ -11,7 +11,15 @@ The result is a backbone run (``kind: backbone``) whose manifest also records th
     RUN/manifest.json  base backbone config + "finetune" (FinetuneConfig, base/reward runs, status)
     RUN/weights.safetensors, RUN/vocab.json, RUN/mean.npy, RUN/std.npy
     RUN/metrics.json   per-iteration reward/loss/memory/time, evaluations
-    RUN/checkpoint/    weights + optimiser state + RNG state for --resume
+    RUN/checkpoint/    weights + optimiser state + RNG state for --resume (swapped in whole: a run killed at
+                       any moment resumes from a complete checkpoint)
+
+Under ``torchrun`` every rank draws the same global batch of captions and samples its ``batch_size / world`` rows
+(noise drawn for the global batch and sliced); the trainable gradients are averaged with one all-reduce before
+each optimiser step (:class:`~easytune_lab.distributed.GradientSync`, see :mod:`.loop` for why not a DDP-wrapped
+forward), so N processes take the steps one process takes on the combined batch. ``accumulate`` (all methods)
+sums a trajectory's per-step gradients into one optimiser step and one all-reduce. Only rank 0 evaluates and
+writes.
 """
 
 from __future__ import annotations
@@ -28,10 +36,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .. import distributed as dist
 from ..analysis.memory import memory_probe
-from ..errors import UserError
+from ..errors import NonFiniteError, UserError
 from ..io import write_json
-from ..runs import config_to_dict, load_tensors, make_manifest, read_manifest, save_tensors, write_manifest
+from ..runs import (checkpoint_writer, config_to_dict, find_checkpoint, load_tensors, make_manifest, read_manifest,
+                    save_tensors, write_manifest)
 from ..runtime import check_profile
 from .adapters import BackboneTrajectory, reward_function
 from .loop import LoopConfig, TrajectoryStats, run_trajectory
@@ -105,7 +115,7 @@ def validate(cfg: FinetuneConfig) -> None:
     if cfg.iterations < 1:
         raise UserError(f"--steps: must be at least 1 (got {cfg.iterations})")
     if cfg.batch_size < 1:
-        raise UserError(f"batch_size: must be at least 1 (got {cfg.batch_size})")
+        raise UserError(f"--batch-size: must be at least 1 (got {cfg.batch_size})")
     if not 1 <= cfg.sample_steps <= 1000:
         raise UserError(f"--sample-steps: must be in [1, 1000] (got {cfg.sample_steps})")
     if cfg.method in ("draft", "drtune") and not 1 <= cfg.policy.k <= cfg.sample_steps:
@@ -172,18 +182,22 @@ class Finetuner:
     """Holds the live backbone, reward, optimiser and RNGs of one run; :meth:`iteration` runs one trajectory."""
 
     def __init__(self, cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Path, device: torch.device,
-                 memory: str = "auto"):
+                 memory: str = "auto", accumulate: bool = False, dtype: torch.dtype | None = None):
         from ..diffusion.generate import load_generator
         from ..reward.retrieval import load_reward
 
         self.cfg, self.base_run, self.reward_run, self.data, self.device = cfg, base_run, reward_run, data, device
         self.generator = load_generator(base_run, device)
         self.backbone = self.generator.backbone
+        if dtype is not None:  # e.g. float64 for exact comparisons across process counts
+            self.backbone.to(dtype)
         self.backbone.eval()
         self.backbone.requires_grad_(False)
         self.params = trainable_parameters(self.backbone.net, cfg.lora, cfg.seed)  # all, or LoRA's A and B
         self.net_params = list(self.backbone.net.parameters())  # not counted as saved activations by the probe
         self.reward = load_reward(reward_run, device)
+        if dtype is not None:
+            self.reward.to(dtype)
         self.reward.requires_grad_(False)
         if cfg.loop.reward_on == "x_t":
             if not self.reward.cfg.noise_aware:
@@ -197,7 +211,9 @@ class Finetuner:
             self.base_net = copy.deepcopy(self.backbone.net).requires_grad_(False)
         self.policy = make_policy(cfg.method, cfg.policy)
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        total = cfg.iterations * expected_updates(cfg)
+        self.accumulate = accumulate
+        self.sync = dist.GradientSync(self.params)  # a no-op in a single process
+        total = cfg.iterations * (1 if accumulate else expected_updates(cfg))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, total))
         self.prompts = Prompts.from_split(data, "train", self.generator.max_frames)
         self.eval_prompts = Prompts.from_split(data, "val", self.generator.max_frames)
@@ -206,10 +222,11 @@ class Finetuner:
         self.memory = memory
 
     # ---------------------------------------------------------------------------------------------- one step
-    def trajectory(self, texts, lengths, num_steps: int | None = None) -> BackboneTrajectory:
+    def trajectory(self, texts, lengths, num_steps: int | None = None, **shard) -> BackboneTrajectory:
+        """``shard``: ``max_len`` and ``rows`` of data-parallel training (see :class:`BackboneTrajectory`)."""
         with torch.no_grad():
             return BackboneTrajectory(self.backbone, texts, lengths, self.cfg.sampler,
-                                      num_steps or self.cfg.sample_steps, self.cfg.guidance)
+                                      num_steps or self.cfg.sample_steps, self.cfg.guidance, **shard)
 
     def regulariser(self, traj: BackboneTrajectory):
         if self.base_net is None:
@@ -229,14 +246,25 @@ class Finetuner:
         """One trajectory on a batch of training captions (or the given ``texts``/``lengths``)."""
         if texts is None:
             texts, lengths = self.prompts.draw(self.cfg.batch_size, self.rng)
-        traj = self.trajectory(texts, lengths)
+        shard = {}
+        if dist.world_size() > 1:  # this rank's rows of the global batch, padded and noised as one process would
+            shard = {"max_len": max(lengths), "rows": (dist.rank(), dist.world_size())}
+            texts, lengths = dist.shard(list(texts)), dist.shard(list(lengths))
+        traj = self.trajectory(texts, lengths, **shard)
         plans = self.policy.plan(traj.num_steps, self.rng)
         probe = memory_probe(self.device, self.net_params, probe_kind or self.memory)
         with probe:
             stats = run_trajectory(traj, self.policy, plans, reward_function(self.reward, traj), self.optimizer,
                                    self.params, self.cfg.loop, probe=probe, generator=self.noise,
-                                   regulariser=self.regulariser(traj), after_update=self.scheduler.step)
+                                   regulariser=self.regulariser(traj), after_update=self.scheduler.step,
+                                   sync_gradients=self.sync, accumulate=self.accumulate)
         stats.peak_bytes = int(probe.peak_bytes)
+        if dist.world_size() > 1:  # the logged rewards/losses are means over the global batch
+            n = len(stats.rewards)
+            mean = dist.all_reduce_mean(torch.tensor(stats.rewards + stats.losses, dtype=torch.float64,
+                                                     device=self.device)).tolist()
+            stats.rewards, stats.losses = mean[:n], mean[n:]
+            stats.final_reward = stats.rewards[-1] if stats.rewards else float("nan")
         values = stats.rewards + stats.losses
         if not all(math.isfinite(v) for v in values):
             raise NonFiniteError(f"non-finite reward or loss in iteration (rewards {stats.rewards[:3]}...)")
@@ -281,10 +309,6 @@ class Finetuner:
         self.rng.bit_generator.state = numpy_state
 
 
-class NonFiniteError(UserError):
-    """A NaN/Inf reward or loss: the run stops and keeps its last good checkpoint."""
-
-
 def _copy_base_files(base_run: Path, out: Path) -> dict:
     base_manifest = read_manifest(base_run, kind="backbone")
     for name in ("vocab.json", "mean.npy", "std.npy"):
@@ -293,22 +317,26 @@ def _copy_base_files(base_run: Path, out: Path) -> dict:
 
 
 def save_checkpoint(out: Path, tuner: Finetuner, state: dict) -> None:
-    ckpt = out / CHECKPOINT
-    ckpt.mkdir(parents=True, exist_ok=True)
-    save_tensors(ckpt / "state.safetensors", tuner.state_tensors())
-    numpy_state = tuner.rng.bit_generator.state
-    write_json(ckpt / "state.json", {**state, "numpy_rng": numpy_state,
-                                     "scheduler": tuner.scheduler.state_dict()})
+    """Write OUT/checkpoint/ as a whole (built aside, state.json last, then swapped in)."""
+    with checkpoint_writer(out, CHECKPOINT) as ckpt:
+        save_tensors(ckpt / "state.safetensors", tuner.state_tensors())
+        numpy_state = tuner.rng.bit_generator.state
+        write_json(ckpt / "state.json", {**state, "numpy_rng": numpy_state,
+                                         "scheduler": tuner.scheduler.state_dict()})
 
 
 def run_finetune(cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Path, out: Path,
                  device: torch.device, *, resume: bool = False, progress: bool = True,
                  stop_after: int | None = None, evaluate: Callable[[Path], dict] | None = None,
-                 evaluator: Path | None = None) -> dict:
+                 evaluator: Path | None = None, accumulate: bool = False, dtype: str = "float32") -> dict:
     """Fine-tune ``base_run`` with ``cfg.method`` against ``reward_run`` into ``out``; return metrics.
 
     ``stop_after`` ends the run after that many iterations with a checkpoint, as an interruption would;
-    ``resume`` continues from ``OUT/checkpoint`` and gives the same weights as an uninterrupted run on CPU.
+    ``resume`` continues from ``OUT/checkpoint`` and gives the same weights as an uninterrupted run on CPU (a run
+    killed before its first checkpoint starts afresh). ``accumulate``: one optimiser step per trajectory (see
+    :func:`~easytune_lab.finetune.loop.run_trajectory`); ``dtype``: the precision of backbone and reward (float64
+    for exact comparisons); both are recorded in the manifest. Under torchrun every rank calls
+    this; rank 0 evaluates and writes, a NaN/Inf stops every rank (:class:`~easytune_lab.errors.NonFiniteError`).
     ``evaluator`` (an evaluator run) adds the T2M metrics and the oracle's accuracy on ``cfg.eval_motions`` test
     clips to every evaluation (:mod:`easytune_lab.finetune.periodic_eval`).
     """
@@ -317,7 +345,20 @@ def run_finetune(cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Pa
     from .periodic_eval import PeriodicEvaluator, postfix
 
     out = Path(out)
-    tuner = Finetuner(cfg, base_run, reward_run, data, device)
+    main = dist.is_main()
+    dist.check_divisible(cfg.batch_size, "--batch-size")
+    if resume and not out.is_dir():
+        raise UserError(f"--resume: {out} does not exist (nothing to resume)")
+    if not resume and out.exists() and any(out.iterdir()):
+        raise UserError(f"--out {out}: exists and is not empty (use --resume to continue it)")
+    if dtype not in ("float32", "float64"):
+        raise UserError(f"--dtype: must be float32 or float64 (got '{dtype}')")
+    if dtype != "float32" and evaluator is not None:
+        raise UserError("--dtype: --evaluator scores float32 motions; evaluate a float64 run afterwards instead")
+    if resume:
+        check_resumable(out, cfg, accumulate, dtype)
+    tuner = Finetuner(cfg, base_run, reward_run, data, device, accumulate=accumulate,
+                      dtype=getattr(torch, dtype) if dtype != "float32" else None)
     periodic = None if evaluator is None else PeriodicEvaluator(evaluator, data, device, cfg.eval_motions,
                                                                 cfg.sampler, cfg.sample_steps, seed=cfg.seed)
 
@@ -332,42 +373,46 @@ def run_finetune(cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Pa
                  "optimizer_steps": [], "time": [], "grad_norm": []}
     evals: list[dict] = []
     start_it, elapsed = 0, 0.0
+    dist.barrier()  # every rank has validated its input before rank 0 writes anything
+    if resume:
+        if main:
+            find_checkpoint(out, CHECKPOINT)  # repairs a checkpoint swap cut short by a kill
+        dist.barrier()
+        resume = (out / CHECKPOINT / "state.json").is_file()  # none yet: killed early, start afresh
     if resume:
         state_path = out / CHECKPOINT / "state.json"
-        if not state_path.is_file():
-            raise UserError(f"--resume: {state_path} missing (nothing to resume in {out})")
         state = json.loads(state_path.read_text())
-        trained = read_manifest(out).get("finetune", {}).get("lora", {}).get("rank", 0)
-        if trained != cfg.lora.rank:
-            raise UserError(f"--resume: {out} was trained with --lora-rank {trained}, not {cfg.lora.rank}")
         tuner.load_state_tensors(load_tensors(out / CHECKPOINT / "state.safetensors", device="cpu"),
                                  state["numpy_rng"])
         tuner.scheduler.load_state_dict(state["scheduler"])
         for group, lr in zip(tuner.optimizer.param_groups, tuner.scheduler.get_last_lr()):
             group["lr"] = lr
         start_it, elapsed, log, evals = state["iteration"], state["elapsed"], state["log"], state["evals"]
-    else:
-        if out.exists() and any(out.iterdir()):
-            raise UserError(f"--out {out}: exists and is not empty (use --resume to continue it)")
-        out.mkdir(parents=True, exist_ok=True)
-    base_manifest = _copy_base_files(base_run, out)
+    base_manifest = read_manifest(base_run, kind="backbone")
     manifest = make_manifest("backbone", base_manifest["config"], seed=cfg.seed, device=str(device),
                              parents={"base": str(base_run), "reward": str(reward_run), "data": str(data),
                                       **({"evaluator": str(evaluator)} if evaluator is not None else {})},
                              extra={"backbone": base_manifest.get("backbone"), "status": "running",
                                     "feature_dim": base_manifest.get("feature_dim"),
-                                    "finetune": config_to_dict(cfg)})
-    write_manifest(out, manifest)
-    if not evals:
+                                    "finetune": config_to_dict(cfg),
+                                    "training": {"world_size": dist.world_size(), "accumulate": accumulate,
+                                                 "dtype": dtype}})
+    if main:
+        write_manifest(out, manifest)  # first: a run killed after this point can be resumed
+        _copy_base_files(base_run, out)
+    if not evals and main:
         evals.append(evaluation(0, 0, 0.0))
 
-    bar = tqdm(total=cfg.iterations, initial=start_it, disable=not progress, desc=f"finetune {cfg.method}",
-               dynamic_ncols=True)
+    bar = tqdm(total=cfg.iterations, initial=start_it, disable=not (progress and main),
+               desc=f"finetune {cfg.method}", dynamic_ncols=True)
     steps_done = log["optimizer_steps"][-1] if log["optimizer_steps"] else 0
     end = cfg.iterations if stop_after is None else min(cfg.iterations, stop_after)
     for it in range(start_it, end):
         t0 = time.perf_counter()
-        stats = tuner.iteration()
+        try:
+            stats = tuner.iteration()
+        except NonFiniteError as exc:
+            _stop_nonfinite(out, manifest, exc, it)
         elapsed += time.perf_counter() - t0
         steps_done += stats.optimizer_steps
         log["iteration"].append(it + 1)
@@ -380,17 +425,22 @@ def run_finetune(cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Pa
         log["grad_norm"].append(float(np.mean(stats.grad_norms)) if stats.grad_norms else 0.0)
         bar.update(1)
         last = it + 1 == cfg.iterations
-        if (cfg.eval_every and (it + 1) % cfg.eval_every == 0) or last:
+        if ((cfg.eval_every and (it + 1) % cfg.eval_every == 0) or last) and main:
             evals.append(evaluation(it + 1, steps_done, elapsed))
         bar.set_postfix(reward=f"{log['reward'][-1]:.3f}", loss=f"{log['loss'][-1]:.3f}",
-                        mem=f"{stats.peak_bytes / 2**20:.1f}MiB", **postfix(evals[-1]))
-        if (cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0) or last or it + 1 == end:
+                        mem=f"{stats.peak_bytes / 2**20:.1f}MiB", **(postfix(evals[-1]) if evals else {}))
+        if ((cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0) or last or it + 1 == end) and main:
             save_checkpoint(out, tuner, {"iteration": it + 1, "elapsed": elapsed, "log": log, "evals": evals})
     bar.close()
+    if not main:  # rank 0 writes the results; the others wait for it
+        dist.barrier()
+        return {"method": cfg.method, "iterations": end, "complete": end >= cfg.iterations,
+                "optimizer_steps": steps_done}
     if end < cfg.iterations:
         manifest["status"] = "interrupted"
         manifest["iterations_done"] = end
         write_manifest(out, manifest)
+        dist.barrier()
         return {"method": cfg.method, "iterations": end, "complete": False}
 
     save_weights(out, tuner.backbone, cfg.lora)  # merged weights (+ adapter.safetensors for LoRA)
@@ -406,4 +456,51 @@ def run_finetune(cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Pa
     write_json(out / "metrics.json", metrics)
     manifest["status"] = "complete"
     write_manifest(out, manifest)
+    dist.barrier()
     return metrics
+
+
+# options that only change what is evaluated or how often it is saved, not the trained weights
+_RESUME_FREE = ("eval_every", "eval_captions", "eval_motions", "checkpoint_every")
+
+
+def check_resumable(out: Path, cfg: FinetuneConfig, accumulate: bool, dtype: str = "float32") -> None:
+    """``--resume`` continues the saved configuration: refuse a different one, naming what differs."""
+    from ..runs import MANIFEST, never_started
+
+    if never_started(out):
+        return
+    if not (out / MANIFEST).is_file():
+        raise UserError(f"--resume: {out} has no {MANIFEST} (not a fine-tuning run)")
+    manifest = read_manifest(out, kind="backbone")
+    saved = manifest.get("finetune")
+    if saved is None:
+        raise UserError(f"--resume: {out} is a pretraining run, not a fine-tuning run")
+    current = config_to_dict(cfg)
+    changed = sorted(k for k in set(saved) | set(current)
+                     if k not in _RESUME_FREE and saved.get(k) != current.get(k))
+    if "lora" in changed:
+        trained = (saved.get("lora") or {}).get("rank", 0)
+        raise UserError(f"--resume: {out} was trained with --lora-rank {trained}, not {cfg.lora.rank}")
+    if changed:
+        raise UserError(f"--resume: {out} was started with other settings ({', '.join(changed)}); "
+                        "--resume continues the saved configuration")
+    training = manifest.get("training", {})
+    was = bool(training.get("accumulate", False))
+    if was != bool(accumulate):
+        raise UserError(f"--accumulate: {out} was started {'with' if was else 'without'} it")
+    if training.get("dtype", "float32") != dtype:
+        raise UserError(f"--dtype {dtype}: {out} was started with {training.get('dtype', 'float32')}")
+
+
+def _stop_nonfinite(out: Path, manifest: dict, exc: NonFiniteError, iteration: int):
+    """A NaN/Inf stops the run (every rank sees the same all-reduced values): mark the manifest, keep the last
+    checkpoint, raise one clear line."""
+    ckpt = out / CHECKPOINT / "state.json"
+    last = json.loads(ckpt.read_text())["iteration"] if ckpt.is_file() else None
+    if dist.is_main():
+        manifest.update(status="failed", failure=f"{exc} at iteration {iteration + 1}")
+        write_manifest(out, manifest)
+    kept = (f"the last good checkpoint (iteration {last}) is kept in {out / CHECKPOINT}" if last is not None
+            else "no checkpoint had been written yet")
+    raise NonFiniteError(f"finetune: {exc} at iteration {iteration + 1}; stopped, {kept}") from None

@@ -173,7 +173,7 @@ class MotionEncoder(nn.Module):
             if t is None:
                 t = torch.zeros(B, dtype=torch.long, device=x.device)
             t = torch.as_tensor(t, device=x.device).reshape(-1).expand(B)
-            h = h + self.time_mlp(sinusoidal(t, self.cfg.d_model))[:, None, :]
+            h = h + self.time_mlp(sinusoidal(t, self.cfg.d_model).to(h.dtype))[:, None, :]
         keep = torch.cat([torch.ones(B, 1, dtype=torch.bool, device=x.device), token_mask], dim=1)
         h = self.encoder(h, src_key_padding_mask=~keep)
         return F.normalize(self.proj_out(self.norm(h[:, 0])), dim=-1)
