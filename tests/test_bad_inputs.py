@@ -32,6 +32,7 @@ class Env:
     empty: Path         # an existing directory that is not a dataset
     features: Path      # a (40, 263) feature file
     odd: Path           # a (10, 7) array: neither features nor joints
+    evaluator: Path     # a finished evaluator run on ``data`` (263-d)
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +44,13 @@ def env(smoke_runs, tmp_path_factory) -> Env:
     (root / "empty").mkdir()
     np.save(root / "features.npy", np.random.default_rng(0).normal(size=(40, 263)).astype(np.float32))
     np.save(root / "odd.npy", np.zeros((10, 7), np.float32))
+    evaluator = root / "evaluator"
+    assert main(["evaluator", "train", "--data", str(smoke_runs["data"]), "--profile", "smoke", "--epochs", "1",
+                 "--out", str(evaluator), "--device", "cpu", "--no-progress"]) == 0
     return Env(data=smoke_runs["data"], base=smoke_runs["base"], reward=smoke_runs["reward"],
                kit=write_random_dataset(root / "kit", num_motions=12, dim=251, min_len=40, max_len=80),
                small=small_dataset(tmp_path_factory, num_motions=40), unfinished=unfinished,
-               empty=root / "empty", features=root / "features.npy", odd=root / "odd.npy")
+               empty=root / "empty", features=root / "features.npy", odd=root / "odd.npy", evaluator=evaluator)
 
 
 def _s(p) -> str:
@@ -80,9 +84,9 @@ def ev_train(e: Env, out: Path, *extra: str, data=None) -> list[str]:
             "--device", "cpu", "--no-progress", *extra]
 
 
-def ev(e: Env, out: Path, *extra: str, evaluator=None) -> list[str]:
-    return ["eval", "--model", "gt", "--evaluator", _s(evaluator or e.reward), "--data", _s(e.data), "--out",
-            _s(out), "--device", "cpu", "--no-progress", *extra]
+def ev(e: Env, out: Path, *extra: str, evaluator=None, data=None) -> list[str]:
+    return ["eval", "--model", "gt", "--evaluator", _s(evaluator or e.evaluator), "--data", _s(data or e.data),
+            "--out", _s(out), "--device", "cpu", "--no-progress", *extra]
 
 
 def bench(e: Env, out: Path, kind: str, *extra: str) -> list[str]:
@@ -107,7 +111,9 @@ CASES = [
     Case("eval-zero-replications", lambda e, o: ev(e, o, "--replications", "0"), "--replications", suffix=".json"),
     Case("eval-output-not-json", lambda e, o: ev(e, o), "--out", suffix=".csv"),
     Case("eval-missing-evaluator", lambda e, o: ev(e, o, evaluator=e.empty / "nope"), "nope", suffix=".json"),
-    Case("eval-reward-as-evaluator", lambda e, o: ev(e, o), "expected a 'evaluator' run", suffix=".json"),
+    Case("eval-reward-as-evaluator", lambda e, o: ev(e, o, evaluator=e.reward), "expected a 'evaluator' run",
+         suffix=".json"),
+    Case("eval-data-width", lambda e, o: ev(e, o, data=e.kit), "feature width 251", suffix=".json"),
     Case("eval-one-multimodality-repeat", lambda e, o: ev(e, o, "--mm-repeats", "1"), "--mm-repeats",
          suffix=".json"),
     # reward
@@ -119,6 +125,8 @@ CASES = [
                                                 "--profile", "smoke", "--out", _s(o)], "expected a reward run"),
     Case("spl-zero-k", lambda e, o: ["reward", "spl", "--reward", _s(e.reward), "--data", _s(e.data), "--profile",
                                      "smoke", "--out", _s(o), "--k", "0"], "--k"),
+    Case("spl-data-width", lambda e, o: ["reward", "spl", "--reward", _s(e.reward), "--data", _s(e.kit),
+                                         "--profile", "smoke", "--out", _s(o)], "251-d"),
     Case("spl-negative-weight", lambda e, o: ["reward", "spl", "--reward", _s(e.reward), "--data", _s(e.data),
                                               "--profile", "smoke", "--out", _s(o), "--spl-weight", "-1"],
          "--spl-weight"),
@@ -168,6 +176,9 @@ CASES = [
          "--steps", suffix=".json"),
     Case("bench-zero-budget", lambda e, o: bench(e, o, "speed", "--methods", "easytune", "--budget-seconds", "0"),
          "--budget-seconds", suffix=".json"),
+    Case("bench-data-width", lambda e, o: ["bench", "memory", "--base", _s(e.base), "--reward", _s(e.reward),
+                                           "--data", _s(e.kit), "--methods", "easytune", "--steps", "5", "--out",
+                                           _s(o)], "251-d", suffix=".json"),
     Case("bench-output-not-json", lambda e, o: bench(e, o, "memory", "--methods", "easytune", "--steps", "5"),
          "--out", suffix=".csv"),
     # export

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..runs import add_allow_pickle
+from .finetune import check_inputs
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -72,6 +73,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
     methods, steps = parse_methods(args.methods), parse_steps(args.steps)
     check_profile(args.profile)
     _check_out(args.out)
+    check_inputs(args.base, args.reward, args.data)
     device = resolve_device(args.device)
     rows = memory_benchmark(methods, steps, args.profile, args.base, args.reward, args.data, device,
                             seed=args.seed, batch_size=args.batch_size, length=args.length)
@@ -90,6 +92,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
     methods = parse_methods(args.methods)
     check_profile(args.profile)
     _check_out(args.out)
+    check_inputs(args.base, args.reward, args.data)
     if args.budget_seconds <= 0:
         raise UserError(f"--budget-seconds: must be positive (got {args.budget_seconds})")
     device = resolve_device(args.device)

@@ -35,6 +35,16 @@ def _prepare(data: Path, out: Path, profile: str, device: str, seed: int):
     return dev
 
 
+def _feature_width(data: Path) -> int | None:
+    """The feature width of a dataset (its Mean.npy), or None when it has none (the loader reports that)."""
+    import numpy as np
+
+    try:
+        return int(np.load(Path(data) / "Mean.npy", mmap_mode="r", allow_pickle=False).shape[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _check_sizes(data: Path, cfg, batch_size: int, train_idx, test_idx) -> None:
     """Up front, before any training: the batches and the retrieval protocol fit the data and the processes."""
     from .. import distributed as dist
@@ -132,6 +142,10 @@ def spl_run(reward_dir: Path, data: Path, out: Path, profile: str = "quick", see
     reward_dir, data, out = Path(reward_dir), Path(data), Path(out)
     dev = _prepare(data, out, profile, device, seed)
     reward = load_reward(reward_dir, dev, trainable=True)
+    width = _feature_width(data)
+    if width is not None and reward.cfg.feat_dim != width:
+        raise UserError(f"--data {data}: {width}-d features, but --reward {reward_dir} scores "
+                        f"{reward.cfg.feat_dim}-d motions")
     cfg, spl = profile_configs(profile, noise_aware=reward.cfg.noise_aware)
     cfg.model = reward.cfg
     if k is not None:
