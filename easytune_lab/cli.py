@@ -47,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _first_process() -> bool:
+    """Rank 0 of a torchrun launch (by its environment, whether or not it joined the group yet), or a plain run."""
+    import os
+
+    return os.environ.get("RANK", "0").strip() in ("0", "")
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import distributed
     from .runs import pickle_allowed
@@ -60,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         with pickle_allowed(getattr(args, "allow_pickle", False)):
             result = args.func(args)
     except UserError as exc:
-        if distributed.is_main():  # under torchrun every rank fails alike; one line is enough
+        if _first_process():  # under torchrun every rank fails alike; one line is enough
             print(f"easytune: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

@@ -93,8 +93,9 @@ def setup(device: str = "auto") -> tuple[Context, torch.device]:
     if world == 1:
         return _CONTEXT, resolved
     if resolved.type == "cuda":
-        if torch.cuda.device_count() <= local:
-            raise UserError(f"--device {device}: LOCAL_RANK {local} needs {local + 1} GPUs, "
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", local + 1))
+        if torch.cuda.device_count() < max(per_node, local + 1):  # the same verdict on every rank
+            raise UserError(f"--device {device}: {per_node} processes per node need as many GPUs, "
                             f"{torch.cuda.device_count()} visible")
         resolved = torch.device("cuda", local)
         torch.cuda.set_device(resolved)

@@ -46,5 +46,9 @@ def seed_everything(seed: int) -> None:
 
 
 def default_threads() -> int:
-    """Threads for CPU work: ``EASYTUNE_THREADS`` or the number of cores."""
-    return int(os.environ.get("EASYTUNE_THREADS", os.cpu_count() or 1))
+    """Threads for CPU work: ``EASYTUNE_THREADS``, else the cores shared by the processes torchrun started on
+    this node (all of them in a plain run)."""
+    if "EASYTUNE_THREADS" in os.environ:
+        return int(os.environ["EASYTUNE_THREADS"])
+    per_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, (os.cpu_count() or 1) // per_node)

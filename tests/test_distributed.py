@@ -118,3 +118,13 @@ def test_one_gradient_all_reduce_per_optimiser_step(smoke_runs, accumulate):
     assert stats.optimizer_steps == (1 if accumulate else 4)  # EasyTune steps at each of the T = 4 steps
     assert tuner.sync.calls == stats.optimizer_steps
     assert len(stats.graph_calls) == 4  # accumulate still back-propagates each step's graph at once
+
+
+def test_bad_input_under_torchrun_is_reported_once_and_writes_nothing(smoke_runs, tmp_path):
+    out = tmp_path / "uneven"
+    proc = torchrun("pretrain", "--data", str(smoke_runs["data"]), "--steps", "2", "--batch-size", "5", "--out",
+                    str(out), "--device", "cpu", "--no-progress")
+    assert proc.returncode != 0
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("easytune: error:")]
+    assert ours == ["easytune: error: --batch-size: 5 does not split evenly over 2 processes (use a multiple of 2)"]
+    assert not out.exists()
