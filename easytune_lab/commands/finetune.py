@@ -47,7 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="one optimiser step (and, under torchrun, one all-reduce) per trajectory: the per-step "
                         "gradients are summed locally instead of stepping after each")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (under torchrun: cuda = one GPU per rank)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoint (from the start if it was killed before the first) with the "
+                        "same options")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                    help="precision of backbone and reward (float64 for exact comparisons)")

@@ -24,7 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop after this many steps with a checkpoint, as an interruption would (for tests)")
-    p.add_argument("--resume", action="store_true", help="continue --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue --out from its last checkpoint (from the start if it was killed before the "
+                        "first); the saved configuration is kept")
     p.add_argument("--text-encoder", default=None,
                    help="local directory of a frozen Hugging Face sentence encoder (default: a small "
                         "transformer trained on the dataset vocabulary); never downloaded")

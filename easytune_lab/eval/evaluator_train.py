@@ -20,6 +20,7 @@ decision is broadcast so that all ranks stop after the same epoch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -137,6 +138,14 @@ class _BatchEncoder(torch.nn.Module):
         return encode_batch(self.model, batch, self.device)
 
 
+def _private_rng():
+    """Under several processes, rank 0's validation must not advance torch's global generator (a DataLoader draws
+    its base seed from it), which draws the training items' crops and captions alike on every rank."""
+    if dist.world_size() == 1:
+        return contextlib.nullcontext()
+    return torch.random.fork_rng(devices=[])
+
+
 def check_world(config: EvaluatorTrainConfig, train_items: int, data_root) -> None:
     """Under several processes every batch must be full and split evenly (validated before training)."""
     if dist.world_size() > 1:
@@ -231,7 +240,8 @@ def train_evaluator(data_root: str | Path, config: EvaluatorTrainConfig, out_dir
             losses.append(float(loss.detach()))
         elapsed = time.perf_counter() - start
         if dist.is_main():                                        # validation and selection on rank 0
-            scores = retrieval_scores(*embed_dataset(model, val, device), seed=seed)
+            with _private_rng():
+                scores = retrieval_scores(*embed_dataset(model, val, device), seed=seed)
             history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(elapsed, 2),
                             **{k: scores[k] for k in ("r_precision_top1", "r_precision_top3", "mm_dist")}})
             key = scores["r_precision_top1"] + scores["r_precision_top2"] + scores["r_precision_top3"]

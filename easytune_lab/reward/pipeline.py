@@ -85,7 +85,12 @@ def _evaluate(reward, test, test_idx, device, timesteps, eval_batch) -> dict | N
 
     if not dist.is_main():
         return None
-    return evaluate_reward(reward, test, test_idx, device, timesteps, eval_batch, seed=0)
+    if dist.world_size() == 1:
+        return evaluate_reward(reward, test, test_idx, device, timesteps, eval_batch, seed=0)
+    import torch
+
+    with torch.random.fork_rng(devices=[]):  # the global generator must advance alike on every rank
+        return evaluate_reward(reward, test, test_idx, device, timesteps, eval_batch, seed=0)
 
 
 def headline(retrieval: dict) -> str:
