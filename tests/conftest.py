@@ -14,6 +14,17 @@ def fixture_dir() -> Path:
     return FIXTURE
 
 
+@pytest.fixture
+def float32_default():
+    """Run a test with float32 as torch's default dtype, restoring whatever was set before."""
+    import torch
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    yield
+    torch.set_default_dtype(old)
+
+
 @pytest.fixture(scope="session")
 def smoke_runs(tmp_path_factory) -> dict:
     """Smoke-sized runs shared by the distributed, crash/resume and bad-input tests: a procedural dataset

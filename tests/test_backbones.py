@@ -15,13 +15,8 @@ CAPTIONS = ["a person walks forward", "someone jumps twice", "a man waves his le
 VOCAB = build_text_vocabulary(CAPTIONS)
 
 
-@pytest.fixture(autouse=True)
-def float32_default():
-    """These tests build float32 models; keep them independent of a default dtype set elsewhere."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    yield
-    torch.set_default_dtype(old)
+# these tests build float32 models: keep them independent of a default dtype set elsewhere
+pytestmark = pytest.mark.usefixtures("float32_default")
 
 
 

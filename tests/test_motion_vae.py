@@ -9,12 +9,8 @@ from easytune_lab.diffusion.backbone import frame_mask
 from easytune_lab.diffusion.latent import MotionVAE, VAEConfig, mld_profile
 
 
-@pytest.fixture(autouse=True)
-def float32_default():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    yield
-    torch.set_default_dtype(old)
+# these tests build float32 models: keep them independent of a default dtype set elsewhere
+pytestmark = pytest.mark.usefixtures("float32_default")
 
 
 def _vae(**options) -> MotionVAE:

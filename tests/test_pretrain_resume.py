@@ -12,13 +12,8 @@ from easytune_lab.runs import load_tensors
 WORDS = ["walks", "forward", "jumps", "waves", "left", "right", "hand", "slowly", "turns", "around"]
 
 
-@pytest.fixture(autouse=True)
-def float32_default():
-    """These tests build float32 models; keep them independent of a default dtype set elsewhere."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    yield
-    torch.set_default_dtype(old)
+# these tests build float32 models: keep them independent of a default dtype set elsewhere
+pytestmark = pytest.mark.usefixtures("float32_default")
 
 
 
