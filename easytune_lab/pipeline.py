@@ -211,7 +211,10 @@ class Workbench:
         return self._build(f"backbone-{kind}", key, build)
 
     def reward(self, noise_aware: bool = False, spl: bool = False) -> Path:
-        """A retrieval reward run (paper Sec. 3.3); ``spl`` refines the plain one with SPL (Sec. 3.4)."""
+        """A retrieval reward run (paper Sec. 3.3); ``spl`` refines the plain one with SPL (Sec. 3.4).
+
+        ``noise_aware``: R(x_t, t, c), started from the plain reward run and trained on for the profile's epochs on
+        noised and clean motions (:func:`easytune_lab.reward.train.warm_start`)."""
         from .reward.pipeline import spl_run, train_run
         from .reward.train import profile_configs
 
@@ -227,10 +230,13 @@ class Workbench:
 
             return self._build("reward-spl", key, build)
         key = self.reward_key(noise_aware)
+        init = self.reward() if noise_aware else None   # R(x_t, t, c) starts from the trained R(x, c)
+        if init is not None:
+            key["parents"] = {"init": init.name}
 
         def build(out: Path) -> None:
             train_run(self.data, out, self.profile, self.seed, str(self.torch_device), noise_aware=noise_aware,
-                      log=quiet)
+                      init=init, log=quiet)
             _mark_manifest(out)
 
         return self._build("reward-noise-aware" if noise_aware else "reward", key, build)

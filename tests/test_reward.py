@@ -1,5 +1,6 @@
 """Retrieval reward: gradients w.r.t. the motion, masking, noise, InfoNCE filtering, metrics, CLI end to end."""
 
+import dataclasses
 import json
 import math
 
@@ -186,6 +187,53 @@ def test_cli_smoke_train_spl_and_load(tmp_path, capsys):
                           reward.score(x.detach(), ["a person walks"], t=100)[0:1])
 
 
+def test_a_warm_started_noise_aware_reward_starts_as_the_plain_one_at_every_t():
+    from easytune_lab.reward.train import RewardTrainConfig, warm_start
+
+    plain = small_reward(noise_aware=False, seed=3)
+    cfg = RewardTrainConfig(model=dataclasses.replace(plain.cfg, schedule="linear", noise_aware=True))
+    aware = warm_start(plain, cfg).eval()
+    assert aware.cfg.noise_aware and cfg.model is aware.cfg and aware.cfg.schedule == "linear"
+    x = torch.randn(3, 24, 263)
+    texts = ["a person walks to the left", "a person jumps to the right", "a person waves to the left"]
+    with torch.no_grad():
+        for t in (0, 100, 999):
+            assert torch.equal(aware.score(x, texts, t=t), plain.score(x, texts))
+    # it is a copy: training it leaves the plain reward as it was, and the time embedding is trainable
+    before = {k: v.clone() for k, v in plain.state_dict().items()}
+    aware.train()
+    aware.score(x, texts, t=torch.tensor([10, 500, 900])).sum().backward()
+    assert aware.motion_encoder.time_mlp[-1].weight.grad.abs().sum() > 0
+    torch.optim.SGD(aware.parameters(), lr=0.1).step()
+    assert all(torch.equal(before[k], v) for k, v in plain.state_dict().items())
+    with pytest.raises(UserError, match="--init"):          # noise-aware -> plain would drop the time embedding
+        warm_start(aware, RewardTrainConfig(model=plain.cfg))
+
+
+def test_cli_rewards_started_from_a_run(tmp_path, capsys):
+    data = write_toy_dataset(tmp_path / "data")
+    plain, aware, longer = tmp_path / "plain", tmp_path / "aware", tmp_path / "longer"
+    common = ["--data", str(data), "--profile", "smoke", "--device", "cpu"]
+    assert main(["reward", "train", *common, "--out", str(plain)]) == 0
+    assert main(["reward", "train", *common, "--out", str(aware), "--noise-aware", "--init", str(plain)]) == 0
+    assert main(["reward", "train", *common, "--out", str(longer), "--init", str(plain)]) == 0   # plain, continued
+    vocab = load_reward(plain, "cpu").tokenizer.vocab.itos
+    for run, noise_aware in ((aware, True), (longer, False)):
+        manifest = json.loads((run / "manifest.json").read_text())
+        assert manifest["parents"]["init"] == str(plain.resolve())
+        reward = load_reward(run, "cpu")
+        assert reward.cfg.noise_aware == noise_aware and reward.tokenizer.vocab.itos == vocab
+    # the continued run really trained on: its weights moved away from the run it started from
+    x = torch.randn(2, 40, 263)
+    assert not torch.equal(load_reward(longer, "cpu").score(x, ["a person walks", "someone kicks right"]),
+                           load_reward(plain, "cpu").score(x, ["a person walks", "someone kicks right"]))
+    # a plain reward cannot be continued from a noise-aware one; nothing is written
+    assert main(["reward", "train", *common, "--out", str(tmp_path / "y"), "--init", str(aware)]) == 2
+    assert "--init" in capsys.readouterr().err and not (tmp_path / "y").exists()
+    assert main(["reward", "train", *common, "--out", str(tmp_path / "z"), "--init", str(tmp_path / "nope")]) == 2
+    assert "nope" in capsys.readouterr().err and not (tmp_path / "z").exists()
+
+
 def test_cli_user_errors(tmp_path, capsys):
     assert main(["reward", "train", "--data", str(tmp_path / "nope"), "--profile", "smoke",
                  "--out", str(tmp_path / "r")]) == 2
@@ -205,9 +253,10 @@ def test_cli_smoke_study_writes_summaries(tmp_path):
     results, runs_dir = tmp_path / "results", tmp_path / "runs"
     assert main(["reward", "study", "--data", str(data), "--profile", "smoke", "--runs", str(runs_dir),
                  "--results", str(results), "--seeds", "0", "--noise-seeds", "0", "--device", "cpu"]) == 0
-    assert {p.name for p in runs_dir.iterdir()} == {"plain-s0", "spl-s0", "control-s0", "noise-aware-s0"}
+    assert {p.name for p in runs_dir.iterdir()} == {"plain-s0", "spl-s0", "control-s0", "noise-aware-s0",
+                                                       "continued-s0"}
     # a second seed made by hand, to check the mean/spread arithmetic of the summary
-    for name in ("plain", "spl", "control", "noise-aware"):
+    for name in ("plain", "spl", "control", "noise-aware", "continued"):
         src, dst = runs_dir / f"{name}-s0", runs_dir / f"{name}-s1"
         dst.mkdir()
         m = json.loads((src / "metrics.json").read_text())
@@ -229,5 +278,9 @@ def test_cli_smoke_study_writes_summaries(tmp_path):
     assert spl["all"]["spl_minus_control"]["values"] == pytest.approx([d0, d0 + 6.0])
     noise = json.loads((results / "noise_aware.json").read_text())
     assert noise["timesteps"] == [0, 500] and noise["schedule"] == "cosine"
-    assert set(noise["batch32"]["t=500"]) == {"plain", "noise_aware"}
+    assert set(noise["batch32"]["t=500"]) == {"plain", "noise_aware", "plain_continued"}
+    assert noise["batch32"]["t=500"]["plain_continued"]["values"] == [
+        runs["continued"][s]["retrieval"]["t=500"]["batch32"]["t2m"]["R@1"] for s in ("0", "1")]
+    aware = json.loads((runs_dir / "noise-aware-s0" / "manifest.json").read_text())
+    assert aware["parents"]["init"] == str((runs_dir / "plain-s0").resolve())   # started from the plain reward
     assert runs["control"]["0"]["spl"]["weight"] == 0.0

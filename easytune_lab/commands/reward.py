@@ -27,6 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--text-model", type=Path, default=None,
                    help="optional local Hugging Face text model directory (frozen; never downloaded)")
     t.add_argument("--epochs", type=int, default=None, help="override the profile's number of epochs")
+    t.add_argument("--init", type=Path, default=None,
+                   help="start from this reward run (its weights, vocabulary and model size) instead of a fresh "
+                        "reward: with --noise-aware from a plain run (the timestep embedding starts at zero), "
+                        "else the run is trained on for the profile's epochs")
     add_allow_pickle(t)
     t.set_defaults(func=cmd_train, distributed=True)
 
@@ -65,7 +69,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..reward.pipeline import train_run
 
     train_run(args.data, args.out, args.profile, args.seed, args.device, noise_aware=args.noise_aware,
-              epochs=args.epochs, schedule=args.schedule, text_model=args.text_model)
+              epochs=args.epochs, schedule=args.schedule, text_model=args.text_model, init=args.init)
     return 0
 
 

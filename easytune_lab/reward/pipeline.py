@@ -101,9 +101,15 @@ def headline(retrieval: dict) -> str:
 
 def train_run(data: Path, out: Path, profile: str = "quick", seed: int = 0, device: str = "auto",
               noise_aware: bool = False, epochs: int | None = None, schedule: str | None = None,
-              text_model: Path | None = None, log: Callable[[str], None] = print) -> dict:
-    """``easytune reward train``: returns the run's metrics (also in ``out/metrics.json``)."""
-    from .train import evaluate_reward, load_splits, profile_configs, train_reward
+              text_model: Path | None = None, init: Path | None = None,
+              log: Callable[[str], None] = print) -> dict:
+    """``easytune reward train``: returns the run's metrics (also in ``out/metrics.json``).
+
+    ``init``: a reward run to start from instead of a fresh reward (:func:`.train.warm_start`): a plain run that the
+    noise-aware R(x_t, t, c) starts from, or the run to continue for the profile's epochs.
+    """
+    from .retrieval import load_reward
+    from .train import load_splits, profile_configs, train_reward
 
     data, out = Path(data), Path(out)
     dev = _prepare(data, out, profile, device, seed)
@@ -121,17 +127,26 @@ def train_run(data: Path, out: Path, profile: str = "quick", seed: int = 0, devi
 
         check_model_dir(text_model, "--text-model")
         cfg.model = dataclasses.replace(cfg.model, text_model_path=str(Path(text_model).resolve()))
+    start_from = None
+    if init is not None:
+        if text_model is not None:
+            raise UserError("--init: the text side comes from the run started from; drop --text-model")
+        start_from = load_reward(Path(init), dev, trainable=True)
+        width = _feature_width(data)
+        if width is not None and start_from.cfg.feat_dim != width:
+            raise UserError(f"--data {data}: {width}-d features, but --init {init} scores "
+                            f"{start_from.cfg.feat_dim}-d motions")
     train, test, train_idx, test_idx = load_splits(data, cfg.max_train_items, cfg.max_test_items, seed)
     _check_sizes(data, cfg, cfg.batch_size, train_idx, test_idx)
     start = time.perf_counter()
-    reward, history = train_reward(train, train_idx, cfg, dev, log=log, seed=seed)
+    reward, history = train_reward(train, train_idx, cfg, dev, log=log, seed=seed, init=start_from)
     seconds = time.perf_counter() - start
     retrieval = _evaluate(reward, test, test_idx, dev, cfg.eval_timesteps, cfg.eval_batch)
     metrics = {"profile": profile, "noise_aware": cfg.model.noise_aware, "train_seconds": seconds,
                "train_items": len(train_idx), "test_items": len(test_idx), "history": history,
                "retrieval": retrieval}
     _write_run(out, "reward", {"profile": profile, "data": str(data.resolve()), "train": cfg, "model": cfg.model},
-               reward, metrics, seed, dev)
+               reward, metrics, seed, dev, parents={"init": str(Path(init).resolve())} if init is not None else None)
     if retrieval is not None:
         log(f"reward trained in {seconds:.0f} s; {headline(retrieval)}; wrote {out}")
     return metrics
@@ -198,8 +213,9 @@ def study(data: Path, runs_dir: Path, results_dir: Path, profile: str = "quick",
           noise_seeds: Sequence[int] = (0,), device: str = "auto", log: Callable[[str], None] = print) -> dict:
     """The reward experiments: per seed a plain reward, SPL on it and the no-SPL control; noise-aware rewards.
 
-    Run directories go to ``runs_dir/{plain,spl,control,noise-aware}-s<seed>``; :func:`summarise` then writes
-    the summaries to ``results_dir``.
+    Run directories go to ``runs_dir/{plain,spl,control,noise-aware,continued}-s<seed>``: the noise-aware reward
+    starts from the plain one, and ``continued`` (the plain reward trained on for the same extra epochs on clean
+    motions only) is its control. :func:`summarise` then writes the summaries to ``results_dir``.
     """
     runs_dir = Path(runs_dir)
     for seed in list(dict.fromkeys([*seeds, *noise_seeds])):      # interleaved: every seed finishes whole
@@ -208,8 +224,13 @@ def study(data: Path, runs_dir: Path, results_dir: Path, profile: str = "quick",
             train_run(data, base, profile, seed, device, log=log)
             spl_run(base, data, runs_dir / f"spl-s{seed}", profile, seed, device, log=log)
             spl_run(base, data, runs_dir / f"control-s{seed}", profile, seed, device, weight=0.0, log=log)
-        if seed in noise_seeds:
-            train_run(data, runs_dir / f"noise-aware-s{seed}", profile, seed, device, noise_aware=True, log=log)
+        if seed in noise_seeds:                 # both start from the plain run and train the same extra epochs
+            base = runs_dir / f"plain-s{seed}"
+            if not base.is_dir():
+                train_run(data, base, profile, seed, device, log=log)
+            train_run(data, runs_dir / f"noise-aware-s{seed}", profile, seed, device, noise_aware=True, init=base,
+                      log=log)
+            train_run(data, runs_dir / f"continued-s{seed}", profile, seed, device, init=base, log=log)
     return summarise(runs_dir, results_dir)
 
 
@@ -277,17 +298,23 @@ def summarise(runs_dir: Path, results_dir: Path) -> dict:
     noise_summary = {"profile": profile, "plain_seeds": seeds, "noise_aware_seeds": noise_seeds,
                      "metric": "test-split text->motion R@1 (%) on motions noised to level t (fixed noise)",
                      "schedule": _schedule_of(runs_dir / f"noise-aware-s{noise_seeds[0]}"), "timesteps": timesteps}
+    continued = _read_runs(runs_dir, "continued")
     for protocol in ("batch32", "all"):
         noise_summary[protocol] = {
             f"t={t}": {"plain": _mean_sd([_r1(plain[s]["retrieval"], t, protocol) for s in seeds]),
-                       "noise_aware": _mean_sd([_r1(aware[s]["retrieval"], t, protocol) for s in noise_seeds])}
+                       "noise_aware": _mean_sd([_r1(aware[s]["retrieval"], t, protocol) for s in noise_seeds]),
+                       **({"plain_continued": _mean_sd([_r1(continued[s]["retrieval"], t, protocol)
+                                                        for s in noise_seeds])}
+                          if all(s in continued for s in noise_seeds) else {})}
             for t in timesteps}
     noise_summary["seconds"] = {"train_plain": [plain[s]["train_seconds"] for s in seeds],
-                                "train_noise_aware": [aware[s]["train_seconds"] for s in noise_seeds]}
+                                "train_noise_aware": [aware[s]["train_seconds"] for s in noise_seeds],
+                                "train_continued": [continued[s]["train_seconds"] for s in noise_seeds
+                                                    if s in continued]}
 
     results_dir.mkdir(parents=True, exist_ok=True)
     write_json(results_dir / "spl.json", spl_summary)
     write_json(results_dir / "noise_aware.json", noise_summary)
     write_json(results_dir / "runs.json", {"plain": plain, "spl": spl, "control": control, "noise_aware": aware,
-                                           "spl_identical_captions_only": exact})
+                                           "continued": continued, "spl_identical_captions_only": exact})
     return {"spl": spl_summary, "noise_aware": noise_summary}

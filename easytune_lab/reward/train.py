@@ -18,6 +18,7 @@ import torch
 
 from .. import distributed as dist
 from ..data.humanml import HumanMLDataset, MotionBatch, collate_motions
+from ..errors import UserError
 from .metrics import batched_retrieval_metrics, retrieval_metrics
 from .retrieval import CaptionTokenizer, FrozenTextModel, Reward, RewardModelConfig, identical_captions, info_nce, noise_motion
 from .spl import mine_pairs, preference_kl, spl_loss
@@ -353,10 +354,38 @@ def build_reward(train: HumanMLDataset, cfg: RewardTrainConfig) -> Reward:
     return Reward(model_cfg, tokenizer)
 
 
+def warm_start(start: Reward, cfg: RewardTrainConfig) -> Reward:
+    """A copy of the trained reward ``start`` to train further, noise-aware when ``cfg.model.noise_aware``.
+
+    Every weight is copied. A noise-aware reward R(x_t, t, c) started from a plain R(x, c) gets a timestep MLP whose
+    output layer starts at zero, so before training R(x_t, t, c) = R(x_t, c) for every t and the InfoNCE epochs on
+    noised motions only learn what the noise level changes. ``cfg.model`` becomes ``start``'s model config (its
+    vocabulary and sizes) with ``noise_aware`` and ``schedule`` taken from ``cfg``.
+    """
+    noise_aware = cfg.model.noise_aware
+    if start.cfg.noise_aware and not noise_aware:
+        raise UserError("--init: the reward to start from is noise-aware; continue it with --noise-aware")
+    if start.cfg.noise_aware and noise_aware and start.cfg.schedule != cfg.model.schedule:
+        raise UserError(f"--init: the reward to start from was trained on the {start.cfg.schedule} schedule, "
+                        f"not {cfg.model.schedule}")
+    cfg.model = dataclasses.replace(start.cfg, noise_aware=noise_aware, schedule=cfg.model.schedule)
+    reward = Reward(cfg.model, start.tokenizer)
+    missing, unexpected = reward.load_state_dict(start.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("motion_encoder.time_mlp.") for k in missing), (missing, unexpected)
+    if missing:                                       # plain -> noise-aware: the time embedding starts at zero
+        out_layer = reward.motion_encoder.time_mlp[-1]
+        torch.nn.init.zeros_(out_layer.weight)
+        torch.nn.init.zeros_(out_layer.bias)
+    return reward
+
+
 def train_reward(train, train_idx, cfg: RewardTrainConfig, device, log: Callable[[str], None] = print,
-                 seed: int = 0):
-    """Train a fresh reward with InfoNCE (noise-aware if ``cfg.model.noise_aware``); returns (reward, history)."""
-    reward = build_reward(train, cfg).to(device)
+                 seed: int = 0, init: Reward | None = None):
+    """Train a reward with InfoNCE (noise-aware if ``cfg.model.noise_aware``); returns (reward, history).
+
+    ``init``: a trained reward to start from (:func:`warm_start`); else a fresh one.
+    """
+    reward = (warm_start(init, cfg) if init is not None else build_reward(train, cfg)).to(device)
     history = _run_epochs(reward, train, train_idx, cfg, device, cfg.epochs, cfg.batch_size, cfg.lr,
                           cfg.warmup_steps, None, log, seed=seed)
     return reward, history
