@@ -117,3 +117,18 @@ def test_reproduce_selects_notebooks():
     assert select_notebooks("none") == []
     with pytest.raises(UserError, match="--notebooks: no notebook '99'"):
         select_notebooks("99")
+
+
+def test_main_table_markdown_has_one_row_per_method(tmp_path):
+    import pandas as pd
+
+    from easytune_lab.commands.reproduce import main_table_markdown
+
+    csv = tmp_path / "main_table.csv"
+    pd.DataFrame([{"method": "Base", "r_precision_top1": 0.16712, "fid": 41.8581, "peak_memory_mib": 0.0,
+                   "train_seconds": 0.0, "run": "x"},
+                  {"method": "EasyTune-step", "r_precision_top1": 0.2, "fid": 39.0, "peak_memory_mib": 12.345,
+                   "train_seconds": 90.26, "run": "y"}]).to_csv(csv, index=False)
+    lines = main_table_markdown(csv).splitlines()
+    assert lines[0] == "| method | top-1 | FID | peak MiB | train s |" and lines[1] == "|---|---|---|---|---|"
+    assert lines[2:] == ["| Base | 0.167 | 41.858 | 0.0 | 0.0 |", "| EasyTune-step | 0.200 | 39.000 | 12.3 | 90.3 |"]

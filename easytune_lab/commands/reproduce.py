@@ -89,19 +89,37 @@ def run_notebooks(notebooks: list[Path], results: Path, cache: Path, profile: st
     return records
 
 
+MAIN_COLUMNS = {"method": "method", "r_precision_top1": "top-1", "r_precision_top2": "top-2",
+                "r_precision_top3": "top-3", "fid": "FID", "mm_dist": "MM-Dist", "diversity": "Diversity",
+                "oracle_accuracy": "oracle", "peak_memory_mib": "peak MiB", "train_seconds": "train s"}
+
+
+def main_table_markdown(csv_path: Path) -> str:
+    """The main table (``main_table.csv``) as a Markdown table, 3 decimals (peak memory and time: 1)."""
+    import pandas as pd
+
+    table = pd.read_csv(csv_path)
+    cols = [c for c in MAIN_COLUMNS if c in table]
+    lines = ["| " + " | ".join(MAIN_COLUMNS[c] for c in cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in table[cols].iterrows():
+        cells = [str(row[c]) if c == "method" else f"{row[c]:.1f}" if c in ("peak_memory_mib", "train_seconds")
+                 else f"{row[c]:.3f}" for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def print_main_table(results: Path) -> None:
+    """Print the main table and write it as Markdown beside the CSV (``main_table.md``, what the README shows)."""
+    from ..io import write_text
+
     path = results / MAIN_TABLE
     if not path.is_file():
         print(f"[main table] {path} not written")
         return
-    import pandas as pd
-
-    table = pd.read_csv(path)
-    cols = [c for c in ("method", "r_precision_top1", "r_precision_top2", "r_precision_top3", "fid", "mm_dist",
-                        "diversity", "oracle_accuracy", "peak_memory_mib", "train_seconds") if c in table]
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(f"[main table] {path}")
-        print(table[cols].round(3).to_string(index=False))
+    markdown = main_table_markdown(path)
+    write_text(path.with_suffix(".md"), markdown)
+    print(f"[main table] {path}")
+    print(markdown, end="")
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
