@@ -132,3 +132,19 @@ def test_main_table_markdown_has_one_row_per_method(tmp_path):
     lines = main_table_markdown(csv).splitlines()
     assert lines[0] == "| method | top-1 | FID | peak MiB | train s |" and lines[1] == "|---|---|---|---|---|"
     assert lines[2:] == ["| Base | 0.167 | 41.858 | 0.0 | 0.0 |", "| EasyTune-step | 0.200 | 39.000 | 12.3 | 90.3 |"]
+
+
+def test_notebook_records_of_a_partial_rerun_keep_the_others(tmp_path):
+    from easytune_lab.commands.reproduce import merge_records
+
+    path = tmp_path / "notebooks.json"
+    assert merge_records(path, [{"notebook": "03_memory", "status": "ok"}], "quick", 0) == [
+        {"notebook": "03_memory", "status": "ok"}]                     # no earlier file
+    path.write_text(json.dumps({"profile": "quick", "seed": 0, "notebooks": [
+        {"notebook": "01_noisy_similarity", "status": "failed"}, {"notebook": "04_main_results", "status": "ok"}]}))
+    merged = merge_records(path, [{"notebook": "01_noisy_similarity", "status": "ok"}], "quick", 0)
+    assert merged == [{"notebook": "01_noisy_similarity", "status": "ok"}, {"notebook": "04_main_results", "status": "ok"}]
+    # records of another profile or seed are not mixed in
+    assert merge_records(path, [{"notebook": "03_memory", "status": "ok"}], "smoke", 0) == [
+        {"notebook": "03_memory", "status": "ok"}]
+    assert len(merge_records(path, [{"notebook": "03_memory", "status": "ok"}], "quick", 1)) == 1

@@ -89,6 +89,20 @@ def run_notebooks(notebooks: list[Path], results: Path, cache: Path, profile: st
     return records
 
 
+def merge_records(path: Path, records: list[dict], profile: str, seed: int) -> list[dict]:
+    """``records`` of this invocation, plus the records in ``path`` of notebooks it did not run (same profile and
+    seed only), in notebook order: a re-run of some notebooks keeps the others' latest status."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        old = {}
+    kept = {}
+    if old.get("profile") == profile and old.get("seed") == seed:
+        kept = {r["notebook"]: r for r in old.get("notebooks", []) if isinstance(r, dict) and "notebook" in r}
+    kept.update({r["notebook"]: r for r in records})
+    return [kept[name] for name in sorted(kept)]
+
+
 MAIN_COLUMNS = {"method": "method", "r_precision_top1": "top-1", "r_precision_top2": "top-2",
                 "r_precision_top3": "top-3", "fid": "FID", "mm_dist": "MM-Dist", "diversity": "Diversity",
                 "oracle_accuracy": "oracle", "peak_memory_mib": "peak MiB", "train_seconds": "train s"}
@@ -166,7 +180,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     records = run_notebooks(notebooks, results, args.cache, args.profile, args.device, args.seed, args.data)
     if records:
         write_json(results / "notebooks.json", {"profile": args.profile, "seed": args.seed, "device": args.device,
-                                                "notebooks": records})
+                                                "notebooks": merge_records(results / "notebooks.json", records,
+                                                                           args.profile, args.seed)})
     if any(r["notebook"] == MAIN_TABLE.parts[0] and r["status"] == "ok" for r in records):
         print_main_table(results)  # only a table this invocation wrote, never one left by another profile
     failed = [r["notebook"] for r in records if r["status"] != "ok"]
