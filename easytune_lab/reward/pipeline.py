@@ -45,6 +45,13 @@ def _feature_width(data: Path) -> int | None:
         return None
 
 
+def _check_width(data: Path, reward, flag: str, run: Path) -> None:
+    """The reward loaded from ``run`` (named by ``flag`` in the message) scores the data's feature width."""
+    width = _feature_width(data)
+    if width is not None and reward.cfg.feat_dim != width:
+        raise UserError(f"--data {data}: {width}-d features, but {flag} {run} scores {reward.cfg.feat_dim}-d motions")
+
+
 def _check_sizes(data: Path, cfg, batch_size: int, train_idx, test_idx) -> None:
     """Up front, before any training: the batches and the retrieval protocol fit the data and the processes."""
     from .. import distributed as dist
@@ -132,10 +139,7 @@ def train_run(data: Path, out: Path, profile: str = "quick", seed: int = 0, devi
         if text_model is not None:
             raise UserError("--init: the text side comes from the run started from; drop --text-model")
         start_from = load_reward(Path(init), dev, trainable=True)
-        width = _feature_width(data)
-        if width is not None and start_from.cfg.feat_dim != width:
-            raise UserError(f"--data {data}: {width}-d features, but --init {init} scores "
-                            f"{start_from.cfg.feat_dim}-d motions")
+        _check_width(data, start_from, "--init", init)
     train, test, train_idx, test_idx = load_splits(data, cfg.max_train_items, cfg.max_test_items, seed)
     _check_sizes(data, cfg, cfg.batch_size, train_idx, test_idx)
     start = time.perf_counter()
@@ -162,10 +166,7 @@ def spl_run(reward_dir: Path, data: Path, out: Path, profile: str = "quick", see
     reward_dir, data, out = Path(reward_dir), Path(data), Path(out)
     dev = _prepare(data, out, profile, device, seed)
     reward = load_reward(reward_dir, dev, trainable=True)
-    width = _feature_width(data)
-    if width is not None and reward.cfg.feat_dim != width:
-        raise UserError(f"--data {data}: {width}-d features, but --reward {reward_dir} scores "
-                        f"{reward.cfg.feat_dim}-d motions")
+    _check_width(data, reward, "--reward", reward_dir)
     cfg, spl = profile_configs(profile, noise_aware=reward.cfg.noise_aware)
     cfg.model = reward.cfg
     if k is not None:
