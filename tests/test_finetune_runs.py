@@ -152,7 +152,7 @@ def test_speed_benchmark_interleaves_methods_and_counts_updates(runs):
     # speed-up arithmetic: the fast method reaches the slow one's final reward at its second point
     fake = {"curves": {"draft": {"seconds": [0, 10, 20, 40], "reward": [0.0, 0.1, 0.2, 0.3]},
                        "easytune": {"seconds": [0, 4, 8], "reward": [0.0, 0.25, 0.35]}}}
-    assert speedup(fake) == {"target_reward": 0.3, "slow_seconds": 40, "fast_seconds": 8.0, "speedup": 5.0,
+    assert speedup(fake) == {"fast_curve": "easytune", "slow_curve": "draft", "target_reward": 0.3, "slow_seconds": 40, "fast_seconds": 8.0, "speedup": 5.0,
                              "sustained_fast_seconds": 8.0, "sustained_speedup": 5.0, "start_reward": 0.0,
                              "fast_final_reward": 0.35, "fast_best_reward": 0.35}
     # a curve that touches the target once and falls back is not sustained there
@@ -162,3 +162,52 @@ def test_speed_benchmark_interleaves_methods_and_counts_updates(runs):
         4.0, 10.0, 12.0, 40 / 12)
     fake["curves"]["easytune"]["reward"][-1] = 0.2                     # ends below: never sustained
     assert speedup(fake)["sustained_fast_seconds"] is None and speedup(fake)["sustained_speedup"] is None
+
+
+def test_speed_benchmark_lr_grid_compares_each_method_at_its_best_lr(runs):
+    from easytune_lab.finetune.bench import best_curve, speed_benchmark, speedup
+
+    result = speed_benchmark(["easytune", "draft"], 0.01, "smoke", runs["base"], runs["reward"], runs["data"],
+                             torch.device("cpu"), max_iterations=2, progress=False, eval_every=2,
+                             lrs={"draft": [1e-5, 1e-4]})
+    curves = result["curves"]
+    assert set(curves) == {"easytune", "draft@1e-05", "draft@0.0001"}
+    assert [curves[k]["lr"] for k in ("draft@1e-05", "draft@0.0001")] == [1e-5, 1e-4]
+    assert curves["easytune"]["lr"] == 1e-4                          # the smoke profile's lr
+    for curve in curves.values():                                     # evaluated at the start and at the end only
+        assert curve["iterations"] == [0, 1] and len(curve["reward"]) == 2
+    # the best curve of a grid is the one with the highest final reward, and speed-ups compare best curves
+    fake = {"curves": {"draft@1": {"method": "draft", "seconds": [0, 10], "reward": [0.0, 0.2]},
+                       "draft@2": {"method": "draft", "seconds": [0, 10], "reward": [0.0, 0.4]},
+                       "easytune@1": {"method": "easytune", "seconds": [0, 5], "reward": [0.0, 0.3]},
+                       "easytune@2": {"method": "easytune", "seconds": [0, 2, 5], "reward": [0.0, 0.45, 0.25]}}}
+    assert best_curve(fake, "draft") == "draft@2" and best_curve(fake, "easytune") == "easytune@1"
+    got = speedup(fake)
+    assert (got["fast_curve"], got["slow_curve"], got["target_reward"], got["fast_seconds"]) == (
+        "easytune@1", "draft@2", 0.4, None)                           # the best-by-final curve never got there
+    with pytest.raises(KeyError):
+        best_curve(fake, "alignprop")
+
+
+@pytest.mark.parametrize("specs, expected", [
+    (["1e-6,1e-5"], {"*": [1e-6, 1e-5]}),
+    (["draft=2e-6, 2e-5", "easytune=3e-7"], {"draft": [2e-6, 2e-5], "easytune": [3e-7]}),
+])
+def test_parse_lrs(specs, expected):
+    from easytune_lab.commands.bench import parse_lrs
+
+    assert parse_lrs(specs, ["easytune", "draft"]) == expected
+
+
+@pytest.mark.parametrize("specs, message", [
+    (["refl=1e-6"], "not in --methods"),
+    (["draft=fast"], "not a comma-separated list"),
+    (["draft=0"], "must be positive"),
+    (["draft=1e-6", "draft=1e-5"], "two grids for draft"),
+])
+def test_parse_lrs_rejects_bad_grids(specs, message):
+    from easytune_lab.commands.bench import parse_lrs
+    from easytune_lab.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        parse_lrs(specs, ["easytune", "draft"])

@@ -35,6 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = bsub.add_parser("speed", help="reward reached against wall time and optimiser steps")
     _common(s)
     s.add_argument("--budget-seconds", required=True, type=float, help="training time per method")
+    s.add_argument("--lrs", action="append", default=[], metavar="[METHOD=]LR,LR,...",
+                   help="learning-rate grid, for every method or (repeatable) for one: each lr is its own curve, "
+                        "and methods are compared at their best (default: the profile's lr)")
+    s.add_argument("--eval-every", type=int, default=1, help="trajectories between held-out reward evaluations")
     s.set_defaults(func=cmd_speed)
 
 
@@ -58,6 +62,26 @@ def parse_steps(text: str) -> list[int]:
     if not steps or any(not 1 <= s <= 1000 for s in steps):
         raise UserError(f"--steps: every value must be in [1, 1000] (got '{text}')")
     return steps
+
+
+def parse_lrs(specs: list[str], methods: list[str]) -> dict[str, list[float]]:
+    """``--lrs 1e-6,1e-5`` (every method) or ``--lrs draft=2e-6,2e-5`` (one method), repeatable."""
+    grids: dict[str, list[float]] = {}
+    for spec in specs:
+        method, _, values = spec.rpartition("=") if "=" in spec else ("*", "", spec)
+        method = method.strip() or "*"
+        if method != "*" and method not in methods:
+            raise UserError(f"--lrs {spec}: method '{method}' is not in --methods ({', '.join(methods)})")
+        try:
+            lrs = [float(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise UserError(f"--lrs {spec}: not a comma-separated list of learning rates") from None
+        if not lrs or any(not lr > 0 for lr in lrs):
+            raise UserError(f"--lrs {spec}: every learning rate must be positive")
+        if method in grids:
+            raise UserError(f"--lrs: two grids for {'every method' if method == '*' else method}")
+        grids[method] = lrs
+    return grids
 
 
 def _check_out(path: Path) -> None:
@@ -95,15 +119,18 @@ def cmd_speed(args: argparse.Namespace) -> int:
     check_inputs(args.base, args.reward, args.data)
     if args.budget_seconds <= 0:
         raise UserError(f"--budget-seconds: must be positive (got {args.budget_seconds})")
+    if args.eval_every < 1:
+        raise UserError(f"--eval-every: must be at least 1 (got {args.eval_every})")
+    lrs = parse_lrs(args.lrs, methods)
     device = resolve_device(args.device)
     result = speed_benchmark(methods, args.budget_seconds, args.profile, args.base, args.reward, args.data, device,
-                             seed=args.seed)
+                             seed=args.seed, lrs=lrs, eval_every=args.eval_every)
     if "easytune" in methods and "draft" in methods:
         result["easytune_vs_draft"] = speedup(result)
     write_json(args.out, result)
     for m, c in result["curves"].items():
-        print(f"{m:>15s} reward {c['reward'][0]:.4f} -> {c['reward'][-1]:.4f} in {c['seconds'][-1]:.1f} s, "
-              f"{c['optimizer_steps'][-1]} optimiser steps")
+        print(f"{m:>18s} (lr {c['lr']:g}) reward {c['reward'][0]:.4f} -> {c['reward'][-1]:.4f} "
+              f"in {c['seconds'][-1]:.1f} s, {c['optimizer_steps'][-1]} optimiser steps")
     if "easytune_vs_draft" in result:
         print(f"easytune vs draft: {result['easytune_vs_draft']}")
     return 0

@@ -7,7 +7,9 @@ loop (:mod:`easytune_lab.finetune.loop`), so the numbers differ only by the poli
   CPU (exact) or ``max_memory_allocated`` above the start on CUDA; ``baseline_bytes`` is the same measure for
   sampling without gradient (0 on CPU by construction: no graph is saved).
 * Speed (paper Sec. 5, "7.3× faster than DRaFT-50"): each method trains for a wall-clock budget; after every
-  iteration the mean reward of a fixed held-out caption set is measured (outside the timed region).
+  iteration the mean reward of a fixed held-out caption set is measured (outside the timed region). A method's
+  learning rate decides how fast it climbs, so a grid of learning rates per method can run side by side and
+  each method is then compared at its best one.
 """
 
 from __future__ import annotations
@@ -72,38 +74,80 @@ def memory_benchmark(methods: Sequence[str], steps: Sequence[int], profile: str,
     return rows
 
 
+def speed_curves(methods: Sequence[str], lrs: dict[str, Sequence[float]] | None = None
+                 ) -> list[tuple[str, str, float | None]]:
+    """The (label, method, lr) of every curve: one per method at its profile lr, or one per lr of its grid.
+
+    ``lrs`` maps a method (or ``"*"``, every method) to learning rates; a method with a grid gets the labels
+    ``method@lr``, so each method can be compared at its own best learning rate (:func:`best_curve`).
+    """
+    lrs = lrs or {}
+    runs = []
+    for method in methods:
+        grid = lrs.get(method, lrs.get("*"))
+        if grid:
+            runs += [(f"{method}@{lr:g}", method, float(lr)) for lr in grid]
+        else:
+            runs.append((method, method, None))
+    return runs
+
+
 def speed_benchmark(methods: Sequence[str], budget_seconds: float, profile: str, base: Path, reward: Path,
                     data: Path, device: torch.device, seed: int = 0, max_iterations: int = 10_000,
-                    progress: bool = True, **overrides) -> dict:
-    """Reward reached against training wall time and optimiser steps, per method, same start for all.
+                    progress: bool = True, lrs: dict[str, Sequence[float]] | None = None, eval_every: int = 1,
+                    **overrides) -> dict:
+    """Reward reached against training wall time and optimiser steps, per method (and lr), same start for all.
 
-    The methods are interleaved, one trajectory each in turn, until each has trained for ``budget_seconds``:
-    on a shared machine every method then sees the same background load. After every trajectory the mean reward
-    of a fixed held-out caption set (fixed noise) is measured outside the timed region.
+    The curves are interleaved, one trajectory each in turn, until each has trained for ``budget_seconds``:
+    on a shared machine every method then sees the same background load. Every ``eval_every`` trajectories
+    (and after the last) the mean reward of a fixed held-out caption set (fixed noise) is measured outside the
+    timed region. ``lrs``: learning-rate grids per method (see :func:`speed_curves`).
     """
-    tuners = {m: _tuner(m, profile, base, reward, data, device, seed, iterations=max_iterations, **overrides)
-              for m in methods}
-    curves = {m: {"seconds": [0.0], "optimizer_steps": [0], "iterations": [0], "reward": [t.evaluate_reward()]}
-              for m, t in tuners.items()}
-    active = list(methods)
+    runs = speed_curves(methods, lrs)
+    tuners = {label: _tuner(m, profile, base, reward, data, device, seed, iterations=max_iterations,
+                            **{**overrides, "lr": lr if lr is not None else overrides.get("lr")})
+              for label, m, lr in runs}
+    curves = {label: {"method": m, "lr": tuners[label].cfg.lr, "seconds": [0.0], "optimizer_steps": [0],
+                      "iterations": [0], "reward": [tuners[label].evaluate_reward()]}
+              for label, m, _ in runs}
+    clock = {label: (0.0, 0, 0) for label in curves}           # seconds, optimiser steps, iterations
+    active = list(curves)
     while active:
-        for method in list(active):
-            curve, tuner = curves[method], tuners[method]
+        for label in list(active):
+            curve, tuner = curves[label], tuners[label]
             t0 = time.perf_counter()
             stats = tuner.iteration(probe_kind="none")
-            curve["seconds"].append(curve["seconds"][-1] + time.perf_counter() - t0)
-            curve["optimizer_steps"].append(curve["optimizer_steps"][-1] + stats.optimizer_steps)
-            curve["iterations"].append(curve["iterations"][-1] + 1)
-            curve["reward"].append(tuner.evaluate_reward())
-            if progress:
-                print(f"[speed] {method} it {curve['iterations'][-1]} t={curve['seconds'][-1]:.1f}s "
-                      f"steps={curve['optimizer_steps'][-1]} reward={curve['reward'][-1]:.4f}", flush=True)
-            if curve["seconds"][-1] >= budget_seconds or curve["iterations"][-1] >= max_iterations:
-                active.remove(method)
+            seconds, steps, iterations = clock[label]
+            clock[label] = (seconds + time.perf_counter() - t0, steps + stats.optimizer_steps, iterations + 1)
+            seconds, steps, iterations = clock[label]
+            done = seconds >= budget_seconds or iterations >= max_iterations
+            if done or iterations % eval_every == 0:
+                curve["seconds"].append(seconds)
+                curve["optimizer_steps"].append(steps)
+                curve["iterations"].append(iterations)
+                curve["reward"].append(tuner.evaluate_reward())
+                if progress:
+                    print(f"[speed] {label} it {iterations} t={seconds:.1f}s steps={steps} "
+                          f"reward={curve['reward'][-1]:.4f}", flush=True)
+            if done:
+                active.remove(label)
     del tuners
     return {"budget_seconds": budget_seconds, "curves": curves, "device": str(device), "profile": profile,
-            "schedule": "interleaved: one trajectory per method in turn",
+            "schedule": "interleaved: one trajectory per curve in turn", "eval_every": eval_every,
+            "lrs": {k: list(v) for k, v in (lrs or {}).items()},
             "config": dataclasses.asdict(finetune_config(methods[0], profile, seed=seed, **overrides))}
+
+
+def best_curve(result: dict, method: str) -> str:
+    """The label of ``method``'s curve: itself, or of its lr grid the one with the highest final reward (each
+    method at the learning rate that served it best within the budget, as a fair comparison needs)."""
+    curves = result["curves"]
+    if method in curves:
+        return method
+    labels = [label for label, c in curves.items() if c.get("method") == method]
+    if not labels:
+        raise KeyError(f"no curve for method '{method}'")
+    return max(labels, key=lambda label: curves[label]["reward"][-1])
 
 
 def time_to_reach(curve: dict, target: float, sustained: bool = False) -> float | None:
@@ -124,14 +168,17 @@ def time_to_reach(curve: dict, target: float, sustained: bool = False) -> float 
 def speedup(result: dict, fast: str = "easytune", slow: str = "draft") -> dict:
     """How much sooner ``fast`` reaches ``slow``'s final reward than ``slow`` itself did: at the first evaluation
     at or above it (``fast_seconds``), and from when it stays there (``sustained_fast_seconds``), since a noisy
-    reward curve can touch a target once and fall back."""
+    reward curve can touch a target once and fall back. With lr grids, each method's best curve
+    (:func:`best_curve`) is compared."""
     curves = result["curves"]
-    target = curves[slow]["reward"][-1]
-    slow_time = curves[slow]["seconds"][-1]
-    first = time_to_reach(curves[fast], target)
-    sustained = time_to_reach(curves[fast], target, sustained=True)
+    fast_label, slow_label = best_curve(result, fast), best_curve(result, slow)
+    target = curves[slow_label]["reward"][-1]
+    slow_time = curves[slow_label]["seconds"][-1]
+    first = time_to_reach(curves[fast_label], target)
+    sustained = time_to_reach(curves[fast_label], target, sustained=True)
     ratio = lambda t: (slow_time / t) if t else None        # noqa: E731 - None when never reached (or at t = 0)
-    return {"target_reward": target, "slow_seconds": slow_time, "fast_seconds": first, "speedup": ratio(first),
+    return {"fast_curve": fast_label, "slow_curve": slow_label,
+            "target_reward": target, "slow_seconds": slow_time, "fast_seconds": first, "speedup": ratio(first),
             "sustained_fast_seconds": sustained, "sustained_speedup": ratio(sustained),
-            "start_reward": curves[slow]["reward"][0], "fast_final_reward": curves[fast]["reward"][-1],
-            "fast_best_reward": max(curves[fast]["reward"])}
+            "start_reward": curves[slow_label]["reward"][0], "fast_final_reward": curves[fast_label]["reward"][-1],
+            "fast_best_reward": max(curves[fast_label]["reward"])}

@@ -76,6 +76,18 @@ class FinetuneConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)  # rank 0: full fine-tuning of the denoiser
 
 
+#: Quick-profile learning rates, chosen by ``easytune bench speed --lrs`` on the quick MDM and SPL reward: the lr of
+#: each grid with the highest held-out reward after 60 s of training (results/finetune/speed_quick.json).
+#: EasyTune (one AdamW step per denoising step) from {1e-7, 3e-7, 1e-6}; DRaFT-50 (one per trajectory) from
+#: {2e-6, 2e-5, 6e-5}. The other methods, which also step once per trajectory, take DRaFT's (not tuned on their own).
+QUICK_LR = {"easytune": 3e-7}
+QUICK_LR_PER_TRAJECTORY = 6e-5
+
+
+def quick_lr(method: str) -> float:
+    return QUICK_LR.get(method, QUICK_LR_PER_TRAJECTORY)
+
+
 def finetune_config(method: str, profile: str, **overrides) -> FinetuneConfig:
     """The profile's configuration: ``smoke`` (seconds), ``quick`` (a 2-core CPU), ``paper`` (GPU)."""
     check_profile(profile)
@@ -87,9 +99,8 @@ def finetune_config(method: str, profile: str, **overrides) -> FinetuneConfig:
                              eval_motions=32)
     elif profile == "quick":
         # sized so that one run takes a few minutes on a 2-core CPU: 16 trajectories of 8 captions, T = 50.
-        # lr 2e-6: at 2e-5 EasyTune's 50 AdamW steps per trajectory on the same 8 captions lowered the held-out
-        # reward from 7.78 to 5.77 after one trajectory (measured on the quick MDM); one lr for every method.
-        cfg = FinetuneConfig(method, profile, iterations=16, batch_size=8, sample_steps=50, lr=2e-6,
+        # lr: each method at its best of a grid (QUICK_LR, measured on held-out captions, not the test split)
+        cfg = FinetuneConfig(method, profile, iterations=16, batch_size=8, sample_steps=50, lr=quick_lr(method),
                              eval_every=8, eval_captions=32, checkpoint_every=8,
                              policy=PolicyConfig(k=50 if method == "draft" else 1))
     else:
