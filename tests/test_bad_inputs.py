@@ -176,6 +176,8 @@ CASES = [
          "--steps", suffix=".json"),
     Case("bench-zero-budget", lambda e, o: bench(e, o, "speed", "--methods", "easytune", "--budget-seconds", "0"),
          "--budget-seconds", suffix=".json"),
+    Case("bench-lrs-other-method", lambda e, o: bench(e, o, "speed", "--methods", "easytune", "--budget-seconds", "1",
+                                                      "--lrs", "draft=1e-5"), "--lrs", suffix=".json"),
     Case("bench-data-width", lambda e, o: ["bench", "memory", "--base", _s(e.base), "--reward", _s(e.reward),
                                            "--data", _s(e.kit), "--methods", "easytune", "--steps", "5", "--out",
                                            _s(o)], "251-d", suffix=".json"),
