@@ -152,7 +152,8 @@ def test_speed_benchmark_interleaves_methods_and_counts_updates(runs):
     # speed-up arithmetic: the fast method reaches the slow one's final reward at its second point
     fake = {"curves": {"draft": {"seconds": [0, 10, 20, 40], "reward": [0.0, 0.1, 0.2, 0.3]},
                        "easytune": {"seconds": [0, 4, 8], "reward": [0.0, 0.25, 0.35]}}}
-    assert speedup(fake) == {"fast_curve": "easytune", "slow_curve": "draft", "target_reward": 0.3, "slow_seconds": 40, "fast_seconds": 8.0, "speedup": 5.0,
+    assert speedup(fake) == {"fast_curve": "easytune", "slow_curve": "draft", "target_reward": 0.3,
+                             "slow_seconds": 40, "fast_seconds": 8.0, "speedup": 5.0,
                              "sustained_fast_seconds": 8.0, "sustained_speedup": 5.0, "start_reward": 0.0,
                              "fast_final_reward": 0.35, "fast_best_reward": 0.35}
     # a curve that touches the target once and falls back is not sustained there

@@ -118,8 +118,8 @@ def speed_benchmark(methods: Sequence[str], budget_seconds: float, profile: str,
             t0 = time.perf_counter()
             stats = tuner.iteration(probe_kind="none")
             seconds, steps, iterations = clock[label]
-            clock[label] = (seconds + time.perf_counter() - t0, steps + stats.optimizer_steps, iterations + 1)
-            seconds, steps, iterations = clock[label]
+            clock[label] = seconds, steps, iterations = (seconds + time.perf_counter() - t0,
+                                                         steps + stats.optimizer_steps, iterations + 1)
             done = seconds >= budget_seconds or iterations >= max_iterations
             if done or iterations % eval_every == 0:
                 curve["seconds"].append(seconds)
@@ -154,11 +154,10 @@ def time_to_reach(curve: dict, target: float, sustained: bool = False) -> float 
     """First training time at which ``curve`` reaches ``target`` reward (None if never); ``sustained``: the first
     time from which it stays at or above ``target`` until the end of the run."""
     points = list(zip(curve["seconds"], curve["reward"]))
-    if sustained:
-        for j, (seconds, _) in enumerate(points):
-            if all(r >= target for _, r in points[j:]):
-                return float(seconds)
-        return None
+    if sustained:  # the point after the last one below the target
+        below = [j for j, (_, reward) in enumerate(points) if reward < target]
+        j = below[-1] + 1 if below else 0
+        return float(points[j][0]) if j < len(points) else None
     for seconds, reward in points:
         if reward >= target:
             return float(seconds)

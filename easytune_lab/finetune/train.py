@@ -85,6 +85,7 @@ QUICK_LR_PER_TRAJECTORY = 6e-5
 
 
 def quick_lr(method: str) -> float:
+    """The quick profile's learning rate for ``method`` (see QUICK_LR)."""
     return QUICK_LR.get(method, QUICK_LR_PER_TRAJECTORY)
 
 
