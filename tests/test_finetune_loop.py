@@ -228,3 +228,69 @@ def test_checkpointing_saves_less_than_the_same_plan_without_it():
     plans = make_policy("draft", PolicyConfig(k=20)).plan(20, np.random.default_rng(0))
     checkpointed = [replace(p, checkpoint=p.grad) for p in plans]
     assert peak("draft", 20, plans=checkpointed) < peak("draft", 20, plans=plans)
+
+
+def _isolated_step_gradients(net: ToyNet, traj: ToyTrajectory) -> list[torch.Tensor]:
+    """∇θ R(x̂0_θ(sg(x_t))) per step along the unchanged trajectory, computed on its own."""
+    out, x = [], traj.initial_noise(None)
+    for i in range(traj.num_steps):
+        x = x.detach()
+        x_prev, x0_hat = traj.step(x, i, None, False)
+        out.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(reward(x0_hat, 0).mean(),
+                                                                          list(net.parameters()))]))
+        x = x_prev
+    return out
+
+
+def test_gradient_alignment_shares_sum_to_the_whole_trajectory_gradient():
+    from easytune_lab.analysis.gradient_alignment import gradient_alignment
+
+    num_steps = 5
+    net = ToyNet()
+    traj = ToyTrajectory(net, num_steps)
+    got = gradient_alignment(traj, reward, list(net.parameters()))
+    assert got["share_sum_error"] < 1e-12
+    # the whole-trajectory gradient, independently (DRaFT-T through the loop records it)
+    _, _, _, opt, _ = run("draft", num_steps, lr=0.0, cfg=PolicyConfig(k=num_steps))
+    total = torch.cat([g.reshape(-1) for g in opt.recorded[0]])
+    np.testing.assert_allclose(got["total_norm"], float(total.norm()), rtol=1e-12)
+    # EasyTune's per-step gradients: norms and cosines against the whole gradient (the loss is −R, so the
+    # recorded gradient of the loop is −∇R; the module reports ascent directions)
+    net2 = ToyNet()
+    easy = _isolated_step_gradients(net2, ToyTrajectory(net2, num_steps))
+    np.testing.assert_allclose(got["easytune_norm"], [float(g.norm()) for g in easy], rtol=1e-12)
+    cos = [float(g @ -total / (g.norm() * total.norm())) for g in easy]
+    np.testing.assert_allclose(got["cos_total"], cos, rtol=1e-10)
+    summed = torch.stack(easy).sum(0)
+    np.testing.assert_allclose(got["cos_easytune_sum_total"],
+                               float(summed @ -total / (summed.norm() * total.norm())), rtol=1e-10)
+
+
+def test_gradient_alignment_last_step_share_is_easytunes_gradient():
+    """At the last step the reward is taken on that step's x̂0 either way, so g*_T-1 = g_T-1 exactly; earlier
+    shares differ from EasyTune's gradients (they carry the chain)."""
+    from easytune_lab.analysis.gradient_alignment import gradient_alignment
+
+    net = ToyNet()
+    got = gradient_alignment(ToyTrajectory(net, 4), reward, list(net.parameters()))
+    assert got["cos_step"][-1] == pytest.approx(1.0, abs=1e-12)
+    assert got["true_share_norm"][-1] == pytest.approx(got["easytune_norm"][-1], rel=1e-12)
+    assert min(got["cos_step"][:-1]) < 1 - 1e-6
+    assert len(got["true_share_norm"]) == 4 and all(n > 0 for n in got["true_share_norm"])
+
+
+def test_gradient_alignment_sign_gain_is_first_order_reward_of_a_sign_step():
+    from easytune_lab.analysis.gradient_alignment import gradient_alignment
+
+    num_steps = 4
+    net = ToyNet()
+    got = gradient_alignment(ToyTrajectory(net, num_steps), reward, list(net.parameters()))
+    _, _, _, opt, _ = run("draft", num_steps, lr=0.0, cfg=PolicyConfig(k=num_steps))
+    total = -torch.cat([g.reshape(-1) for g in opt.recorded[0]])          # ∇θR (the loop records ∇θ(−R))
+    net2 = ToyNet()
+    easy = _isolated_step_gradients(net2, ToyTrajectory(net2, num_steps))
+    want = [float(total @ torch.sign(g) / total.abs().sum()) for g in easy]
+    np.testing.assert_allclose(got["sign_gain"], want, rtol=1e-10)
+    assert got["sign_gain"][-1] <= 1.0 + 1e-12
+    # a step along R's own gradient signs gains exactly ‖∇θR‖₁: the largest first-order gain of any sign step
+    assert all(v <= 1.0 + 1e-12 for v in got["sign_gain"]) and got["sign_gain_easytune_sum"] <= 1.0 + 1e-12

@@ -212,3 +212,38 @@ def test_parse_lrs_rejects_bad_grids(specs, message):
 
     with pytest.raises(UserError, match=message):
         parse_lrs(specs, ["easytune", "draft"])
+
+
+def test_speed_benchmark_accumulated_variant_is_its_own_curve(runs):
+    """``easytune+acc``: EasyTune's per-step gradients, one optimiser step per trajectory."""
+    from easytune_lab.finetune.bench import best_curve, speed_benchmark
+
+    result = speed_benchmark(["easytune", "easytune+acc"], 0.01, "smoke", runs["base"], runs["reward"],
+                             runs["data"], torch.device("cpu"), max_iterations=1, progress=False,
+                             lrs={"easytune+acc": [1e-5]})
+    curves = result["curves"]
+    assert set(curves) == {"easytune", "easytune+acc@1e-05"}
+    assert curves["easytune"]["optimizer_steps"] == [0, 10]            # smoke T = 10: one update per step
+    assert curves["easytune+acc@1e-05"]["optimizer_steps"] == [0, 1]   # the same gradients, summed
+    assert curves["easytune+acc@1e-05"]["method"] == "easytune+acc"
+    assert best_curve(result, "easytune") == "easytune"               # a variant never stands in for its method
+
+
+@pytest.mark.parametrize("text, variants, message", [
+    ("easytune,dpo", False, "unknown method 'dpo'"),
+    ("easytune+acc", False, "unknown method 'easytune\\+acc'"),
+    ("draft+sum", True, "optionally with '\\+acc'"),
+    ("draft,draft", True, "listed twice"),
+])
+def test_parse_methods_rejects_unknown_names(text, variants, message):
+    from easytune_lab.commands.bench import parse_methods
+    from easytune_lab.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        parse_methods(text, variants=variants)
+
+
+def test_parse_methods_accepts_accumulated_variants_for_speed():
+    from easytune_lab.commands.bench import parse_methods
+
+    assert parse_methods("easytune, easytune+acc,draft", variants=True) == ["easytune", "easytune+acc", "draft"]

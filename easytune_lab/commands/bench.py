@@ -39,18 +39,26 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="learning-rate grid, for every method or (repeatable) for one: each lr is its own curve, "
                         "and methods are compared at their best (default: the profile's lr)")
     s.add_argument("--eval-every", type=int, default=1, help="trajectories between held-out reward evaluations")
+    s.epilog = ("A method written METHOD+acc (e.g. easytune+acc) runs as its own curve with its per-step gradients "
+                "summed into one optimiser step per trajectory.")
     s.set_defaults(func=cmd_speed)
 
 
-def parse_methods(text: str) -> list[str]:
+def parse_methods(text: str, variants: bool = False) -> list[str]:
+    """Comma-separated method names; with ``variants`` also ``METHOD+acc`` (updates accumulated per trajectory)."""
+    from ..finetune.bench import ACCUMULATE_SUFFIX, split_variant
     from ..finetune.policy import POLICIES
 
     methods = [m.strip() for m in text.split(",") if m.strip()]
     if not methods:
         raise UserError("--methods: empty list")
     for m in methods:
-        if m not in POLICIES:
-            raise UserError(f"--methods: unknown method '{m}' (choose from {', '.join(POLICIES)})")
+        name = split_variant(m)[0] if variants else m
+        if name not in POLICIES:
+            extra = f", each optionally with '{ACCUMULATE_SUFFIX}'" if variants else ""
+            raise UserError(f"--methods: unknown method '{m}' (choose from {', '.join(POLICIES)}{extra})")
+    if len(set(methods)) != len(methods):
+        raise UserError(f"--methods: a method is listed twice in '{text}'")
     return methods
 
 
@@ -113,7 +121,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
     from ..io import write_json
     from ..runtime import check_profile, resolve_device
 
-    methods = parse_methods(args.methods)
+    methods = parse_methods(args.methods, variants=True)
     check_profile(args.profile)
     _check_out(args.out)
     check_inputs(args.base, args.reward, args.data)
@@ -128,11 +136,13 @@ def cmd_speed(args: argparse.Namespace) -> int:
     if "easytune" in methods and "draft" in methods:
         result["easytune_vs_draft"] = speedup(result)
         result["draft_vs_easytune"] = speedup(result, fast="draft", slow="easytune")  # the same, other way round
+    if "easytune+acc" in methods and "draft" in methods:
+        result["easytune+acc_vs_draft"] = speedup(result, fast="easytune+acc")
     write_json(args.out, result)
     for m, c in result["curves"].items():
         print(f"{m:>18s} (lr {c['lr']:g}) reward {c['reward'][0]:.4f} -> {c['reward'][-1]:.4f} "
               f"in {c['seconds'][-1]:.1f} s, {c['optimizer_steps'][-1]} optimiser steps")
-    for key in ("easytune_vs_draft", "draft_vs_easytune"):
+    for key in ("easytune_vs_draft", "draft_vs_easytune", "easytune+acc_vs_draft"):
         if key in result:
             print(f"{key.replace('_', ' ')}: {result[key]}")
     return 0

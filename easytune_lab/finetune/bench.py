@@ -9,7 +9,9 @@ loop (:mod:`easytune_lab.finetune.loop`), so the numbers differ only by the poli
 * Speed (paper Sec. 5, "7.3× faster than DRaFT-50"): each method trains for a wall-clock budget; after every
   iteration the mean reward of a fixed held-out caption set is measured (outside the timed region). A method's
   learning rate decides how fast it climbs, so a grid of learning rates per method can run side by side and
-  each method is then compared at its best one.
+  each method is then compared at its best one. A method named ``METHOD+acc`` runs with ``accumulate``: its
+  per-step gradients of a trajectory are summed into one optimiser step (EasyTune's per-step objective with
+  DRaFT's update count), a curve of its own.
 """
 
 from __future__ import annotations
@@ -26,10 +28,21 @@ from ..analysis.memory import memory_probe
 from .train import Finetuner, finetune_config
 
 
+ACCUMULATE_SUFFIX = "+acc"
+
+
+def split_variant(name: str) -> tuple[str, bool]:
+    """``"easytune+acc"`` -> ``("easytune", True)``: the method and whether its updates are accumulated."""
+    if name.endswith(ACCUMULATE_SUFFIX):
+        return name[: -len(ACCUMULATE_SUFFIX)], True
+    return name, False
+
+
 def _tuner(method: str, profile: str, base: Path, reward: Path, data: Path, device: torch.device, seed: int,
            **overrides) -> Finetuner:
+    method, accumulate = split_variant(method)
     cfg = finetune_config(method, profile, seed=seed, **overrides)
-    return Finetuner(cfg, base, reward, data, device)
+    return Finetuner(cfg, base, reward, data, device, accumulate=accumulate)
 
 
 @torch.no_grad()
