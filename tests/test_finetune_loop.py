@@ -294,3 +294,18 @@ def test_gradient_alignment_sign_gain_is_first_order_reward_of_a_sign_step():
     assert got["sign_gain"][-1] <= 1.0 + 1e-12
     # a step along R's own gradient signs gains exactly ‖∇θR‖₁: the largest first-order gain of any sign step
     assert all(v <= 1.0 + 1e-12 for v in got["sign_gain"]) and got["sign_gain_easytune_sum"] <= 1.0 + 1e-12
+
+
+def test_gradient_alignment_transfer_to_other_batches_per_step():
+    from easytune_lab.analysis.gradient_alignment import gradient_alignment, transfer
+
+    net = ToyNet()
+    params = list(net.parameters())
+    other = gradient_alignment(ToyTrajectory(net, 3, seed=7), reward, params, return_vectors=True)["vectors"]
+    own = gradient_alignment(ToyTrajectory(net, 3), reward, params, return_vectors=True)
+    got = gradient_alignment(ToyTrajectory(net, 3), reward, params, targets=[other["total"], own["vectors"]["total"]])
+    assert len(got["transfer_sign_gain"]) == 3
+    # against its own batch's gradient the last step's gain is the plain sign gain; averaged with the other batch
+    last = transfer(torch.cat([g.reshape(-1) for g in _isolated_step_gradients(net, ToyTrajectory(net, 3))[-1:]]),
+                    other["total"])["sign_gain"]
+    np.testing.assert_allclose(got["transfer_sign_gain"][-1], (last + got["sign_gain"][-1]) / 2, rtol=1e-10)

@@ -41,7 +41,7 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def gradient_alignment(trajectory, reward: Callable[[torch.Tensor, int], torch.Tensor],
                        params: Sequence[torch.nn.Parameter], generator: torch.Generator | None = None,
-                       return_vectors: bool = False) -> dict:
+                       return_vectors: bool = False, targets: Sequence[torch.Tensor] = ()) -> dict:
     """Per-step true-gradient shares g*_i and EasyTune gradients g_i on one trajectory (i = 0: noisiest step).
 
     Args:
@@ -56,7 +56,9 @@ def gradient_alignment(trajectory, reward: Callable[[torch.Tensor, int], torch.T
         and floats ``total_norm`` ‖∇θR‖, ``cos_easytune_sum_total`` cos(Σ g_i, ∇θR), ``sign_gain_easytune_sum``
         ∇θR·sign(Σ g_i)/‖∇θR‖₁, ``share_sum_error`` ‖Σ g*_i − ∇θR‖/‖∇θR‖ (a check: 0 up to
         rounding), ``final_reward``; with ``return_vectors`` also ``vectors``: the flat float64 ∇θR (``total``)
-        and Σ g_i (``easytune_sum``), to compare across caption batches (:func:`transfer`).
+        and Σ g_i (``easytune_sum``), to compare across caption batches (:func:`transfer`). ``targets``: ∇θR
+        of other caption batches (their ``vectors["total"]``); adds ``transfer_sign_gain``, per step the mean over
+        the targets of the sign-step gain of g_i on them (does step i's gradient raise other captions' reward?).
     """
     params = list(params)
     x = trajectory.initial_noise(generator)
@@ -104,6 +106,9 @@ def gradient_alignment(trajectory, reward: Callable[[torch.Tensor, int], torch.T
         out["cos_total"].append(_cos(easy, total))
         out["true_share_cos_total"].append(_cos(share, total))
         out["sign_gain"].append(sign_gain(easy))
+        if targets:
+            out.setdefault("transfer_sign_gain", []).append(
+                float(np.mean([transfer(easy, target)["sign_gain"] for target in targets])))
     out["total_norm"] = float(total.norm())
     out["cos_easytune_sum_total"] = _cos(easy_sum, total)
     out["sign_gain_easytune_sum"] = sign_gain(easy_sum)
