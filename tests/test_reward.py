@@ -284,3 +284,45 @@ def test_cli_smoke_study_writes_summaries(tmp_path):
     aware = json.loads((runs_dir / "noise-aware-s0" / "manifest.json").read_text())
     assert aware["parents"]["init"] == str((runs_dir / "plain-s0").resolve())   # started from the plain reward
     assert runs["control"]["0"]["spl"]["weight"] == 0.0
+    # re-evaluating the finished runs at chosen noise levels gives their own metrics back (same split, same noise)
+    import shutil
+
+    for name in ("plain", "spl", "control", "noise-aware", "continued"):
+        shutil.rmtree(runs_dir / f"{name}-s1")                       # the hand-made copies hold no weights
+    out = tmp_path / "eval.json"
+    assert main(["reward", "eval", "--reward", str(runs_dir / "plain-s0"), "--data", str(data),
+                 "--timesteps", "0,500", "--out", str(out), "--device", "cpu"]) == 0
+    own = json.loads((runs_dir / "plain-s0" / "metrics.json").read_text())["retrieval"]
+    assert json.loads(out.read_text())["retrieval"] == own
+    sweep = tmp_path / "sweep.json"
+    assert main(["reward", "sweep", "--runs", str(runs_dir), "--data", str(data), "--timesteps", "500,900",
+                 "--out", str(sweep), "--device", "cpu"]) == 0
+    got = json.loads(sweep.read_text())
+    assert got["timesteps"] == [500, 900] and got["seeds"]["noise_aware"] == [0]
+    aware500 = json.loads((runs_dir / "noise-aware-s0" / "metrics.json").read_text())["retrieval"]["t=500"]
+    assert got["batch32"]["t=500"]["noise_aware"]["values"] == [aware500["batch32"]["t2m"]["R@1"]]
+    assert set(got["all"]["t=900"]) == {"plain", "noise_aware", "plain_continued"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["eval", "--timesteps", "0,1000"], "--timesteps"),
+    (["eval", "--timesteps", "zero"], "--timesteps"),
+    (["eval", "--out-csv"], "--out"),
+    (["eval", "--no-run"], "--reward"),
+    (["sweep", "--timesteps", "0"], "--runs"),
+])
+def test_cli_reward_eval_and_sweep_user_errors(tmp_path, capsys, args, message):
+    data = write_toy_dataset(tmp_path / "data", n=40)
+    kind, *rest = args
+    common = ["--data", str(data), "--out", str(tmp_path / ("x.csv" if "--out-csv" in rest else "x.json"))]
+    if kind == "eval":
+        run = tmp_path / "missing"       # the arguments are checked before the run is read
+        timesteps = rest[rest.index("--timesteps") + 1] if "--timesteps" in rest else "0"
+        cmd = ["reward", "eval", "--reward", str(run), "--timesteps", timesteps, *common]
+    else:
+        cmd = ["reward", "sweep", "--runs", str(tmp_path / "empty"), "--timesteps", "0", *common]
+    capsys.readouterr()
+    assert main(cmd) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.json").exists()

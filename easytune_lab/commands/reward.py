@@ -54,6 +54,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     st.add_argument("--summarise-only", action="store_true", help="only summarise the finished runs under --runs")
     st.set_defaults(func=cmd_study)
+    ev = rsub.add_parser("eval", help="test-split retrieval of a reward run at chosen noise levels")
+    ev.add_argument("--reward", required=True, type=Path, help="a reward run directory")
+    ev.add_argument("--data", required=True, type=Path, help="HumanML3D-format dataset directory")
+    ev.add_argument("--timesteps", default="0", help="comma-separated noise levels t in [0, 999] (default 0)")
+    ev.add_argument("--out", required=True, type=Path, help="output JSON file")
+    ev.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    ev.set_defaults(func=cmd_eval)
+    sw = rsub.add_parser("sweep", help="R@1 against noise level for the plain / noise-aware runs of a study")
+    sw.add_argument("--runs", required=True, type=Path, help="the --runs directory of `easytune reward study`")
+    sw.add_argument("--data", required=True, type=Path, help="HumanML3D-format dataset directory")
+    sw.add_argument("--timesteps", required=True, help="comma-separated noise levels t in [0, 999]")
+    sw.add_argument("--out", required=True, type=Path, help="output JSON file")
+    sw.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    sw.set_defaults(func=cmd_sweep)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -91,4 +105,42 @@ def cmd_study(args: argparse.Namespace) -> int:
     else:
         study(args.data, args.runs, args.results, args.profile, args.seeds, args.noise_seeds, args.device)
     print(f"wrote {args.results / 'spl.json'} and {args.results / 'noise_aware.json'}")
+    return 0
+
+
+def _json_out(path: Path) -> None:
+    if path.suffix != ".json":
+        raise UserError(f"--out {path}: must end in .json")
+    if not path.parent.is_dir():
+        raise UserError(f"--out {path}: directory {path.parent} does not exist")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..io import write_json
+    from ..reward.pipeline import eval_run, parse_timesteps
+
+    timesteps = parse_timesteps(args.timesteps)
+    _json_out(args.out)
+    retrieval = eval_run(args.reward, args.data, timesteps, args.device)
+    write_json(args.out, {"reward": str(args.reward), "data": str(args.data), "retrieval": retrieval})
+    for t in timesteps:
+        print(f"t={t}: {_r1_line(retrieval[f't={t}'])}")
+    return 0
+
+
+def _r1_line(metrics: dict) -> str:
+    return ", ".join(f"{protocol} R@1 {m['t2m']['R@1']:.1f}" for protocol, m in metrics.items())
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from ..reward.pipeline import noise_sweep, parse_timesteps
+
+    timesteps = parse_timesteps(args.timesteps)
+    _json_out(args.out)
+    summary = noise_sweep(args.runs, args.data, timesteps, args.out, args.device)
+    for protocol in [k for k in summary if k.startswith("batch") or k == "all"]:
+        for t in timesteps:
+            row = summary[protocol][f"t={t}"]
+            print(f"{protocol:>8s} t={t:<4d} " + "  ".join(f"{k} {v['mean']:.1f}±{v['sd']:.1f}" for k, v in row.items()))
+    print(f"wrote {args.out}")
     return 0

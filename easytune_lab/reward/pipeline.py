@@ -319,3 +319,66 @@ def summarise(runs_dir: Path, results_dir: Path) -> dict:
     write_json(results_dir / "runs.json", {"plain": plain, "spl": spl, "control": control, "noise_aware": aware,
                                            "continued": continued, "spl_identical_captions_only": exact})
     return {"spl": spl_summary, "noise_aware": noise_summary}
+
+
+def parse_timesteps(text: str, flag: str = "--timesteps") -> list[int]:
+    """``"0,500,900"`` -> ``[0, 500, 900]``; every level in [0, 999] (the training schedule's indices)."""
+    try:
+        levels = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{flag}: '{text}' is not a comma-separated list of integers") from None
+    if not levels or any(not 0 <= t <= 999 for t in levels):
+        raise UserError(f"{flag}: every noise level must be in [0, 999] (got '{text}')")
+    return list(dict.fromkeys(levels))
+
+
+def eval_run(reward_dir: Path, data: Path, timesteps: Sequence[int], device: str = "auto") -> dict:
+    """Test-split retrieval of a finished reward run at each noise level in ``timesteps`` (its own split seed and
+    test-item limit; fixed noise), ``{"t=<t>": {"all": ..., "batch<B>": ...}}`` as in the run's metrics."""
+    from ..runs import read_manifest
+    from ..runtime import resolve_device
+    from .retrieval import load_reward
+    from .train import evaluate_reward, load_splits
+
+    reward_dir, data = Path(reward_dir), Path(data)
+    if not (reward_dir / "manifest.json").is_file():
+        raise UserError(f"--reward {reward_dir}: not a reward run (no manifest.json)")
+    if not (data / "test.txt").is_file():
+        raise UserError(f"--data {data}: no test.txt (not a HumanML3D-format directory)")
+    manifest = read_manifest(reward_dir)
+    train_cfg = manifest["config"].get("train", {})
+    dev = resolve_device(device)
+    reward = load_reward(reward_dir, dev)
+    _check_width(data, reward, "--reward", reward_dir)
+    _, test, _, test_idx = load_splits(data, 0, int(train_cfg.get("max_test_items", 0)), int(manifest["seed"]))
+    return evaluate_reward(reward, test, test_idx, dev, timesteps, int(train_cfg.get("eval_batch", 32)), seed=0)
+
+
+def noise_sweep(runs_dir: Path, data: Path, timesteps: Sequence[int], out: Path, device: str = "auto",
+                log: Callable[[str], None] = print) -> dict:
+    """Text→motion R@1 against noise level for the plain, noise-aware and plain-continued runs of a :func:`study`
+    (every seed found), mean and spread over seeds, whole test split and batches; written to ``out`` (JSON)."""
+    from ..io import write_json
+
+    runs_dir = Path(runs_dir)
+    groups = {"plain": "plain", "noise_aware": "noise-aware", "plain_continued": "continued"}
+    found = {key: sorted(runs_dir.glob(f"{prefix}-s*/metrics.json")) for key, prefix in groups.items()}
+    if not found["plain"] or not found["noise_aware"]:
+        raise UserError(f"--runs {runs_dir}: no finished plain-s*/noise-aware-s* runs of `easytune reward study`")
+    retrieval: dict[str, dict[int, dict]] = {}
+    for key, paths in found.items():
+        retrieval[key] = {}
+        for path in paths:
+            seed = int(path.parent.name.rsplit("-s", 1)[1])
+            log(f"[sweep] {path.parent.name}: t = {', '.join(map(str, timesteps))}")
+            retrieval[key][seed] = eval_run(path.parent, data, timesteps, device)
+    protocols = [p for p in next(iter(retrieval["plain"].values()))[f"t={timesteps[0]}"]]
+    summary = {"metric": "test-split text->motion R@1 (%) on motions noised to level t (fixed noise)",
+               "schedule": _schedule_of(found["noise_aware"][0].parent), "timesteps": list(timesteps),
+               "seeds": {key: sorted(runs) for key, runs in retrieval.items()}}
+    for protocol in protocols:
+        summary[protocol] = {f"t={t}": {key: _mean_sd([_r1(r, t, protocol) for r in runs.values()])
+                                        for key, runs in retrieval.items() if runs}
+                             for t in timesteps}
+    write_json(out, summary)
+    return summary
