@@ -57,6 +57,14 @@ def select_notebooks(spec: str, folder: Path = NOTEBOOK_DIR) -> list[Path]:
     return chosen
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory where it lies below it (records stay valid in any checkout)."""
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def run_notebooks(notebooks: list[Path], results: Path, cache: Path, profile: str, device: str, seed: int,
                   data: Path | None = None) -> list[dict]:
     """Execute each notebook with papermill; one record per notebook (status, seconds, executed copy)."""
@@ -74,7 +82,7 @@ def run_notebooks(notebooks: list[Path], results: Path, cache: Path, profile: st
             params["data"] = str(Path(data).resolve())
         print(f"[notebook] {nb.stem} ...", flush=True)
         start = time.perf_counter()
-        record = {"notebook": nb.stem, "executed": str(executed), "results": str(out_dir)}
+        record = {"notebook": nb.stem, "executed": str(executed), "results": _shown(out_dir)}
         try:
             papermill.execute_notebook(str(nb), str(executed), parameters=params, cwd=str(nb.parent),
                                        progress_bar=False, kernel_name="python3")
