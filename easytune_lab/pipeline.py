@@ -271,6 +271,8 @@ class Workbench:
         base, reward_run = self.backbone(backbone), self.reward(**rewards[reward])
         # the resolved config is the key (not how it was asked for): equal configs share one run
         key = self._key("finetune", config=cfg, parents={"base": base.name, "reward": reward_run.name})
+        if cfg.policy.train_steps == "weighted":   # step weights now scale each update (StepPlan.lr_scale);
+            key["step_weights_scale"] = "lr"         # runs cached when they weighted the losses are not reused
 
         def build(out: Path) -> None:
             run_finetune(cfg, base, reward_run, self.data, out, self.torch_device, progress=self.progress)

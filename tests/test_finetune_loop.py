@@ -189,8 +189,11 @@ def test_policy_shapes():
     sub = make_policy("easytune", PolicyConfig(train_steps="uniform", num_train_steps=7)).plan(T, rng)
     assert len(graph_steps(sub)) == 7
     early = make_policy("easytune", PolicyConfig(train_steps="weighted", weighting="early")).plan(T, rng)
-    assert early[0].reward_weight > early[-1].reward_weight
-    assert abs(np.mean([p.reward_weight for p in early]) - 1.0) < 1e-12
+    assert early[0].lr_scale > early[-1].lr_scale and all(p.reward_weight == 1.0 for p in early)
+    assert abs(np.mean([p.lr_scale for p in early]) - 1.0) < 1e-12
+    chain = make_policy("easytune-chain", PolicyConfig(train_steps="weighted", weighting="early")).plan(T, rng)
+    assert [p.reward_weight for p in chain] == [p.lr_scale for p in early]   # one update: weights on the losses
+    assert all(p.lr_scale == 1.0 for p in chain)
 
 
 def test_easytune_updates_parameters_every_step_and_raises_reward():
@@ -309,3 +312,85 @@ def test_gradient_alignment_transfer_to_other_batches_per_step():
     last = transfer(torch.cat([g.reshape(-1) for g in _isolated_step_gradients(net, ToyTrajectory(net, 3))[-1:]]),
                     other["total"])["sign_gain"]
     np.testing.assert_allclose(got["transfer_sign_gain"][-1], (last + got["sign_gain"][-1]) / 2, rtol=1e-10)
+
+
+class RecordingLR(torch.optim.SGD):
+    """SGD that records the learning rate of every step it takes."""
+
+    def __init__(self, params, lr):
+        super().__init__(params, lr=lr)
+        self.lrs: list[float] = []
+
+    def step(self, closure=None):
+        self.lrs.append(self.param_groups[0]["lr"])
+        return super().step(closure)
+
+
+def _weighted(weighting: str, opt_cls, lr: float, clip: float, accumulate: bool = False):
+    net = ToyNet()
+    traj = ToyTrajectory(net, 6)
+    policy = make_policy("easytune", PolicyConfig(train_steps="weighted", weighting=weighting))
+    plans = policy.plan(6, np.random.default_rng(0))
+    params = list(net.parameters())
+    opt = opt_cls(params, lr=lr)
+    run_trajectory(traj, policy, plans, reward, opt, params, LoopConfig(grad_clip=clip), accumulate=accumulate)
+    return net, opt, plans
+
+
+def test_step_weights_scale_each_update_and_the_lr_is_restored():
+    from easytune_lab.finetune.policy import step_weights
+
+    _, opt, _ = _weighted("early", RecordingLR, 0.1, 0.0)
+    np.testing.assert_allclose(opt.lrs, 0.1 * step_weights(6, "early"), rtol=1e-12)
+    assert opt.param_groups[0]["lr"] == 0.1
+
+
+def test_step_weights_act_as_loss_weights_under_sgd_without_clipping():
+    """θ ← θ − w_t·lr·∇L_t is SGD on the weighted loss w_t·L_t: recompute it step by step."""
+    from easytune_lab.finetune.policy import step_weights
+
+    got, _, _ = _weighted("late", torch.optim.SGD, 0.05, 0.0)
+    net = ToyNet()
+    traj = ToyTrajectory(net, 6)
+    w = step_weights(6, "late")
+    x = traj.initial_noise(None)
+    for i in range(6):
+        x = x.detach()
+        x_prev, x0_hat = traj.step(x, i, None, False)
+        grads = torch.autograd.grad(-w[i] * reward(x0_hat, 0).mean(), list(net.parameters()))
+        with torch.no_grad():
+            for p, g in zip(net.parameters(), grads):
+                p -= 0.05 * g
+        x = x_prev
+    for a, b in zip(got.parameters(), net.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_step_weights_survive_gradient_clipping_and_adam():
+    """The regression: with clipping at a norm the gradients exceed, loss weights were erased; lr scales are not."""
+    runs = {w: _weighted(w, torch.optim.Adam, 1e-2, 1e-3)[0] for w in ("early", "uniform", "late")}
+    flat = {w: torch.cat([p.detach().reshape(-1) for p in net.parameters()]) for w, net in runs.items()}
+    base = torch.cat([p.detach().reshape(-1) for p in ToyNet().parameters()])
+    moved = {w: float((v - base).norm()) for w, v in flat.items()}
+    assert not torch.allclose(flat["early"], flat["uniform"]) and not torch.allclose(flat["late"], flat["uniform"])
+    assert min(moved.values()) > 0
+
+
+def test_accumulated_step_weights_weight_the_losses():
+    from easytune_lab.finetune.policy import step_weights
+
+    net, opt, _ = _weighted("early", RecordingLR, 0.1, 0.0, accumulate=True)
+    assert opt.lrs == [0.1]                                   # one update at the schedule's lr
+    ref = ToyNet()
+    traj = ToyTrajectory(ref, 6)
+    w = step_weights(6, "early")
+    x, total = traj.initial_noise(None), None
+    for i in range(6):
+        x = x.detach()
+        x_prev, x0_hat = traj.step(x, i, None, False)
+        loss = -w[i] * reward(x0_hat, 0).mean()
+        total = loss if total is None else total + loss
+        x = x_prev
+    grads = torch.autograd.grad(total, list(ref.parameters()))
+    for p0, g, p in zip(ToyNet().parameters(), grads, net.parameters()):
+        torch.testing.assert_close(p.detach(), p0.detach() - 0.1 * g, rtol=1e-12, atol=1e-12)

@@ -19,8 +19,9 @@ re-noise a clean sample) and to the reward through a callable ``reward(x, t) -> 
 * SDE samplers with a noise-aware reward: the reward scores the step's output x_{t-1} at its noise level
   (``reward_on="x_t"``).
 
-Per-step EasyTune loss (paper Eq. 9): ``L_t(θ) = −w_t · R(π_θ(sg(x_t), t, c))`` with one optimiser step per
-trained step, so the graph alive at any time covers one denoiser call.
+Per-step EasyTune loss (paper Eq. 9): ``L_t(θ) = −R(π_θ(sg(x_t), t, c))`` with one optimiser step per trained
+step, so the graph alive at any time covers one denoiser call; a step weighting w_t scales that step's update
+(``StepPlan.lr_scale``, i.e. θ ← θ − w_t·lr·(optimiser direction of ∇L_t)).
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def run_trajectory(
 
     owed = False  # accumulate: an update deferred to the end of the trajectory
 
-    def update() -> None:
+    def update(lr_scale: float = 1.0) -> None:
         nonlocal owed
         if accumulate and not finishing:
             owed = True
@@ -152,7 +153,15 @@ def run_trajectory(
         stats.grad_norms.append(norm)
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        optimizer.step()
+        if lr_scale != 1.0:   # this step's update only (StepPlan.lr_scale); the schedule's lr is restored after
+            base_lrs = [group["lr"] for group in optimizer.param_groups]
+            for group in optimizer.param_groups:
+                group["lr"] = group["lr"] * lr_scale
+            optimizer.step()
+            for group, lr in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = lr
+        else:
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         stats.optimizer_steps += 1
         stats.time["optimizer"] += clock.now() - start
@@ -179,7 +188,9 @@ def run_trajectory(
             stats.rewards.append(float(r.detach().mean()))
             stats.reward_steps.append(i)
             if r.requires_grad:
-                loss = -plan.reward_weight * r.mean()
+                # deferred updates (accumulate) cannot scale a step's lr: the scale weights its loss instead
+                weight = plan.reward_weight * (plan.lr_scale if accumulate else 1.0)
+                loss = -weight * r.mean()
                 if regulariser is not None and config.reg_weight > 0:
                     loss = loss + config.reg_weight * regulariser(x, i, x0_hat)
                 stats.losses.append(float(loss.detach()))
@@ -188,7 +199,7 @@ def run_trajectory(
             # One backward over the losses gathered since the last update (one loss for EasyTune; all the
             # per-step losses of the trajectory for EasyTune-chain, whose parameters must not move mid-graph).
             backward(torch.stack(pending).sum())
-            update()
+            update(plan.lr_scale)
             pending = []
         x = x_prev
         if plan.stop:

@@ -12,6 +12,11 @@ different answers, per step ``i`` of a trajectory of ``T`` steps (``i = 0`` is t
                   the noisy x_{t-1} with a noise-aware reward R(x_t, t, c) (SDE samplers)?
 4. ``update``     does the optimiser step after this step's backward, or once per trajectory?
 
+``lr_scale`` multiplies the learning rate of the optimiser step taken after this step (EasyTune's step weighting:
+with one update per step, a weight on the step's loss would be undone by gradient clipping, which rescales each
+step's gradient to the same norm, and by Adam's normalisation; scaling the step size is what a loss weight does
+under plain SGD without clipping). Where updates are deferred to one step per trajectory it acts as a loss weight.
+
 Plus ``checkpoint`` (recompute this step's activations in backward: AlignProp) and ``stop`` (end the
 trajectory after this step: DRTune / ReFL early stop).
 
@@ -42,6 +47,7 @@ class StepPlan:
     update: bool = False
     checkpoint: bool = False
     stop: bool = False
+    lr_scale: float = 1.0
 
 
 @dataclass
@@ -50,7 +56,7 @@ class PolicyConfig:
 
     k: DRaFT-K's number of final steps with gradient; DRTune's number of trainable steps.
     train_steps: EasyTune's choice of steps: ``all`` | ``uniform`` (``num_train_steps`` drawn per trajectory)
-        | ``weighted`` (all steps, loss weighted by ``weighting``).
+        | ``weighted`` (all steps, each step's update scaled by ``weighting``: ``StepPlan.lr_scale``).
     weighting: ``uniform`` | ``early`` | ``late`` (weights over step index, normalised to mean 1).
     lv_samples: DRaFT-LV's number of re-noised final samples.
     late_fraction: ReFL/DRTune draw their stop step among the last ``late_fraction`` of the trajectory.
@@ -118,7 +124,7 @@ class EasyTune(Policy):
             weights = step_weights(num_steps, cfg.weighting)
         else:
             raise UserError(f"train_steps: unknown choice '{cfg.train_steps}' (choose all, uniform or weighted)")
-        return [StepPlan(grad=True, detach=self.detach, reward_weight=float(weights[i]), update=True)
+        return [StepPlan(grad=True, detach=self.detach, reward_weight=1.0, update=True, lr_scale=float(weights[i]))
                 if chosen[i] else StepPlan() for i in range(num_steps)]
 
 
@@ -134,8 +140,8 @@ class EasyTuneChain(EasyTune):
     detach = "none"
 
     def plan(self, num_steps: int, rng: np.random.Generator) -> list[StepPlan]:
-        plans = super().plan(num_steps, rng)
-        plans = [StepPlan(grad=True, detach="none", reward_weight=p.reward_weight, update=False) for p in plans]
+        plans = super().plan(num_steps, rng)     # one update per trajectory: the step weights weight the losses
+        plans = [StepPlan(grad=True, detach="none", reward_weight=p.lr_scale, update=False) for p in plans]
         plans[-1] = StepPlan(grad=True, detach="none", reward_weight=plans[-1].reward_weight, update=True)
         return plans
 
