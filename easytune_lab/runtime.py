@@ -52,3 +52,21 @@ def default_threads() -> int:
         return int(os.environ["EASYTUNE_THREADS"])
     per_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     return max(1, (os.cpu_count() or 1) // per_node)
+
+
+def parse_int_list(text: str, flag: str, low: int, high: int, what: str = "value") -> list[int]:
+    """``"10,50,100"`` -> ``[10, 50, 100]``, every value in [low, high]; one-line errors that name ``flag``."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{flag}: '{text}' is not a comma-separated list of integers") from None
+    if not values or any(not low <= v <= high for v in values):
+        raise UserError(f"{flag}: every {what} must be in [{low}, {high}] (got '{text}')")
+    return values
+
+
+def check_json_out(path: os.PathLike | str) -> None:
+    """``--out`` of a command that writes one JSON file."""
+    if os.path.splitext(str(path))[1].lower() != ".json":
+        raise UserError(f"--out {path}: must end in .json")
+

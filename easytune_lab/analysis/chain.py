@@ -51,3 +51,10 @@ def chain_coefficients(trajectory, v: torch.Tensor | Callable[[torch.Tensor], to
         else:
             out.append(float((g.reshape(batch, -1).norm(dim=1) / vnorm).mean()))
     return np.asarray(out)
+
+
+def early_late(values, parts: int = 3) -> dict:
+    """Means of a per-step series over its first (noisiest) and last ``len // parts`` steps (at least one)."""
+    values = np.asarray(values, dtype=np.float64)
+    n = max(1, len(values) // parts)
+    return {"early": float(values[:n].mean()), "late": float(values[-n:].mean())}

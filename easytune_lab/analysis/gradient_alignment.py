@@ -39,6 +39,13 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b) / denom if denom > 0 else float("nan")
 
 
+def _sign_gain(update: torch.Tensor, target: torch.Tensor) -> float:
+    """``target · sign(update) / ‖target‖₁``: first-order gain of a sign step along ``update`` on the reward whose
+    gradient is ``target``, relative to the best sign step (see the module docstring)."""
+    l1 = float(target.abs().sum())
+    return float(target @ torch.sign(update)) / l1 if l1 > 0 else float("nan")
+
+
 def gradient_alignment(trajectory, reward: Callable[[torch.Tensor, int], torch.Tensor],
                        params: Sequence[torch.nn.Parameter], generator: torch.Generator | None = None,
                        return_vectors: bool = False, targets: Sequence[torch.Tensor] = ()) -> dict:
@@ -79,8 +86,6 @@ def gradient_alignment(trajectory, reward: Callable[[torch.Tensor, int], torch.T
 
     out: dict = {k: [] for k in ("true_share_norm", "easytune_norm", "cos_step", "cos_total",
                                  "true_share_cos_total", "sign_gain")}
-    l1 = float(total.abs().sum())
-    sign_gain = (lambda v: float(total @ torch.sign(v)) / l1 if l1 > 0 else float("nan"))  # noqa: E731
     easy_sum = torch.zeros_like(total)
     share_sum = torch.zeros_like(total)
     last = trajectory.num_steps - 1
@@ -105,14 +110,15 @@ def gradient_alignment(trajectory, reward: Callable[[torch.Tensor, int], torch.T
         out["cos_step"].append(_cos(easy, share))
         out["cos_total"].append(_cos(easy, total))
         out["true_share_cos_total"].append(_cos(share, total))
-        out["sign_gain"].append(sign_gain(easy))
+        out["sign_gain"].append(_sign_gain(easy, total))
         if targets:
             out.setdefault("transfer_sign_gain", []).append(
-                float(np.mean([transfer(easy, target)["sign_gain"] for target in targets])))
-    out["total_norm"] = float(total.norm())
+                float(np.mean([_sign_gain(easy, target) for target in targets])))
+    total_norm = float(total.norm())
+    out["total_norm"] = total_norm
     out["cos_easytune_sum_total"] = _cos(easy_sum, total)
-    out["sign_gain_easytune_sum"] = sign_gain(easy_sum)
-    out["share_sum_error"] = float((share_sum - total).norm() / total.norm()) if float(total.norm()) > 0 else 0.0
+    out["sign_gain_easytune_sum"] = _sign_gain(easy_sum, total)
+    out["share_sum_error"] = float((share_sum - total).norm()) / total_norm if total_norm > 0 else 0.0
     out["final_reward"] = float(final.detach())
     if return_vectors:
         out["vectors"] = {"total": total, "easytune_sum": easy_sum}
@@ -122,12 +128,4 @@ def gradient_alignment(trajectory, reward: Callable[[torch.Tensor, int], torch.T
 def transfer(update: torch.Tensor, target: torch.Tensor) -> dict:
     """How an update computed on one batch of captions moves the final reward of another (``target`` = that
     batch's ∇θR): cosine and first-order sign-step gain relative to ‖target‖₁ (see the module docstring)."""
-    l1 = float(target.abs().sum())
-    return {"cos": _cos(update, target), "sign_gain": float(target @ torch.sign(update)) / l1 if l1 > 0 else float("nan")}
-
-
-def early_late(values: Sequence[float], fraction: float = 1 / 3) -> dict:
-    """Means over the first (noisiest) and last ``fraction`` of the steps."""
-    values = np.asarray(values, dtype=np.float64)
-    n = max(1, int(len(values) * fraction))
-    return {"early": float(values[:n].mean()), "late": float(values[-n:].mean())}
+    return {"cos": _cos(update, target), "sign_gain": _sign_gain(update, target)}

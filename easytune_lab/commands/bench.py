@@ -63,13 +63,9 @@ def parse_methods(text: str, variants: bool = False) -> list[str]:
 
 
 def parse_steps(text: str) -> list[int]:
-    try:
-        steps = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"--steps: '{text}' is not a comma-separated list of integers") from None
-    if not steps or any(not 1 <= s <= 1000 for s in steps):
-        raise UserError(f"--steps: every value must be in [1, 1000] (got '{text}')")
-    return steps
+    from ..runtime import parse_int_list
+
+    return parse_int_list(text, "--steps", 1, 1000)
 
 
 def parse_lrs(specs: list[str], methods: list[str]) -> dict[str, list[float]]:
@@ -92,19 +88,14 @@ def parse_lrs(specs: list[str], methods: list[str]) -> dict[str, list[float]]:
     return grids
 
 
-def _check_out(path: Path) -> None:
-    if path.suffix != ".json":
-        raise UserError(f"--out {path}: must end in .json")
-
-
 def cmd_memory(args: argparse.Namespace) -> int:
     from ..finetune.bench import memory_benchmark
     from ..io import write_json
-    from ..runtime import check_profile, resolve_device
+    from ..runtime import check_json_out, check_profile, resolve_device
 
     methods, steps = parse_methods(args.methods), parse_steps(args.steps)
     check_profile(args.profile)
-    _check_out(args.out)
+    check_json_out(args.out)
     check_inputs(args.base, args.reward, args.data)
     device = resolve_device(args.device)
     rows = memory_benchmark(methods, steps, args.profile, args.base, args.reward, args.data, device,
@@ -119,11 +110,11 @@ def cmd_memory(args: argparse.Namespace) -> int:
 def cmd_speed(args: argparse.Namespace) -> int:
     from ..finetune.bench import speed_benchmark, speedup
     from ..io import write_json
-    from ..runtime import check_profile, resolve_device
+    from ..runtime import check_json_out, check_profile, resolve_device
 
     methods = parse_methods(args.methods, variants=True)
     check_profile(args.profile)
-    _check_out(args.out)
+    check_json_out(args.out)
     check_inputs(args.base, args.reward, args.data)
     if args.budget_seconds <= 0:
         raise UserError(f"--budget-seconds: must be positive (got {args.budget_seconds})")

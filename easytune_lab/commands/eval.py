@@ -39,12 +39,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                  repeat_source, shuffled_source)
     from ..io import write_json
     from ..runs import make_manifest
-    from ..runtime import resolve_device
+    from ..runtime import check_json_out, resolve_device
 
     if args.replications < 1:
         raise UserError(f"--replications: must be at least 1 (got {args.replications})")
-    if args.out.suffix.lower() != ".json":
-        raise UserError(f"--out {args.out}: must end in .json")
+    check_json_out(args.out)
     if not args.data.is_dir():
         raise UserError(f"--data {args.data}: dataset directory not found")
     if args.mm_texts < 1 or args.mm_repeats < 2:

@@ -109,8 +109,9 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def _json_out(path: Path) -> None:
-    if path.suffix != ".json":
-        raise UserError(f"--out {path}: must end in .json")
+    from ..runtime import check_json_out
+
+    check_json_out(path)
     if not path.parent.is_dir():
         raise UserError(f"--out {path}: directory {path.parent} does not exist")
 

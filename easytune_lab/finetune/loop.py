@@ -153,15 +153,12 @@ def run_trajectory(
         stats.grad_norms.append(norm)
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        if lr_scale != 1.0:   # this step's update only (StepPlan.lr_scale); the schedule's lr is restored after
-            base_lrs = [group["lr"] for group in optimizer.param_groups]
-            for group in optimizer.param_groups:
-                group["lr"] = group["lr"] * lr_scale
-            optimizer.step()
-            for group, lr in zip(optimizer.param_groups, base_lrs):
-                group["lr"] = lr
-        else:
-            optimizer.step()
+        base_lrs = [group["lr"] for group in optimizer.param_groups]
+        for group in optimizer.param_groups:   # this step's update only (StepPlan.lr_scale)
+            group["lr"] = group["lr"] * lr_scale
+        optimizer.step()
+        for group, lr in zip(optimizer.param_groups, base_lrs):   # the schedule's lr again
+            group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
         stats.optimizer_steps += 1
         stats.time["optimizer"] += clock.now() - start

@@ -322,14 +322,11 @@ def summarise(runs_dir: Path, results_dir: Path) -> dict:
 
 
 def parse_timesteps(text: str, flag: str = "--timesteps") -> list[int]:
-    """``"0,500,900"`` -> ``[0, 500, 900]``; every level in [0, 999] (the training schedule's indices)."""
-    try:
-        levels = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"{flag}: '{text}' is not a comma-separated list of integers") from None
-    if not levels or any(not 0 <= t <= 999 for t in levels):
-        raise UserError(f"{flag}: every noise level must be in [0, 999] (got '{text}')")
-    return list(dict.fromkeys(levels))
+    """``"0,500,900"`` -> ``[0, 500, 900]``; every level in [0, 999] (the training schedule's indices), repeats
+    dropped."""
+    from ..runtime import parse_int_list
+
+    return list(dict.fromkeys(parse_int_list(text, flag, 0, 999, what="noise level")))
 
 
 def eval_run(reward_dir: Path, data: Path, timesteps: Sequence[int], device: str = "auto") -> dict:
