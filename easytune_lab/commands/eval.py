@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
+from ..eval.metrics import PROTOCOLS
 from ..runs import add_allow_pickle
 
 
@@ -24,7 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="generator runs: sampling steps (default: the run's; e.g. 1, 2, 4 for an lcm run)")
     p.add_argument("--guidance", type=float, default=None, help="generator runs: guidance scale (default: the run's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of caption draws, shuffles and pair sampling")
+    p.add_argument("--protocol", default=PROTOCOLS[0], choices=PROTOCOLS,
+                   help="t2m: T2M's evaluation loader exactly (random-offset crops, one in three a unit shorter, "
+                        "padding to 196 frames, incomplete last group of 32 dropped); legacy: this workbench's "
+                        "earlier evaluation (start crops, padding per batch, every row in FID and Diversity)")
+    p.add_argument("--seed", type=int, default=0, help="seed of caption draws, shuffles, crops and pair sampling")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--out", required=True, type=Path, help="output .json file")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -62,7 +67,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     ev = load_evaluator(args.evaluator, device)
     config = ProtocolConfig(split=args.split, replications=args.replications, multimodality=args.multimodality,
                             mm_texts=args.mm_texts, mm_repeats=args.mm_repeats, seed=args.seed,
-                            max_text_len=ev.config.max_text_len)
+                            max_text_len=ev.config.max_text_len, protocol=args.protocol)
     gt = GroundTruth(args.data, args.split, ev, max_text_len=config.max_text_len)
     if args.model == "gt":
         source = gt.source()
