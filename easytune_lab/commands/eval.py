@@ -14,7 +14,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="R-Precision, FID, MM-Dist, Diversity (and MultiModality) with replications")
     p.add_argument("--model", required=True,
                    help="gt (the real-motion row), noise, repeat or shuffled (sanity baselines), or a generator run directory")
-    p.add_argument("--evaluator", required=True, type=Path, help="run directory of `easytune evaluator train`")
+    p.add_argument("--evaluator", required=True,
+                   help="run directory of `easytune evaluator train`, or the published T2M evaluator: t2m:DIR "
+                        "(HumanML3D) / kit:DIR (KIT-ML), DIR holding t2m/ (or kit/) and glove/ as the motion "
+                        "repositories' download scripts unpack them")
     p.add_argument("--data", required=True, type=Path, help="HumanML3D-format dataset directory")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate (test)")
     p.add_argument("--replications", type=int, default=20, help="replications (T2M: 20)")
@@ -38,10 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..eval.evaluator import load_evaluator
     from ..eval.protocol import (BASELINES, GroundTruth, ProtocolConfig, evaluate, generator_source,
                                  generated_source, load_actions, noise_source, oracle_function,
                                  repeat_source, shuffled_source)
+    from ..eval.t2m import resolve_evaluator
     from ..io import write_json
     from ..runs import make_manifest
     from ..runtime import check_json_out, resolve_device
@@ -64,7 +67,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     # resolve the generator before the (slow) evaluator and data loading, so a bad --model fails fast
     generate = None if is_baseline else generator_source(args.model, device, **sampling)
-    ev = load_evaluator(args.evaluator, device)
+    ev = resolve_evaluator(args.evaluator, device, allow_pickle=args.allow_pickle)
     config = ProtocolConfig(split=args.split, replications=args.replications, multimodality=args.multimodality,
                             mm_texts=args.mm_texts, mm_repeats=args.mm_repeats, seed=args.seed,
                             max_text_len=ev.config.max_text_len, protocol=args.protocol)
