@@ -122,6 +122,19 @@ def write_npy(path: str | os.PathLike, array: np.ndarray, allow_nonfinite: bool 
             np.save(fh, array, allow_pickle=False)
 
 
+def write_csv(path: str | os.PathLike, table: Any, allow_nonfinite: bool = False, **to_csv: Any) -> None:
+    """A pandas DataFrame as CSV, atomically; NaN/Inf numbers are refused unless allowed (``to_csv`` options
+    such as ``index=False`` pass through)."""
+    if not allow_nonfinite:
+        numeric = table.select_dtypes("number")
+        if numeric.size and not np.isfinite(numeric.to_numpy(dtype=float)).all():
+            bad = [c for c in numeric.columns if not np.isfinite(numeric[c].to_numpy(dtype=float)).all()]
+            raise NonFiniteError(f"{path}: refusing to write non-finite (NaN/Inf) values in column(s) "
+                                 f"{', '.join(map(str, bad[:3]))}")
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, **to_csv)
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, (np.integer,)):
         return int(obj)

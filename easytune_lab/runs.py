@@ -286,6 +286,7 @@ def load_tensors(path: str | os.PathLike, device: str = "cpu", allow_pickle: boo
     from safetensors.torch import load_file
 
     path = Path(path)
+    sys.audit("easytune_lab.read", str(path))  # safetensors reads in Rust, unseen by the interpreter's "open" event
     if not path.is_file():
         raise UserError(f"{path}: weights file missing")
     if is_pickle(path):
@@ -415,7 +416,10 @@ def check_resume_parents(out: str | os.PathLike, manifest: dict, parents: dict[s
     = not given) must be the one the manifest recorded, and the dataset must still have the recorded identity.
     A mismatch is one line naming the flag, both paths, and that ``--resume`` continues the saved run."""
     saved = manifest.get("parents", {}) or {}
+    identity = manifest.get("data_identity")
     for name, given in parents.items():
+        if name == "data" and given is not None and identity:
+            continue  # a dataset is compared by content (below): a moved copy of the same data resumes
         flag = PARENT_FLAGS.get(name, f"--{name}")
         recorded = saved.get(name)
         if given is None and recorded is None:

@@ -81,6 +81,8 @@ def load_motions(args: argparse.Namespace) -> tuple[list[np.ndarray], list[str]]
             if arr.dtype.kind not in "fiu" or arr.ndim not in (2, 3) or arr.shape[0] == 0 \
                     or (arr.ndim == 3 and arr.shape[-1] != 3):
                 raise UserError(f"{path}: expected features (T, D) or joints (T, J, 3), got {arr.dtype} {arr.shape}")
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise UserError(f"{path}: holds {int(arr.size - np.isfinite(arr).sum())} NaN/Inf value(s)")
             motions.append(np.asarray(arr, dtype=np.float32))
             captions.append(Path(path).stem)
         return motions, captions
