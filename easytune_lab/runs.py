@@ -395,16 +395,17 @@ PARENT_FLAGS = {"data": "--data", "base": "--base", "reward": "--reward", "teach
 DATA_IDENTITY_FILES = ("Mean.npy", "Std.npy", "train.txt", "val.txt", "test.txt")
 
 
-def dataset_identity(root: str | os.PathLike) -> str:
-    """A short hash of what identifies a dataset directory's content for training: its normalisation statistics
-    and split lists (a dataset regenerated with another seed, or another dataset, gets another identity)."""
-    digest = hashlib.sha256()
+def dataset_identity(root: str | os.PathLike) -> dict[str, str]:
+    """Short hashes of what identifies a dataset directory's content for training: its normalisation statistics
+    and split lists (a dataset regenerated with another seed, or another dataset, differs in at least one)."""
+    identity = {}
     for name in DATA_IDENTITY_FILES:
         path = Path(root) / name
-        digest.update(name.encode())
-        if path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+        try:
+            identity[name] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        except OSError:
+            identity[name] = "missing"
+    return identity
 
 
 def _same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -418,7 +419,7 @@ def check_resume_parents(out: str | os.PathLike, manifest: dict, parents: dict[s
     saved = manifest.get("parents", {}) or {}
     identity = manifest.get("data_identity")
     for name, given in parents.items():
-        if name == "data" and given is not None and identity:
+        if name == "data" and given is not None and isinstance(identity, dict):
             continue  # a dataset is compared by content (below): a moved copy of the same data resumes
         flag = PARENT_FLAGS.get(name, f"--{name}")
         recorded = saved.get(name)
@@ -430,12 +431,13 @@ def check_resume_parents(out: str | os.PathLike, manifest: dict, parents: dict[s
         if not _same_path(given, recorded):
             raise UserError(f"{flag} {given}: {out} was started with {flag} {recorded}; --resume continues the saved "
                             f"run with the same {flag}")
-    if parents.get("data") is not None and manifest.get("data_identity"):
+    recorded = manifest.get("data_identity")
+    if parents.get("data") is not None and isinstance(recorded, dict):
         now = dataset_identity(parents["data"])
-        if now != manifest["data_identity"]:
-            raise UserError(f"--data {parents['data']}: its content (Mean/Std and split lists) changed since {out} was "
-                            f"started (identity {now}, recorded {manifest['data_identity']}); --resume needs the "
-                            "same dataset")
+        changed = [name for name in DATA_IDENTITY_FILES if name in recorded and now.get(name) != recorded[name]]
+        if changed:
+            raise UserError(f"--data {parents['data']}: {', '.join(changed)} differ from the dataset {out} was started "
+                            "on; --resume needs the same dataset")
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints

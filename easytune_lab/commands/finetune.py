@@ -60,10 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def check_inputs(base: Path, reward: Path, data: Path, evaluator: Path | None = None) -> None:
     """Everything about the named runs and data that can be checked before a run directory is made."""
-    import numpy as np
-
+    from ..data.humanml import load_mean_std
     from ..reward.retrieval import REWARD_KINDS
-    from ..runs import read_manifest, weights_file
+    from ..runs import read_manifest, read_normalisation, weights_file
 
     base_manifest = read_manifest(base, kind="backbone")
     if base_manifest.get("status") != "complete" or not weights_file(base).is_file():
@@ -78,10 +77,11 @@ def check_inputs(base: Path, reward: Path, data: Path, evaluator: Path | None = 
             raise UserError(f"--data {data}: no {split}.txt (not a HumanML3D-format directory)")
     if not (data / "Mean.npy").is_file():
         raise UserError(f"--data {data}: no Mean.npy (not a HumanML3D-format directory)")
-    width = int(np.load(data / "Mean.npy", mmap_mode="r", allow_pickle=False).shape[0])
+    width = int(load_mean_std(data)[0].shape[0])  # Mean/Std as `data check` wants them, or one line
     model_width = base_manifest.get("feature_dim")
+    read_normalisation(base, int(model_width) if isinstance(model_width, int) else None)
     if model_width is not None and int(model_width) != width:
-        raise UserError(f"--data {data}: {width}-d features, but --base {base} generates {model_width}-d motions")
+        raise UserError(f"--data {data}: {width}-d features (Mean.npy), but --base {base} generates {model_width}-d motions")
     reward_width = reward_manifest.get("config", {}).get("model", {}).get("feat_dim")
     if reward_width is not None and model_width is not None and int(reward_width) != int(model_width):
         raise UserError(f"--reward {reward}: scores {reward_width}-d motions, but --base {base} generates "

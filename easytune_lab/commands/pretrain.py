@@ -126,7 +126,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if resume:
         saved = manifest.get("feature_dim")
         if saved is not None and int(saved) != width:
-            raise UserError(f"--data {args.data}: {width}-d features, but {args.out} was trained on {saved}-d")
+            raise UserError(f"--data {args.data}: {width}-d features (Mean.npy), but {args.out} was trained on {saved}-d")
     else:
         config = pretrain_config(args.backbone, args.profile, width, steps=args.steps,
                                  batch_size=args.batch_size, checkpoint_every=args.checkpoint_every, seed=args.seed)

@@ -230,6 +230,10 @@ def read_motion(root: str | os.PathLike, motion_id: str) -> tuple[np.ndarray, li
     if not path.is_file():
         raise UserError(f"{path}: no features for id '{motion_id}'")
     features = read_features(path)
+    widths = sorted(spec.dim for spec in SKELETONS.values())
+    if features.shape[1] not in widths:
+        raise UserError(f"{path}: feature width {features.shape[1]} matches no skeleton (known widths: "
+                        f"{', '.join(map(str, widths))})")
     tpath = text_path(root, motion_id)
     captions = [c.text for c in parse_caption_file(tpath)] if tpath.is_file() else []
     return features, captions

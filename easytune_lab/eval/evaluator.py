@@ -157,7 +157,7 @@ def load_evaluator(run_dir: str | Path, device: str | torch.device = "cpu") -> L
     norm_path = run_dir / NORMALISATION_FILE
     if not norm_path.is_file():
         raise UserError(f"{norm_path}: missing")
-    mean, std = read_normalisation(run_dir)
+    mean, std = read_normalisation(run_dir, config.feature_dim)
     device = torch.device(device)
     with manifest_config(run_dir):
         model = TextMotionEvaluator(config, len(vocab))
