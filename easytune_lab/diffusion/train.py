@@ -232,7 +232,23 @@ def load_checkpoint(run_dir: Path, model: Backbone, device: torch.device) -> tup
         raise UserError(f"--resume: {ckpt} has no checkpoint to resume from")
     load_state_strict(model, load_tensors(ckpt / WEIGHTS, device=str(device)), ckpt / WEIGHTS)
     state = read_state_json(ckpt / "state.json", ("step", "rng", "log", "param_groups"))
-    return state, load_tensors(ckpt / "optimizer.safetensors")
+    path = ckpt / "optimizer.safetensors"
+    tensors = load_tensors(path)
+    missing = [k for k in ("rng.torch", "rng.train", "rng.numpy") if k not in tensors]
+    if missing:
+        raise UserError(f"{path}: not this run's optimiser state (no {', '.join(missing)})")
+    params = list(model.parameters())
+    for key, value in tensors.items():
+        if key.startswith("state."):
+            _, idx, name = key.split(".", 2)
+            if not idx.isdigit() or int(idx) >= len(params):
+                raise UserError(f"{path}: optimiser state {key} names no parameter of the model")
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise NonFiniteError(f"{path}: optimiser state {key} holds NaN/Inf")
+            if name in ("exp_avg", "exp_avg_sq") and tuple(value.shape) != tuple(params[int(idx)].shape):
+                raise UserError(f"{path}: optimiser state {key} has shape {tuple(value.shape)}, its parameter "
+                                f"{tuple(params[int(idx)].shape)}")
+    return state, tensors
 
 
 def _restore_optimizer(optimizer: torch.optim.Optimizer, state: dict, tensors: dict) -> None:

@@ -310,6 +310,12 @@ class Finetuner:
     def load_state_tensors(self, tensors: dict, numpy_state: dict, path: str | Path = "checkpoint") -> None:
         model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         load_state_strict(self.backbone, model, path)
+        missing = [k for k in ("rng.noise", "rng.torch") if k not in tensors]
+        if missing:
+            raise UserError(f"{path}: not this run's checkpoint state (no {', '.join(missing)})")
+        for key, value in tensors.items():
+            if key.startswith("optim.") and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise NonFiniteError(f"{path}: optimiser state {key} holds NaN/Inf")
         for p_index, p in enumerate(self.params):
             state = {}
             for key, value in tensors.items():
