@@ -11,6 +11,7 @@ Every writer refuses NaN/Inf values (:class:`NonFiniteError`) unless the caller 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import tempfile
@@ -117,9 +118,10 @@ def _nonfinite_to_none(obj: Any) -> Any:
 def write_npy(path: str | os.PathLike, array: np.ndarray, allow_nonfinite: bool = False) -> None:
     if not allow_nonfinite:
         check_finite(path, array)
+    buffer = io.BytesIO()  # serialised first, so that a failing write reports the OS error (e.g. disk full)
+    np.save(buffer, array, allow_pickle=False)
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, array, allow_pickle=False)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def write_csv(path: str | os.PathLike, table: Any, allow_nonfinite: bool = False, **to_csv: Any) -> None:

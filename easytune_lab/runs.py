@@ -116,8 +116,18 @@ def write_manifest(run_dir: str | os.PathLike, manifest: dict) -> None:
     write_json(Path(run_dir) / MANIFEST, manifest)
 
 
-def read_manifest(run_dir: str | os.PathLike, kind: str | None = None) -> dict:
-    """Read ``RUN/manifest.json``; raise :class:`UserError` if it is missing, broken or of another kind."""
+def read_manifest(run_dir: str | os.PathLike, kind: str | None = None, flag: str | None = None) -> dict:
+    """Read ``RUN/manifest.json``; raise :class:`UserError` if it is missing, broken or of another kind (the
+    message starts with ``flag``, the option that named the run, when given)."""
+    try:
+        return _read_manifest(run_dir, kind)
+    except UserError as exc:
+        if flag is None:
+            raise
+        raise type(exc)(f"{flag}: {exc}") from None
+
+
+def _read_manifest(run_dir: str | os.PathLike, kind: str | None = None) -> dict:
     path = Path(run_dir) / MANIFEST
     if not Path(run_dir).is_dir():
         raise UserError(f"{run_dir}: run directory does not exist")

@@ -64,14 +64,14 @@ def check_inputs(base: Path, reward: Path, data: Path, evaluator: Path | None = 
     from ..reward.retrieval import REWARD_KINDS
     from ..runs import read_manifest, read_normalisation, weights_file
 
-    base_manifest = read_manifest(base, kind="backbone")
+    base_manifest = read_manifest(base, kind="backbone", flag="--base")
     if base_manifest.get("status") != "complete" or not weights_file(base).is_file():
         raise UserError(f"--base {base}: the run did not finish (status {base_manifest.get('status')})")
-    reward_manifest = read_manifest(reward)
+    reward_manifest = read_manifest(reward, flag="--reward")
     if reward_manifest.get("kind") not in REWARD_KINDS:
         raise UserError(f"--reward {reward}: is a '{reward_manifest.get('kind')}' run, expected a reward run")
     if evaluator is not None:
-        read_manifest(evaluator, kind="evaluator")
+        read_manifest(evaluator, kind="evaluator", flag="--evaluator")
     for split in ("train", "val"):
         if not (data / f"{split}.txt").is_file():
             raise UserError(f"--data {data}: no {split}.txt (not a HumanML3D-format directory)")
