@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
+from ..runtime import COUNT, OutputPath, SECONDS, SEED, integer
 from ..runs import add_allow_pickle
 from .finetune import check_inputs
 
@@ -16,9 +17,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reward", required=True, type=Path, help="reward run")
     p.add_argument("--data", required=True, type=Path, help="dataset directory")
     p.add_argument("--profile", default="smoke", help="smoke | quick | paper")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True, type=Path, help="output JSON file")
+    p.add_argument("--out", required=True, type=OutputPath(".json"), help="output JSON file")
     add_allow_pickle(p)
 
 
@@ -29,16 +30,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     m = bsub.add_parser("memory", help="peak training memory per method and number of denoising steps")
     _common(m)
     m.add_argument("--steps", required=True, help="comma-separated numbers of denoising steps, e.g. 10,50,100")
-    m.add_argument("--batch-size", type=int, default=2)
-    m.add_argument("--length", type=int, default=None, help="frames of every motion (default: ground-truth lengths)")
+    m.add_argument("--batch-size", type=integer(1, 100000), default=2)
+    m.add_argument("--length", type=integer(4, 1000), default=None, help="frames of every motion (default: ground-truth lengths)")
     m.set_defaults(func=cmd_memory)
     s = bsub.add_parser("speed", help="reward reached against wall time and optimiser steps")
     _common(s)
-    s.add_argument("--budget-seconds", required=True, type=float, help="training time per method")
+    s.add_argument("--budget-seconds", required=True, type=SECONDS, help="training time per method")
     s.add_argument("--lrs", action="append", default=[], metavar="[METHOD=]LR,LR,...",
                    help="learning-rate grid, for every method or (repeatable) for one: each lr is its own curve, "
                         "and methods are compared at their best (default: the profile's lr)")
-    s.add_argument("--eval-every", type=int, default=1, help="trajectories between held-out reward evaluations")
+    s.add_argument("--eval-every", type=COUNT, default=1, help="trajectories between held-out reward evaluations")
     s.epilog = ("A method written METHOD+acc (e.g. easytune+acc) runs as its own curve with its per-step gradients "
                 "summed into one optimiser step per trajectory.")
     s.set_defaults(func=cmd_speed)
