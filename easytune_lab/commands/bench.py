@@ -49,17 +49,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                          ("--reward", dict(required=True, type=Path, help="reward run")),
                          ("--data", dict(required=True, type=Path, help="dataset directory")),
                          ("--profile", dict(default="paper", help="smoke | quick | paper (default: paper)")),
-                         ("--seed", dict(type=int, default=0)),
+                         ("--seed", dict(type=SEED, default=0)),
                          ("--device", dict(default="auto")),
-                         ("--out", dict(required=True, type=Path, help="output JSON file"))):
+                         ("--out", dict(required=True, type=OutputPath(".json"), help="output JSON file"))):
         g.add_argument(flag, **kwargs)
     g.add_argument("--steps", default="10,20,50", help="numbers of denoising steps T for the memory rows (10,20,50)")
-    g.add_argument("--batch-size", type=int, default=8, help="captions per trajectory and training step (8)")
-    g.add_argument("--length", type=int, default=196,
+    g.add_argument("--batch-size", type=integer(1, 100000), default=8, help="captions per trajectory and training step (8)")
+    g.add_argument("--length", type=integer(0, 1000), default=196,
                    help="frames of every motion (196, capped at the backbone's maximum; 0: ground-truth lengths)")
-    g.add_argument("--curve-seconds", type=float, default=60.0,
+    g.add_argument("--curve-seconds", type=SECONDS, default=60.0,
                    help="training seconds of each reward curve, EasyTune and DRaFT-50 (60)")
-    g.add_argument("--eval-captions", type=int, default=32, help="held-out captions of the reward curve (32)")
+    g.add_argument("--eval-captions", type=COUNT, default=32, help="held-out captions of the reward curve (32)")
     g.add_argument("--no-progress", action="store_true", help="hide the progress output")
     add_allow_pickle(g)
     g.set_defaults(func=cmd_paper)
@@ -167,12 +167,6 @@ def cmd_paper(args: argparse.Namespace) -> int:
     check_profile(args.profile)
     check_json_out(args.out)
     steps = parse_steps(args.steps)
-    for flag, value, least in (("--batch-size", args.batch_size, 1), ("--length", args.length, 0),
-                               ("--eval-captions", args.eval_captions, 1)):
-        if value < least:
-            raise UserError(f"{flag}: must be at least {least} (got {value})")
-    if not args.curve_seconds > 0:
-        raise UserError(f"--curve-seconds: must be positive (got {args.curve_seconds})")
     if 0 < args.length < 4:
         raise UserError(f"--length: a motion needs at least 4 frames (got {args.length})")
     check_inputs(args.base, args.reward, args.data)
