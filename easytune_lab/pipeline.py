@@ -225,7 +225,8 @@ class Workbench:
             key = self._key("reward-spl", noise_aware=noise_aware, parents={"reward": parent.name}, config=spl_cfg)
 
             def build(out: Path) -> None:
-                spl_run(parent, self.data, out, self.profile, self.seed, str(self.torch_device), log=quiet)
+                spl_run(parent, self.data, out, self.profile, self.seed, str(self.torch_device), log=quiet,
+                        progress=self.progress)
                 _mark_manifest(out)
 
             return self._build("reward-spl", key, build)
@@ -236,7 +237,7 @@ class Workbench:
 
         def build(out: Path) -> None:
             train_run(self.data, out, self.profile, self.seed, str(self.torch_device), noise_aware=noise_aware,
-                      init=init, log=quiet)
+                      init=init, log=quiet, progress=self.progress)
             _mark_manifest(out)
 
         return self._build("reward-noise-aware" if noise_aware else "reward", key, build)
@@ -323,7 +324,7 @@ class Workbench:
                     list(texts), [int(n) for n in lengths], seed=int(seed), sampler=sampler, steps=steps))
             actions = load_actions(self.data)
             summary = evaluate(ev, gt, source, config, actions=actions,
-                               oracle=oracle_function() if actions is not None else None)
+                               oracle=oracle_function() if actions is not None else None, progress=self.progress)
             out.mkdir(parents=True)
             write_json(out / "metrics.json", summary)
             manifest = make_manifest("eval", config, seed=self.seed, device=str(self.torch_device),
@@ -372,3 +373,34 @@ def project_path(path: str | Path) -> Path:
     """``path`` if absolute, else relative to :func:`project_root`."""
     path = Path(path)
     return path if path.is_absolute() else project_root() / path
+
+
+def results_dir(profile: str, root: str | Path = "results") -> Path:
+    """Where a profile's results go: ``ROOT/<profile>`` (``results/quick``, ``results/smoke``, ...), so that no profile
+    can overwrite another's."""
+    return Path(root) / check_profile(profile)
+
+
+def notebook_workbench(profile: str, *, seed: int = 0, device: str = "auto", cache: str | Path = ".cache",
+                       data: str | Path = "", out_dir: str = "results/{profile}/notebook",
+                       progress: bool = True) -> tuple[Workbench, Path]:
+    """The setup cell of every claim notebook: the workbench and the output folder.
+
+    ``out_dir`` may name the profile as ``{profile}`` (the notebooks' default is ``results/{profile}/<notebook>``);
+    relative paths are resolved from the project root (:func:`project_path`). At the smoke profile (CI shares two
+    cores between everyone) torch runs on one thread. ``progress``: training stages show tqdm bars with an ETA."""
+    import torch
+
+    check_profile(profile)
+    if profile == "smoke":
+        os.environ.setdefault("EASYTUNE_THREADS", "1")
+        torch.set_num_threads(1)
+    wb = workbench(profile, seed=seed, device=device, cache=project_path(cache),
+                   data=project_path(data) if data else None, progress=progress)
+    try:
+        out = project_path(str(out_dir).format(profile=profile, seed=seed))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise UserError(f"out_dir: '{out_dir}' is not a path template with {{profile}} / {{seed}} ({exc})") from None
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"data {wb.data} | device {wb.torch_device} | profile {profile}, seed {seed} | results -> {out}")
+    return wb, out

@@ -70,3 +70,17 @@ def check_json_out(path: os.PathLike | str) -> None:
     if os.path.splitext(str(path))[1].lower() != ".json":
         raise UserError(f"--out {path}: must end in .json")
 
+
+
+def progress_bar(iterable=None, **kwargs):
+    """A tqdm progress bar (elapsed time, rate and ETA) for every long job: training, cache builds, evaluation.
+
+    In a kernel started by a Jupyter server (JupyterLab, Notebook: ``JPY_SESSION_NAME`` is set) it is
+    ``tqdm.auto``'s widget bar; elsewhere (terminal, papermill, CI) the text bar, which also renders in a notebook's
+    saved output, where a widget would be stored at its first state. ``EASYTUNE_PROGRESS=text|widget`` overrides."""
+    choice = os.environ.get("EASYTUNE_PROGRESS", "auto")
+    if choice == "widget" or (choice == "auto" and os.environ.get("JPY_SESSION_NAME")):
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
+    return tqdm(iterable, **kwargs)

@@ -48,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--data", required=True, type=Path, help="HumanML3D-format dataset directory")
     st.add_argument("--profile", default="quick", help="smoke | quick | paper (default quick)")
     st.add_argument("--runs", required=True, type=Path, help="directory for the run directories (must not hold them yet)")
-    st.add_argument("--results", type=Path, default=Path("results/reward"), help="summary JSON directory")
+    st.add_argument("--results", type=Path, default=None,
+                    help="summary JSON directory (default results/<profile>/reward)")
     st.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="seeds of the plain/SPL runs")
     st.add_argument("--noise-seeds", type=int, nargs="*", default=[0], help="seeds of the noise-aware runs")
     st.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
@@ -83,7 +84,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..reward.pipeline import train_run
 
     train_run(args.data, args.out, args.profile, args.seed, args.device, noise_aware=args.noise_aware,
-              epochs=args.epochs, schedule=args.schedule, text_model=args.text_model, init=args.init)
+              epochs=args.epochs, schedule=args.schedule, text_model=args.text_model, init=args.init, progress=True)
     return 0
 
 
@@ -91,7 +92,7 @@ def cmd_spl(args: argparse.Namespace) -> int:
     from ..reward.pipeline import spl_run
 
     spl_run(args.reward, args.data, args.out, args.profile, args.seed, args.device, k=args.k,
-            weight=args.spl_weight, epochs=args.epochs)
+            weight=args.spl_weight, epochs=args.epochs, progress=True)
     return 0
 
 
@@ -100,6 +101,10 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     if not args.seeds or not args.noise_seeds:
         raise UserError("--seeds/--noise-seeds: give at least one seed each")
+    if args.results is None:
+        from ..pipeline import results_dir
+
+        args.results = results_dir(args.profile) / "reward"
     if args.summarise_only:
         summarise(args.runs, args.results)
     else:

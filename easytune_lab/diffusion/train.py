@@ -316,7 +316,7 @@ def pretrain(config: PretrainConfig, data: PretrainData, run_dir: str | Path, *,
     the manifest (not in the config, whose hash keys cached runs). Under torchrun every rank calls this; only
     rank 0 writes.
     """
-    from tqdm import tqdm
+    from ..runtime import progress_bar as tqdm
 
     run_dir = Path(run_dir)
     device = torch.device(device)

@@ -189,7 +189,7 @@ def retrieval_scores(text: np.ndarray, motion: np.ndarray, seed: int = 0) -> dic
 def train_evaluator(data_root: str | Path, config: EvaluatorTrainConfig, out_dir: str | Path,
                     seed: int = EVALUATOR_SEED, device: torch.device | str = "cpu", progress: bool = True) -> dict:
     """Train on ``DATA/train.txt``, select on ``DATA/val.txt``, write the run directory; returns metrics.json."""
-    from tqdm import tqdm
+    from ..runtime import progress_bar as tqdm
 
     if config.loss not in ("infonce", "margin"):
         raise UserError(f"loss: unknown loss '{config.loss}' (choose infonce or margin)")

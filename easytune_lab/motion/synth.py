@@ -294,7 +294,7 @@ def generate_dataset(out_dir: str | os.PathLike, num_motions: int = 4000, seed: 
 
 
 def _run_jobs(seed: int, num_motions: int, tmp: Path, workers: int, progress: bool) -> list[dict]:
-    from tqdm import tqdm
+    from ..runtime import progress_bar as tqdm
 
     jobs = [(seed, i, str(tmp)) for i in range(num_motions)]
     bar = tqdm(total=num_motions, desc="synth", unit="motion", disable=not progress)

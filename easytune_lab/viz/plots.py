@@ -49,7 +49,8 @@ def mean_ci(samples: Any, level: float = 0.95, axis: int = 0) -> tuple[np.ndarra
     return mean, mean - half, mean + half
 
 
-def _new_figure(size: tuple[float, float]):
+def new_figure(size: tuple[float, float]):
+    """A matplotlib Figure with an Agg canvas and constrained layout, outside pyplot (no global state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -68,6 +69,45 @@ def save_png(fig: Any, out_path: str | Path, dpi: int = 120) -> Path:
     return out_path
 
 
+def run_label(profile: str, seed: int | str, notebook: str = "") -> str:
+    """How every figure and table names where it comes from: ``"03_memory · profile quick · seed 0"``."""
+    return " · ".join(p for p in (notebook, f"profile {profile}", f"seed {seed}") if p)
+
+
+def show_figure(fig: Any, out_path: str | Path, label: str, dpi: int = 120) -> None:
+    """Name the figure's profile and seed (``label``, see :func:`run_label`) above it, save it as PNG
+    (:func:`save_png`) and display that PNG inline when running in IPython/Jupyter, so an executed notebook shows
+    every figure it writes."""
+    old = fig._suptitle.get_text() if getattr(fig, "_suptitle", None) is not None else ""
+    fig.suptitle(f"{old}\n{label}" if old and label not in old else (old or label), fontsize=8, color="0.35")
+    display_png(save_png(fig, out_path, dpi=dpi))
+
+
+def display_png(path: str | Path) -> None:
+    """Display a PNG file inline (an ``image/png`` output) when IPython is running; otherwise do nothing."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import Image, display
+    except ImportError:
+        return
+    if get_ipython() is not None:
+        display(Image(filename=str(path)))
+
+
+def write_table(table: Any, out_path: str | Path, profile: str, seed: int, index: bool = False) -> Path:
+    """Write a pandas table as CSV (atomically) with ``profile`` and ``seed`` columns in front, so the file names
+    where its numbers come from; the table passed in is not changed. Returns the path."""
+    out_path = Path(out_path)
+    named = table.copy()
+    for pos, (col, value) in enumerate((("profile", profile), ("seed", seed))):
+        if col in named.columns:
+            named = named.drop(columns=col)
+        named.insert(pos, col, value)
+    with atomic_path(out_path) as tmp:
+        named.to_csv(tmp, index=index)
+    return out_path
+
+
 def line_plot(
     series: Sequence[Series],
     out_path: str | Path | None = None,
@@ -81,7 +121,7 @@ def line_plot(
     """Lines with shaded bands (where ``lo``/``hi`` are given); saved to ``out_path`` if given. Returns the Figure."""
     if not series:
         raise UserError("series: nothing to plot")
-    fig = _new_figure(size)
+    fig = new_figure(size)
     ax = fig.add_subplot()
     for s in series:
         x, y = np.asarray(s.x, dtype=float), np.asarray(s.y, dtype=float)
@@ -122,7 +162,7 @@ def bar_chart(
     values = np.asarray(values, dtype=float)
     if len(labels) != len(values) or len(values) == 0:
         raise UserError(f"bar_chart: {len(labels)} labels for {len(values)} values")
-    fig = _new_figure(size)
+    fig = new_figure(size)
     ax = fig.add_subplot()
     colours = ["#d62728" if label in highlight else "#1f77b4" for label in labels]
     bars = ax.bar(range(len(values)), values, color=colours, yerr=errors, capsize=3 if errors is not None else 0)
