@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import UserError
-from .runs import MANIFEST, config_hash, config_to_dict, read_manifest, write_manifest
+from .runs import MANIFEST, config_hash, config_to_dict, project_root, read_manifest, write_manifest
 from .runtime import check_profile
 
 # Size of the procedural dataset per profile. 15 % of it is the test split (see motion.synth.split_ids), and the
@@ -359,18 +359,9 @@ def workbench(profile: str = "smoke", seed: int = 0, device: str = "auto", cache
                      user_data=Path(data) if data is not None else None, progress=progress)
 
 
-def project_root(start: str | Path | None = None) -> Path:
-    """The nearest directory at or above ``start`` (default: the working directory) holding ``pyproject.toml``
-    — notebooks run with their own folder as working directory, and resolve ``.cache``/``results`` from here."""
-    here = Path(start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").is_file() and (folder / "easytune_lab").is_dir():
-            return folder
-    return here
-
-
 def project_path(path: str | Path) -> Path:
-    """``path`` if absolute, else relative to :func:`project_root`."""
+    """``path`` if absolute, else relative to :func:`~easytune_lab.runs.project_root` (notebooks run with their
+    own folder as working directory, and resolve ``.cache``/``results`` from the project root)."""
     path = Path(path)
     return path if path.is_absolute() else project_root() / path
 

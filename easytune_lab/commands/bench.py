@@ -6,14 +6,14 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
-from ..runs import add_allow_pickle
+from ..runs import add_allow_pickle, run_path
 from .finetune import check_inputs
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", required=True, help="comma-separated methods, e.g. easytune,draft")
-    p.add_argument("--base", required=True, type=Path, help="backbone run")
-    p.add_argument("--reward", required=True, type=Path, help="reward run")
+    p.add_argument("--base", required=True, type=run_path, help="backbone run (path or name)")
+    p.add_argument("--reward", required=True, type=run_path, help="reward run (path or name)")
     p.add_argument("--data", required=True, type=Path, help="dataset directory")
     p.add_argument("--profile", default="smoke", help="smoke | quick | paper")
     p.add_argument("--seed", type=int, default=0)

@@ -6,14 +6,23 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
-from ..runs import add_allow_pickle
+from ..runs import add_allow_pickle, run_path
+
+
+def model_argument(value: str) -> str:
+    """``--model``: a baseline word as it is, else a generator run (a path or a name, :func:`run_path`)."""
+    from ..eval.protocol import BASELINES
+
+    return value if value in BASELINES else str(run_path(value))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="R-Precision, FID, MM-Dist, Diversity (and MultiModality) with replications")
-    p.add_argument("--model", required=True,
-                   help="gt (the real-motion row), noise, repeat or shuffled (sanity baselines), or a generator run directory")
-    p.add_argument("--evaluator", required=True, type=Path, help="run directory of `easytune evaluator train`")
+    p.add_argument("--model", required=True, type=model_argument,
+                   help="gt (the real-motion row), noise, repeat or shuffled (sanity baselines), or a generator run "
+                        "(path or name)")
+    p.add_argument("--evaluator", required=True, type=run_path,
+                   help="run of `easytune evaluator train` (path or name)")
     p.add_argument("--data", required=True, type=Path, help="HumanML3D-format dataset directory")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate (test)")
     p.add_argument("--replications", type=int, default=20, help="replications (T2M: 20)")

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
+from ..runs import add_name_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--epochs", type=int, default=None, help="override the profile's number of epochs")
     t.add_argument("--max-seconds", type=float, default=None, help="override the profile's training time budget")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_name_argument(t)
     t.set_defaults(func=cmd_train, distributed=True)
 
 

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
-from ..runs import add_allow_pickle
+from ..runs import add_allow_pickle, add_name_argument, run_path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,21 +27,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--text-model", type=Path, default=None,
                    help="optional local Hugging Face text model directory (frozen; never downloaded)")
     t.add_argument("--epochs", type=int, default=None, help="override the profile's number of epochs")
-    t.add_argument("--init", type=Path, default=None,
+    t.add_argument("--init", type=run_path, default=None,
                    help="start from this reward run (its weights, vocabulary and model size) instead of a fresh "
                         "reward: with --noise-aware from a plain run (the timestep embedding starts at zero), "
                         "else the run is trained on for the profile's epochs")
     add_allow_pickle(t)
+    add_name_argument(t)
     t.set_defaults(func=cmd_train, distributed=True)
 
     s = rsub.add_parser("spl", help="refine a trained reward with Self-refinement Preference Learning")
-    s.add_argument("--reward", required=True, type=Path, help="a reward run directory (from `reward train`)")
+    s.add_argument("--reward", required=True, type=run_path,
+                   help="a reward run (from `reward train`; path or name)")
     _common(s)
     s.add_argument("--k", type=int, default=None, help="top-k of the mining rule (default: the profile's, 10)")
     s.add_argument("--spl-weight", type=float, default=None,
                    help="weight of the SPL loss (0 = control: same extra epochs, InfoNCE only)")
     s.add_argument("--epochs", type=int, default=None, help="override the profile's number of SPL epochs")
     add_allow_pickle(s)
+    add_name_argument(s)
     s.set_defaults(func=cmd_spl, distributed=True)
 
     st = rsub.add_parser("study", help="SPL before/after (with a no-SPL control) over seeds; plain vs noise-aware")
@@ -56,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--summarise-only", action="store_true", help="only summarise the finished runs under --runs")
     st.set_defaults(func=cmd_study)
     ev = rsub.add_parser("eval", help="test-split retrieval of a reward run at chosen noise levels")
-    ev.add_argument("--reward", required=True, type=Path, help="a reward run directory")
+    ev.add_argument("--reward", required=True, type=run_path, help="a reward run (path or name)")
     ev.add_argument("--data", required=True, type=Path, help="HumanML3D-format dataset directory")
     ev.add_argument("--timesteps", default="0", help="comma-separated noise levels t in [0, 999] (default 0)")
     ev.add_argument("--out", required=True, type=Path, help="output JSON file")
