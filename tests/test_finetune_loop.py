@@ -121,6 +121,41 @@ def test_easytune_step_gradient_equals_isolated_step_gradient():
         x = x_prev
 
 
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_easytune_last_k_trains_exactly_the_last_k_steps(k):
+    """``train_steps="last"``: the last k steps build a graph and update, each with the isolated-step gradient of
+    the (sampled, gradient-free) trajectory; no earlier step builds a graph."""
+    num_steps = 12
+    net, traj, plans, opt, stats = run("easytune", num_steps, lr=0.0,
+                                       cfg=PolicyConfig(train_steps="last", num_train_steps=k))
+    last = list(range(num_steps - k, num_steps))
+    assert graph_steps(plans) == last and stats.graph_calls == last
+    assert [i for i, grad in net.calls if grad] == last
+    assert stats.optimizer_steps == k and stats.reward_steps == last
+    x = traj.initial_noise(None)
+    for i in range(num_steps):
+        x = x.detach()
+        net.zero_grad()
+        x_prev, x0_hat = traj.step(x, i, None, False)
+        if i >= num_steps - k:
+            (-reward(x0_hat, 0).mean()).backward()
+            for got, p in zip(opt.recorded[i - (num_steps - k)], net.parameters()):
+                torch.testing.assert_close(got, p.grad, rtol=1e-12, atol=1e-12)
+        x = x_prev
+
+
+def test_easytune_last_defaults_to_ten_steps_and_refuses_more_than_T():
+    from easytune_lab.errors import UserError
+    from easytune_lab.finetune.policy import LAST_K
+    from easytune_lab.finetune.train import expected_updates, finetune_config
+
+    plans = make_policy("easytune", PolicyConfig(train_steps="last")).plan(50, np.random.default_rng(0))
+    assert graph_steps(plans) == list(range(50 - LAST_K, 50)) and LAST_K == 10
+    assert expected_updates(finetune_config("easytune", "quick", train_steps="last")) == LAST_K
+    with pytest.raises(UserError, match="num-train-steps"):
+        finetune_config("easytune", "smoke", train_steps="last", num_train_steps=11)
+
+
 def trajectory_reward(net: ToyNet, num_steps: int) -> float:
     traj = ToyTrajectory(net, num_steps)
     x = traj.initial_noise(None)

@@ -10,7 +10,7 @@ from ..runs import add_allow_pickle, add_name_argument, run_path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..finetune.policy import POLICIES
+    from ..finetune.policy import POLICIES, TRAIN_STEPS
 
     p = sub.add_parser("finetune", help="fine-tune a backbone run against a reward run")
     p.add_argument("--method", required=True, help=f"one of: {', '.join(POLICIES)}")
@@ -27,8 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", choices=["ddim", "ddpm", "consistency"], default=None)
     p.add_argument("--reward-on", choices=["x0_hat", "x_t"], default=None,
                    help="x0_hat: reward on the predicted clean motion (ODE); x_t: noise-aware reward on x_t")
-    p.add_argument("--train-steps", choices=["all", "uniform", "weighted"], default=None,
-                   help="EasyTune: which steps to train")
+    p.add_argument("--train-steps", choices=list(TRAIN_STEPS), default=None,
+                   help="EasyTune: which steps to train (last: the last --num-train-steps, default 10)")
+    p.add_argument("--num-train-steps", type=int, default=None,
+                   help="EasyTune with --train-steps uniform|last: how many steps carry a gradient")
     p.add_argument("--weighting", choices=["uniform", "early", "late"], default=None)
     p.add_argument("--reg-weight", type=float, default=None, help="regulariser toward the frozen base model")
     p.add_argument("--lr", type=float, default=None)
@@ -95,7 +97,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from ..finetune.train import finetune_config, run_finetune
 
     cfg = finetune_config(args.method, args.profile, iterations=args.steps, sample_steps=args.sample_steps,
-                          sampler=args.sampler, k=args.k, train_steps=args.train_steps, weighting=args.weighting,
+                          sampler=args.sampler, k=args.k, train_steps=args.train_steps,
+                          num_train_steps=args.num_train_steps, weighting=args.weighting,
                           lr=args.lr, batch_size=args.batch_size, seed=args.seed, lora_rank=args.lora_rank,
                           lora_alpha=args.lora_alpha, eval_every=args.eval_every, eval_motions=args.eval_motions,
                           checkpoint_every=args.checkpoint_every)

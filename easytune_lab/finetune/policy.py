@@ -35,6 +35,10 @@ import numpy as np
 from ..errors import UserError
 
 DETACH_MODES = ("none", "input", "state")
+#: EasyTune's choices of trained steps (``PolicyConfig.train_steps``).
+TRAIN_STEPS = ("all", "uniform", "last", "weighted")
+#: ``train_steps="last"``'s default number of steps: the authors' code trains the last k = 10 of T.
+LAST_K = 10
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,9 @@ class PolicyConfig:
 
     k: DRaFT-K's number of final steps with gradient; DRTune's number of trainable steps.
     train_steps: EasyTune's choice of steps: ``all`` | ``uniform`` (``num_train_steps`` drawn per trajectory)
-        | ``weighted`` (all steps, each step's update scaled by ``weighting``: ``StepPlan.lr_scale``).
+        | ``last`` (the last ``num_train_steps`` steps, default 10: the authors' code, k = 10; the earlier steps
+        only sample, without a graph) | ``weighted`` (all steps, each step's update scaled by ``weighting``:
+        ``StepPlan.lr_scale``).
     weighting: ``uniform`` | ``early`` | ``late`` (weights over step index, normalised to mean 1).
     lv_samples: DRaFT-LV's number of re-noised final samples.
     late_fraction: ReFL/DRTune draw their stop step among the last ``late_fraction`` of the trajectory.
@@ -119,11 +125,17 @@ class EasyTune(Policy):
             chosen = np.zeros(num_steps, dtype=bool)
             chosen[rng.choice(num_steps, size=m, replace=False)] = True
             weights = np.ones(num_steps)
+        elif cfg.train_steps == "last":
+            m = cfg.num_train_steps or min(LAST_K, num_steps)
+            if not 1 <= m <= num_steps:
+                raise UserError(f"num_train_steps: must be in [1, {num_steps}] (got {m})")
+            chosen = np.arange(num_steps) >= num_steps - m
+            weights = np.ones(num_steps)
         elif cfg.train_steps == "weighted":
             chosen = np.ones(num_steps, dtype=bool)
             weights = step_weights(num_steps, cfg.weighting)
         else:
-            raise UserError(f"train_steps: unknown choice '{cfg.train_steps}' (choose all, uniform or weighted)")
+            raise UserError(f"train_steps: unknown choice '{cfg.train_steps}' (choose {', '.join(TRAIN_STEPS)})")
         return [StepPlan(grad=True, detach=self.detach, reward_weight=1.0, update=True, lr_scale=float(weights[i]))
                 if chosen[i] else StepPlan() for i in range(num_steps)]
 

@@ -46,7 +46,7 @@ from ..runtime import check_profile
 from .adapters import BackboneTrajectory, reward_function
 from .loop import LoopConfig, TrajectoryStats, run_trajectory
 from .lora import LoraConfig, check_lora, save_weights, trainable_parameters
-from .policy import POLICIES, PolicyConfig, make_policy
+from .policy import LAST_K, POLICIES, TRAIN_STEPS, PolicyConfig, make_policy
 
 CHECKPOINT = "checkpoint"
 
@@ -134,6 +134,11 @@ def validate(cfg: FinetuneConfig) -> None:
         raise UserError(f"--sample-steps: must be in [1, 1000] (got {cfg.sample_steps})")
     if cfg.method in ("draft", "drtune") and not 1 <= cfg.policy.k <= cfg.sample_steps:
         raise UserError(f"--k: must be in [1, {cfg.sample_steps}] for {cfg.method} (got {cfg.policy.k})")
+    if not 0 <= cfg.policy.num_train_steps <= cfg.sample_steps:
+        raise UserError(f"--num-train-steps: must be in [1, {cfg.sample_steps}] (or 0 for the default; got "
+                        f"{cfg.policy.num_train_steps})")
+    if cfg.policy.train_steps not in TRAIN_STEPS:
+        raise UserError(f"--train-steps: unknown choice '{cfg.policy.train_steps}' (choose {', '.join(TRAIN_STEPS)})")
     if cfg.loop.reward_on not in ("x0_hat", "x_t"):
         raise UserError(f"--reward-on: must be x0_hat or x_t (got '{cfg.loop.reward_on}')")
     if cfg.lr_schedule not in ("constant", "cosine"):
@@ -151,6 +156,8 @@ def expected_updates(cfg: FinetuneConfig) -> int:
     if cfg.method == "easytune":
         if cfg.policy.train_steps == "uniform":
             return cfg.policy.num_train_steps or max(1, cfg.sample_steps // 5)
+        if cfg.policy.train_steps == "last":
+            return cfg.policy.num_train_steps or min(LAST_K, cfg.sample_steps)
         return cfg.sample_steps
     return 1
 
