@@ -58,7 +58,7 @@ def _first_process() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     from . import distributed
-    from .runs import check_name, pickle_allowed, register_name
+    from .runs import check_name, pickle_allowed, register_name, write_tensorboard
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -71,8 +71,10 @@ def main(argv: list[str] | None = None) -> int:
             check_name(name, args.out)
         with pickle_allowed(getattr(args, "allow_pickle", False)):
             result = args.func(args)
-        if name is not None and not result and _first_process():
-            register_name(name, args.out)
+        if getattr(args, "distributed", False) and not result and _first_process() and getattr(args, "out", None):
+            write_tensorboard(args.out)      # training curves for TensorBoard, when it is installed
+            if name is not None:
+                register_name(name, args.out)
     except UserError as exc:
         if _first_process():  # under torchrun every rank fails alike; one line is enough
             print(f"easytune: error: {exc}", file=sys.stderr)

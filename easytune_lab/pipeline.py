@@ -33,7 +33,8 @@ from typing import Callable
 import numpy as np
 
 from .errors import UserError
-from .runs import MANIFEST, config_hash, config_to_dict, project_root, read_manifest, write_manifest
+from .runs import (MANIFEST, config_hash, config_to_dict, project_root, read_manifest, write_manifest,
+                   write_tensorboard)
 from .runtime import check_profile
 
 # Size of the procedural dataset per profile. 15 % of it is the test split (see motion.synth.split_ids), and the
@@ -133,6 +134,7 @@ class Workbench:
             manifest["cache_key"] = config_to_dict(key)
             manifest["cache_seconds"] = time.perf_counter() - start
             write_manifest(tmp, manifest)
+            write_tensorboard(tmp)          # training curves, when the tensorboard package is installed
             try:
                 os.replace(tmp, final)
             except OSError:

@@ -469,3 +469,77 @@ def list_runs(cache: str | os.PathLike | None = None) -> list[dict]:
                          "status": "missing", "age": "", "path": path})
     created = {str(p): (p / MANIFEST).stat().st_mtime if (p / MANIFEST).is_file() else 0 for p in dirs.values()}
     return sorted(rows, key=lambda r: -created.get(r["path"], 0))
+
+
+# ----------------------------------------------------------------------------------------------- training curves
+TENSORBOARD = "tensorboard"     # RUN/tensorboard/: event files of the run's curves (only with the `tb` extra)
+NOT_CURVES = frozenset({"optimizer_steps", "seconds", "texts_seen"})   # counters and clocks, not curves
+
+
+def training_series(metrics: dict) -> dict[str, tuple[str, list[float], list[float]]]:
+    """The curves a run logged in its ``metrics.json``, as ``{name: (x label, x, y)}``: pretraining's ``log``
+    (loss and lr per logged step), fine-tuning's ``log`` (reward, loss, gradient norm, lr per iteration) and
+    ``evaluations``, reward and evaluator training's ``history`` (per epoch). Non-numeric and mismatched series
+    are left out."""
+    series: dict[str, tuple[str, list[float], list[float]]] = {}
+
+    def add(prefix: str, rows: dict, xkey: str) -> None:
+        x = rows.get(xkey)
+        if not isinstance(x, list) or not x:
+            return
+        for key, values in rows.items():
+            if key == xkey or key in NOT_CURVES or not isinstance(values, list) or len(values) != len(x):
+                continue
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                series[f"{prefix}/{key}"] = (xkey, [float(v) for v in x], [float(v) for v in values])
+
+    def columns(rows: list) -> dict:
+        keys = [k for k in rows[0] if all(isinstance(r, dict) and k in r for r in rows)]
+        return {k: [r[k] for r in rows] for k in keys}
+
+    log = metrics.get("log")
+    if isinstance(log, dict):
+        add("train", log, "iteration" if "iteration" in log else "step")
+    history = metrics.get("history")
+    if isinstance(history, list) and history and isinstance(history[0], dict):
+        add("train", columns(history), "epoch")
+    evaluations = metrics.get("evaluations")
+    if isinstance(evaluations, list) and evaluations and isinstance(evaluations[0], dict):
+        add("eval", columns(evaluations), "iteration")
+    return series
+
+
+def write_tensorboard(run_dir: str | os.PathLike) -> Path | None:
+    """Write the run's curves (:func:`training_series`) as TensorBoard event files into ``RUN/tensorboard/``, so
+    ``tensorboard --logdir .cache/runs`` shows every run. Only when the ``tensorboard`` package is importable
+    (``pip install "easytune_lab[tb]"``); otherwise, or when the run has no curves, nothing is written and None is
+    returned. Rewrites the folder whole (written beside it and swapped in)."""
+    try:
+        import tensorboard  # noqa: F401
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    run_dir = Path(run_dir)
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    series = training_series(metrics) if isinstance(metrics, dict) else {}
+    if not series:
+        return None
+    final = run_dir / TENSORBOARD
+    tmp = run_dir / f".{TENSORBOARD}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    writer = SummaryWriter(log_dir=str(tmp))
+    try:
+        for name, (_, xs, ys) in series.items():
+            for x, y in zip(xs, ys):
+                writer.add_scalar(name, y, global_step=int(x))
+    finally:
+        writer.close()
+    old = run_dir / f".{TENSORBOARD}.old-{os.getpid()}"
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final

@@ -82,6 +82,13 @@ def test_named_runs_end_to_end(tmp_path, monkeypatch, capsys, smoke_runs):
     assert rows["tiny-mdm"]["stage"] == "backbone" and rows["tiny-mdm"]["what"] == "mdm"
     assert rows["tiny-mdm"]["profile"] == "smoke" and rows["tiny-mdm"]["path"] == str(base.resolve())
     assert json.loads((base / "manifest.json").read_text())["name"] == "tiny-mdm"
+    assert json.loads((base / "metrics.json").read_text())["log"]["lr"]          # lr per logged step
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        assert not (base / "tensorboard").exists()
+    else:
+        assert any((base / "tensorboard").glob("events.out.tfevents.*"))
     capsys.readouterr()
     assert main(["runs", "--cache", str(tmp_path / "cache")]) == 0
     listing = capsys.readouterr().out.splitlines()
@@ -116,3 +123,44 @@ def test_named_runs_end_to_end(tmp_path, monkeypatch, capsys, smoke_runs):
     assert main(["export", "bvh", "--features", str(two), "--index", "1", "--out", str(tmp_path / "x.bvh")]) == 0
     assert main(["export", "html", "--features", str(two), "--out", str(tmp_path / "both.html")]) == 0
     assert "two[1]" in (tmp_path / "both.html").read_text()
+
+
+def test_training_series_and_tensorboard(tmp_path, monkeypatch):
+    """Curves read from a run's metrics.json; TensorBoard event files only when tensorboard is importable."""
+    import sys
+
+    from easytune_lab.runs import training_series, write_tensorboard
+    from easytune_lab.viz.plots import training_curves
+
+    metrics = {"log": {"iteration": [1, 2, 3], "reward": [0.1, 0.5, 0.9], "lr": [1e-3, 1e-3, 5e-4],
+                       "optimizer_steps": [10, 20, 30], "time": [{"a": 1}] * 3, "short": [1.0]},
+               "evaluations": [{"iteration": 0, "reward": 0.0}, {"iteration": 3, "reward": 0.8}],
+               "history": [{"epoch": 1, "loss": 2.0, "seconds": 1.0}, {"epoch": 2, "loss": 1.5, "seconds": 1.0}]}
+    series = training_series(metrics)
+    assert set(series) == {"train/reward", "train/lr", "eval/reward", "train/loss"}
+    assert series["train/lr"] == ("iteration", [1.0, 2.0, 3.0], [1e-3, 1e-3, 5e-4])
+    assert series["train/loss"] == ("epoch", [1.0, 2.0], [2.0, 1.5])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    fig = training_curves(run, tmp_path / "curves.png")
+    assert len(fig.axes) >= 4 and (tmp_path / "curves.png").stat().st_size > 1000
+    assert fig._repr_png_().startswith(b"\x89PNG")          # a notebook shows the figure, not <Figure size ...>
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        assert write_tensorboard(run) is None and not (run / "tensorboard").exists()
+    else:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(write_tensorboard(run)))
+        events.Reload()
+        assert set(events.Tags()["scalars"]) == set(series)
+        assert [e.value for e in events.Scalars("train/reward")] == pytest.approx([0.1, 0.5, 0.9])
+        assert write_tensorboard(run) == run / "tensorboard"     # rewritten whole, no leftovers
+        assert sorted(p.name for p in run.iterdir()) == ["metrics.json", "tensorboard"]
+    monkeypatch.setitem(sys.modules, "tensorboard", None)       # not installed: nothing is written
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "metrics.json").write_text(json.dumps(metrics))
+    assert write_tensorboard(other) is None and not (other / "tensorboard").exists()

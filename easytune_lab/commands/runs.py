@@ -11,6 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..errors import UserError
+
 COLUMNS = ("name", "stage", "what", "profile", "seed", "options", "status", "age", "path")
 HEADERS = {"what": "backbone/method"}
 
@@ -21,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="cache whose runs/ and names.json are listed (default: $EASYTUNE_CACHE or the project's .cache)")
     p.add_argument("--stage", default=None, help="only runs of this stage (backbone, reward, finetune, evaluator, ...)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="(re)write every listed run's curves as TensorBoard event files (needs the tb extra)")
     p.set_defaults(func=cmd_runs)
 
 
@@ -33,12 +37,21 @@ def format_table(rows: list[dict]) -> str:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from ..runs import cache_root, list_runs
+    from ..runs import cache_root, list_runs, write_tensorboard
 
     cache = args.cache or cache_root()
     rows = list_runs(cache)
     if args.stage:
         rows = [r for r in rows if r["stage"] == args.stage]
+    if args.tensorboard:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise UserError('--tensorboard: the tensorboard package is not installed (pip install "easytune_lab[tb]")') \
+                from None
+        written = [p for p in (write_tensorboard(r["path"]) for r in rows if r["status"] == "complete") if p]
+        print(f"wrote TensorBoard curves of {len(written)} run(s); view them with: tensorboard --logdir {cache / 'runs'}")
+        return 0
     if args.json:
         print(json.dumps(rows, indent=1))
     elif not rows:

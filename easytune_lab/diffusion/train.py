@@ -406,6 +406,7 @@ def pretrain(config: PretrainConfig, data: PretrainData, run_dir: str | Path, *,
             state["log"]["step"].append(step)
             state["log"]["stage"].append(stage)
             state["log"]["loss"].append(sum(window) / len(window))
+            state["log"].setdefault("lr", []).append(lr)
             window = []
         if step % config.checkpoint_every == 0 or step == end:
             state.update(step=step, stage=stage, lr=lr, window=window,

@@ -243,6 +243,7 @@ def train_evaluator(data_root: str | Path, config: EvaluatorTrainConfig, out_dir
             with _private_rng():
                 scores = retrieval_scores(*embed_dataset(model, val, device), seed=seed)
             history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(elapsed, 2),
+                            "lr": float(opt.param_groups[0]["lr"]),
                             **{k: scores[k] for k in ("r_precision_top1", "r_precision_top3", "mm_dist")}})
             key = scores["r_precision_top1"] + scores["r_precision_top2"] + scores["r_precision_top3"]
             if best is None or key > best[0]:

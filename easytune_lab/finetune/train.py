@@ -444,6 +444,7 @@ def run_finetune(cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Pa
         log["optimizer_steps"].append(steps_done)
         log["time"].append({k: round(v, 6) for k, v in stats.time.items()})
         log["grad_norm"].append(float(np.mean(stats.grad_norms)) if stats.grad_norms else 0.0)
+        log.setdefault("lr", []).append(float(tuner.scheduler.get_last_lr()[0]))  # the schedule's lr after it
         bar.update(1)
         last = it + 1 == cfg.iterations
         if ((cfg.eval_every and (it + 1) % cfg.eval_every == 0) or last) and main:

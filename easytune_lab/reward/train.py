@@ -293,7 +293,8 @@ def _run_epochs(reward: Reward, train, train_idx, cfg: RewardTrainConfig, device
             sums.update({k: float(v) for k, v in zip(keys, mean.tolist())})
         nb = max(1, sums["batches"])
         row = {"epoch": epoch + 1, "loss": sums["loss"] / nb, "infonce": sums["nce"] / nb,
-               "logit_scale": float(reward.logit_scale().detach()), "seconds": time.perf_counter() - start}
+               "logit_scale": float(reward.logit_scale().detach()), "seconds": time.perf_counter() - start,
+               "lr": float(opt.param_groups[0]["lr"])}
         if spl is not None:
             row.update({"spl_loss": sums["spl"] / nb, "mined_pairs": sums["pairs"],
                         "texts_seen": sums["batches"] * batch_size})

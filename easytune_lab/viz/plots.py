@@ -50,11 +50,20 @@ def mean_ci(samples: Any, level: float = 0.95, axis: int = 0) -> tuple[np.ndarra
 
 
 def new_figure(size: tuple[float, float]):
-    """A matplotlib Figure with an Agg canvas and constrained layout, outside pyplot (no global state)."""
+    """A matplotlib Figure with an Agg canvas and constrained layout, outside pyplot (no global state). It shows
+    itself as a PNG when it is a notebook cell's value (``_repr_png_``), instead of ``<Figure size ...>``."""
+    import io
+
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=size, layout="constrained")
+    class ReportFigure(Figure):
+        def _repr_png_(self) -> bytes:
+            buf = io.BytesIO()
+            self.savefig(buf, format="png", dpi=100)
+            return buf.getvalue()
+
+    fig = ReportFigure(figsize=size, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
@@ -172,6 +181,45 @@ def bar_chart(
     ax.grid(axis="y", alpha=0.3)
     if annotate:
         ax.bar_label(bars, fmt="%.3g", fontsize=7)
+    if out_path is not None:
+        save_png(fig, out_path)
+    return fig
+
+
+def training_curves(run: str | Path, out_path: str | Path | None = None, columns: int = 3):
+    """Every curve a run logged (loss, reward, lr, gradient norm, ... per step, iteration or epoch; see
+    :func:`easytune_lab.runs.training_series`) in one figure, one panel each, titled with the run's name or folder,
+    stage, profile and seed. ``run``: a run directory or a name (``easytune runs``). Saved as PNG when ``out_path``
+    is given; shown inline as a notebook cell's value. Returns the Figure."""
+    import json
+
+    from ..runs import MANIFEST, describe_run, resolve_run, training_series
+
+    run_dir = resolve_run(run)
+    metrics_path = Path(run_dir) / "metrics.json"
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{run}: no readable metrics.json ({exc})") from None
+    series = training_series(metrics)
+    if not series:
+        raise UserError(f"{metrics_path}: no logged curves")
+    row = describe_run(run_dir) if (Path(run_dir) / MANIFEST).is_file() else {}
+    cols = min(columns, len(series))
+    rows = -(-len(series) // cols)
+    fig = new_figure((3.6 * cols, 2.6 * rows))
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, (name, (xlabel, xs, ys)) in zip(axes, series.items()):
+        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3)
+        ax.set(title=name, xlabel=xlabel)
+        if name.endswith("/lr") and min(ys) > 0:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(series):]:
+        ax.set_visible(False)
+    what = " ".join(str(row.get(k, "")) for k in ("stage", "what") if row.get(k))
+    label = run_label(row.get("profile") or "?", row.get("seed") or "?", row.get("name") or Path(run_dir).name)
+    fig.suptitle(f"{label} · {what}" if what else label, fontsize=9)
     if out_path is not None:
         save_png(fig, out_path)
     return fig
