@@ -43,13 +43,16 @@ def test_every_figure_is_shown_and_every_table_names_its_run(path):
     source = "\n".join(_code(path))
     pngs = re.findall(r'out / "([^"]+\.png)"', source)
     for png in pngs:
-        assert re.search(r'show_figure\(\w+, out / "%s", label\)' % re.escape(png), source), f"{path.name}: {png}"
+        assert re.search(r'show_figure\(\w+, out / "%s", figure_label\)' % re.escape(png), source), f"{path.name}: {png}"
     assert "savefig" not in source and "plt." not in source, f"{path.name}: a figure bypasses show_figure"
     for csv in re.findall(r'out / "([^"]+\.csv)"', source):
         if csv != "paper_reference_claims.csv":   # the paper's claims, not our numbers
             assert re.search(r'write_table\(\w+, out / "%s", profile, seed' % re.escape(csv), source), \
                 f"{path.name}: {csv} is not written with write_table"
-    assert f'run_label(profile, seed, "{path.stem}")' in source
+    assert f'figure_label = run_label(profile, seed, "{path.stem}")' in source
+    # assigned once, never rebound by a loop or a later cell (a figure would name something else)
+    assert len(re.findall(r"\bfigure_label\s*=[^=]|\bfigure_label\s*,[^\n]*=", source)) == 1, path.name
+    assert not re.search(r"^\s*for\b[^\n]*\bfigure_label\b", source, re.M), path.name
 
 
 def test_headline_command_shows_the_memory_figure(tmp_path):
