@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from easytune_lab.cli import build_parser, main
-from easytune_lab.commands.eval import model_argument
+from easytune_lab.commands.eval import evaluator_argument, model_argument
 from easytune_lab.runs import list_runs, resolve_run, run_path
 
 
@@ -34,7 +34,7 @@ def test_every_run_option_accepts_a_name():
         reads_run = re.search(r"\brun\b", text) and action.dest not in ("out", "runs", "name", "notebooks", "sampler")
         takes_path = action.type not in (int, float) and action.nargs != 0 and not action.choices
         if reads_run and takes_path:
-            assert action.type in (run_path, model_argument), f"{command} {action.option_strings[0]}: {action.type}"
+            assert action.type in (run_path, model_argument, evaluator_argument), f"{command} {action.option_strings[0]}: {action.type}"
             run_options.append(f"{command} {action.option_strings[0]}")
     assert {"finetune --base", "finetune --reward", "finetune --evaluator", "sample --run", "eval --model",
             "eval --evaluator", "bench speed --base", "bench memory --reward", "pretrain --teacher", "reward spl --reward",
@@ -68,6 +68,7 @@ def test_resolve_run_paths_names_and_cached_folders(tmp_path, monkeypatch):
     assert resolve_run("no-such-run") == resolve_run("no-such-run").__class__("no-such-run")
     assert resolve_run("sub/dir") .as_posix() == "sub/dir"
     assert model_argument("gt") == "gt" and model_argument("my-base") == str(elsewhere)
+    assert evaluator_argument("t2m:/data/t2m") == "t2m:/data/t2m" and evaluator_argument("my-base") == str(elsewhere)
 
 
 def test_named_runs_end_to_end(tmp_path, monkeypatch, capsys, smoke_runs):

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
+from ..eval.metrics import PROTOCOLS
 from ..runs import add_allow_pickle, run_path
 
 
@@ -16,13 +17,22 @@ def model_argument(value: str) -> str:
     return value if value in BASELINES else str(run_path(value))
 
 
+def evaluator_argument(value: str) -> str:
+    """``--evaluator``: ``t2m:DIR`` / ``kit:DIR`` as it is, else an evaluator run (a path or a name)."""
+    from ..eval.t2m import parse_evaluator_spec
+
+    return value if parse_evaluator_spec(value) is not None else str(run_path(value))
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="R-Precision, FID, MM-Dist, Diversity (and MultiModality) with replications")
     p.add_argument("--model", required=True, type=model_argument,
                    help="gt (the real-motion row), noise, repeat or shuffled (sanity baselines), or a generator run "
                         "(path or name)")
-    p.add_argument("--evaluator", required=True, type=run_path,
-                   help="run of `easytune evaluator train` (path or name)")
+    p.add_argument("--evaluator", required=True, type=evaluator_argument,
+                   help="run of `easytune evaluator train` (path or name), or the published T2M evaluator: t2m:DIR "
+                        "(HumanML3D) / kit:DIR (KIT-ML), DIR holding t2m/ (or kit/) and glove/ as the motion "
+                        "repositories' download scripts unpack them")
     p.add_argument("--data", required=True, type=Path, help="HumanML3D-format dataset directory")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate (test)")
     p.add_argument("--replications", type=int, default=20, help="replications (T2M: 20)")
@@ -33,7 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="generator runs: sampling steps (default: the run's; e.g. 1, 2, 4 for an lcm run)")
     p.add_argument("--guidance", type=float, default=None, help="generator runs: guidance scale (default: the run's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of caption draws, shuffles and pair sampling")
+    p.add_argument("--protocol", default=PROTOCOLS[0], choices=PROTOCOLS,
+                   help="t2m: T2M's evaluation loader exactly (random-offset crops, one in three a unit shorter, "
+                        "padding to 196 frames, incomplete last group of 32 dropped); legacy: this workbench's "
+                        "earlier evaluation (start crops, padding per batch, every row in FID and Diversity)")
+    p.add_argument("--seed", type=int, default=0, help="seed of caption draws, shuffles, crops and pair sampling")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--out", required=True, type=Path, help="output .json file")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -42,10 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..eval.evaluator import load_evaluator
     from ..eval.protocol import (BASELINES, GroundTruth, ProtocolConfig, evaluate, generator_source,
                                  generated_source, load_actions, noise_source, oracle_function,
                                  repeat_source, shuffled_source)
+    from ..eval.t2m import resolve_evaluator
     from ..io import write_json
     from ..runs import make_manifest
     from ..runtime import check_json_out, resolve_device
@@ -68,10 +82,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     # resolve the generator before the (slow) evaluator and data loading, so a bad --model fails fast
     generate = None if is_baseline else generator_source(args.model, device, **sampling)
-    ev = load_evaluator(args.evaluator, device)
+    ev = resolve_evaluator(args.evaluator, device, allow_pickle=args.allow_pickle)
     config = ProtocolConfig(split=args.split, replications=args.replications, multimodality=args.multimodality,
                             mm_texts=args.mm_texts, mm_repeats=args.mm_repeats, seed=args.seed,
-                            max_text_len=ev.config.max_text_len)
+                            max_text_len=ev.config.max_text_len, protocol=args.protocol)
     gt = GroundTruth(args.data, args.split, ev, max_text_len=config.max_text_len)
     if args.model == "gt":
         source = gt.source()

@@ -431,6 +431,12 @@ class HumanMLDataset(Dataset):
         """Length cut down to a multiple of ``unit_length`` (T2M's 'single' coin)."""
         return (length // self.unit_length) * self.unit_length
 
+    def clip_features(self, index: int) -> np.ndarray:
+        """All frames of clip ``index`` (uncropped; normalised when the dataset is), a view of the stored array."""
+        clip = self.clips[index]
+        start = self._motion_offset[clip.motion_id] + clip.start
+        return self.frames[start: start + clip.length]
+
     def __getitem__(self, index: int) -> MotionItem:
         if index < 0:
             index += len(self.clips)
