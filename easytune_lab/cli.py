@@ -56,6 +56,19 @@ def _first_process() -> bool:
     return os.environ.get("RANK", "0").strip() in ("0", "")
 
 
+def _locked(args: argparse.Namespace):
+    """The exclusive lock on the run directory a command writes (``set_defaults(lock="out")`` names the option),
+    held by the first process only (under torchrun the others write nothing there)."""
+    import contextlib
+
+    from .runs import run_lock
+
+    name = getattr(args, "lock", None)
+    if not name or getattr(args, name, None) is None or not _first_process():
+        return contextlib.nullcontext()
+    return run_lock(getattr(args, name), f"--{name.replace('_', '-')}")
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import distributed
     from .runs import check_name, pickle_allowed, register_name, write_tensorboard
@@ -69,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         name = getattr(args, "name", None)
         if name is not None:                 # training commands: checked before anything is trained
             check_name(name, args.out)
-        with pickle_allowed(getattr(args, "allow_pickle", False)):
+        with pickle_allowed(getattr(args, "allow_pickle", False)), _locked(args):
             result = args.func(args)
         if getattr(args, "distributed", False) and not result and _first_process() and getattr(args, "out", None):
             write_tensorboard(args.out)      # training curves for TensorBoard, when it is installed

@@ -143,7 +143,7 @@ CASES = [
     Case("pretrain-out-not-empty", lambda e, o: pre(e, o), "--out", existing=True),
     Case("pretrain-resume-other-steps", lambda e, o: pre(e, o, "--resume", "--steps", "7"), "--steps 7",
          existing=True),
-    Case("pretrain-resume-other-width", lambda e, o: pre(e, o, "--resume", data=e.kit), "251-d", existing=True),
+    Case("pretrain-resume-other-data", lambda e, o: pre(e, o, "--resume", data=e.kit), "--data", existing=True),
     Case("pretrain-resume-other-dtype", lambda e, o: pre(e, o, "--resume", "--dtype", "float64"), "--dtype",
          existing=True),
     # sample

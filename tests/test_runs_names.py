@@ -10,6 +10,7 @@ import pytest
 from easytune_lab.cli import build_parser, main
 from easytune_lab.commands.eval import evaluator_argument, model_argument
 from easytune_lab.runs import list_runs, resolve_run, run_path
+from easytune_lab.runtime import NumberRange
 
 
 def _options():
@@ -32,7 +33,8 @@ def test_every_run_option_accepts_a_name():
         text = (action.help or "").lower()
         # written (--out, --runs), a name, or "run" in another sense (notebooks "to run", "the run's" sampler)
         reads_run = re.search(r"\brun\b", text) and action.dest not in ("out", "runs", "name", "notebooks", "sampler")
-        takes_path = action.type not in (int, float) and action.nargs != 0 and not action.choices
+        numeric = action.type in (int, float) or isinstance(action.type, NumberRange)
+        takes_path = not numeric and action.nargs != 0 and not action.choices
         if reads_run and takes_path:
             assert action.type in (run_path, model_argument, evaluator_argument), f"{command} {action.option_strings[0]}: {action.type}"
             run_options.append(f"{command} {action.option_strings[0]}")

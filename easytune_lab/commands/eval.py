@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..eval.metrics import PROTOCOLS
+from ..runtime import OutputPath, SEED, STEPS_T, integer, real
 from ..runs import add_allow_pickle, run_path
 
 
@@ -35,21 +36,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "repositories' download scripts unpack them")
     p.add_argument("--data", required=True, type=Path, help="HumanML3D-format dataset directory")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate (test)")
-    p.add_argument("--replications", type=int, default=20, help="replications (T2M: 20)")
+    p.add_argument("--replications", type=integer(1, 10000), default=20, help="replications (T2M: 20)")
     p.add_argument("--multimodality", action="store_true", help="also MultiModality (generator runs only)")
-    p.add_argument("--mm-texts", type=int, default=100, help="texts with several generations (T2M: 100)")
-    p.add_argument("--mm-repeats", type=int, default=30, help="generations per such text (T2M: 30)")
+    p.add_argument("--mm-texts", type=integer(1, 10**6), default=100, help="texts with several generations (T2M: 100)")
+    p.add_argument("--mm-repeats", type=integer(2, 10000), default=30, help="generations per such text (T2M: 30)")
     p.add_argument("--sampler", default=None, help="generator runs: sampler (default: the run's, e.g. ddim)")
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--steps", type=STEPS_T, default=None,
                    help="generator runs: sampling steps (default: the run's; e.g. 1, 2, 4 for an lcm run)")
-    p.add_argument("--guidance", type=float, default=None, help="generator runs: guidance scale (default: the run's)")
+    p.add_argument("--guidance", type=real(0.0, 100.0), default=None, help="generator runs: guidance scale (default: the run's)")
     p.add_argument("--protocol", default=PROTOCOLS[0], choices=PROTOCOLS,
                    help="t2m: T2M's evaluation loader exactly (random-offset crops, one in three a unit shorter, "
                         "padding to 196 frames, incomplete last group of 32 dropped); legacy: this workbench's "
                         "earlier evaluation (start crops, padding per batch, every row in FID and Diversity)")
-    p.add_argument("--seed", type=int, default=0, help="seed of caption draws, shuffles, crops and pair sampling")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of caption draws, shuffles, crops and pair sampling")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--out", required=True, type=Path, help="output .json file")
+    p.add_argument("--out", required=True, type=OutputPath(".json"), help="output .json file")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_allow_pickle(p)
     p.set_defaults(func=cmd_eval)

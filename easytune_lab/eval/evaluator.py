@@ -28,7 +28,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from ..data.text import NUM_POS, Vocabulary, parse_caption_line, plain_tokens
 from ..errors import UserError
-from ..runs import load_tensors, read_manifest, weights_file
+from ..runs import load_state_strict, load_tensors, manifest_config, read_manifest, read_normalisation, weights_file
 
 EVALUATOR_KIND = "evaluator"
 VOCABULARY_FILE = "vocabulary.json"
@@ -151,23 +151,17 @@ def load_evaluator(run_dir: str | Path, device: str | torch.device = "cpu") -> L
     """Load ``easytune evaluator train`` output (manifest, weights, vocabulary, normalisation), in eval mode."""
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir, kind=EVALUATOR_KIND)
-    try:
+    with manifest_config(run_dir):
         config = EvaluatorConfig.from_dict(manifest["config"]["model"])
-    except (KeyError, TypeError):
-        raise UserError(f"{run_dir}/manifest.json: no config.model section") from None
     vocab = Vocabulary.load(run_dir / VOCABULARY_FILE)
     norm_path = run_dir / NORMALISATION_FILE
     if not norm_path.is_file():
         raise UserError(f"{norm_path}: missing")
-    with np.load(norm_path, allow_pickle=False) as z:
-        mean, std = z["mean"].astype(np.float32), z["std"].astype(np.float32)
+    mean, std = read_normalisation(run_dir, config.feature_dim)
     device = torch.device(device)
-    model = TextMotionEvaluator(config, len(vocab))
-    state = load_tensors(weights_file(run_dir))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UserError(f"{weights_file(run_dir)}: does not match the evaluator config "
-                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    with manifest_config(run_dir):
+        model = TextMotionEvaluator(config, len(vocab))
+    load_state_strict(model, load_tensors(weights_file(run_dir)), weights_file(run_dir))
     model.to(device).eval()
     return LoadedEvaluator(model, vocab, mean, std, device, run_dir, manifest)
 

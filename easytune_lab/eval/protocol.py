@@ -244,7 +244,11 @@ def load_actions(root: str | Path) -> dict[str, object] | None:
     if not path.is_file():
         return None
     actions = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+    for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -252,8 +256,20 @@ def load_actions(root: str | Path) -> dict[str, object] | None:
             motion_id = str(record["id"])
         except (ValueError, KeyError, TypeError):
             raise UserError(f"{path}: line {n} is not a JSON object with an 'id'") from None
+        if "actions" in record and not _valid_actions(record["actions"]):
+            raise UserError(f"{path}: line {n}: 'actions' must be a list of objects with a 'family' and integer "
+                            "frames 0 <= start < end")
         actions[motion_id] = record.get("actions", record)
     return actions
+
+
+def _valid_actions(actions) -> bool:
+    def frame(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    return isinstance(actions, list) and all(
+        isinstance(a, dict) and isinstance(a.get("family"), str) and frame(a.get("start")) and frame(a.get("end"))
+        and a["start"] < a["end"] for a in actions)
 
 
 def oracle_function():

@@ -49,7 +49,7 @@ def _check_width(data: Path, reward, flag: str, run: Path) -> None:
     """The reward loaded from ``run`` (named by ``flag`` in the message) scores the data's feature width."""
     width = _feature_width(data)
     if width is not None and reward.cfg.feat_dim != width:
-        raise UserError(f"--data {data}: {width}-d features, but {flag} {run} scores {reward.cfg.feat_dim}-d motions")
+        raise UserError(f"--data {data}: {width}-d features (Mean.npy), but {flag} {run} scores {reward.cfg.feat_dim}-d motions")
 
 
 def _check_sizes(data: Path, cfg, batch_size: int, train_idx, test_idx) -> None:
