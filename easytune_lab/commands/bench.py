@@ -1,4 +1,4 @@
-"""``easytune bench memory|speed``: the fine-tuning methods side by side in one process."""
+"""``easytune bench memory|speed|paper``: the fine-tuning methods side by side in one process."""
 
 from __future__ import annotations
 
@@ -43,6 +43,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.epilog = ("A method written METHOD+acc (e.g. easytune+acc) runs as its own curve with its per-step gradients "
                 "summed into one optimiser step per trajectory.")
     s.set_defaults(func=cmd_speed)
+    g = bsub.add_parser("paper", help="the one prepared device check: memory vs T, trajectory and training-step "
+                                      "times, EasyTune vs DRaFT-50 reward curve, in one JSON naming the device")
+    for flag, kwargs in (("--base", dict(required=True, type=Path, help="backbone run")),
+                         ("--reward", dict(required=True, type=Path, help="reward run")),
+                         ("--data", dict(required=True, type=Path, help="dataset directory")),
+                         ("--profile", dict(default="paper", help="smoke | quick | paper (default: paper)")),
+                         ("--seed", dict(type=SEED, default=0)),
+                         ("--device", dict(default="auto")),
+                         ("--out", dict(required=True, type=OutputPath(".json"), help="output JSON file"))):
+        g.add_argument(flag, **kwargs)
+    g.add_argument("--steps", default="10,20,50", help="numbers of denoising steps T for the memory rows (10,20,50)")
+    g.add_argument("--batch-size", type=integer(1, 100000), default=8, help="captions per trajectory and training step (8)")
+    g.add_argument("--length", type=integer(0, 1000), default=196,
+                   help="frames of every motion (196, capped at the backbone's maximum; 0: ground-truth lengths)")
+    g.add_argument("--curve-seconds", type=SECONDS, default=60.0,
+                   help="training seconds of each reward curve, EasyTune and DRaFT-50 (60)")
+    g.add_argument("--eval-captions", type=COUNT, default=32, help="held-out captions of the reward curve (32)")
+    g.add_argument("--no-progress", action="store_true", help="hide the progress output")
+    add_allow_pickle(g)
+    g.set_defaults(func=cmd_paper)
 
 
 def parse_methods(text: str, variants: bool = False) -> list[str]:
@@ -137,4 +157,24 @@ def cmd_speed(args: argparse.Namespace) -> int:
     for key in ("easytune_vs_draft", "draft_vs_easytune", "easytune+acc_vs_draft"):
         if key in result:
             print(f"{key.replace('_', ' ')}: {result[key]}")
+    return 0
+
+
+def cmd_paper(args: argparse.Namespace) -> int:
+    from ..finetune.paper_check import paper_check, summary_lines
+    from ..runtime import check_json_out, check_profile, resolve_device
+
+    check_profile(args.profile)
+    check_json_out(args.out)
+    steps = parse_steps(args.steps)
+    if 0 < args.length < 4:
+        raise UserError(f"--length: a motion needs at least 4 frames (got {args.length})")
+    check_inputs(args.base, args.reward, args.data)
+    device = resolve_device(args.device)
+    result = paper_check(args.profile, args.base, args.reward, args.data, device, args.out, steps=steps,
+                         batch_size=args.batch_size, length=args.length or None, curve_seconds=args.curve_seconds,
+                         eval_captions=args.eval_captions, seed=args.seed, progress=not args.no_progress)
+    for line in summary_lines(result):
+        print(line)
+    print(f"-> {args.out}")
     return 0
