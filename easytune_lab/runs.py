@@ -422,7 +422,8 @@ def _same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     return os.path.realpath(os.fspath(a)) == os.path.realpath(os.fspath(b))
 
 
-def check_resume_parents(out: str | os.PathLike, manifest: dict, parents: dict[str, Any]) -> None:
+def check_resume_parents(out: str | os.PathLike, manifest: dict, parents: dict[str, Any],
+                         optional: tuple[str, ...] = ()) -> None:
     """``--resume`` of ``out``: every parent run or dataset given now (``{"base": PATH, "data": PATH, ...}``; None
     = not given) must be the one the manifest recorded, and the dataset must still have the recorded identity.
     A mismatch is one line naming the flag, both paths, and that ``--resume`` continues the saved run."""
@@ -433,8 +434,8 @@ def check_resume_parents(out: str | os.PathLike, manifest: dict, parents: dict[s
             continue  # a dataset is compared by content (below): a moved copy of the same data resumes
         flag = PARENT_FLAGS.get(name, f"--{name}")
         recorded = saved.get(name)
-        if given is None and recorded is None:
-            continue
+        if given is None and recorded is None or name in optional and (given is None or recorded is None):
+            continue  # an optional parent (an evaluator that only scores) may be added or dropped on resume
         if given is None or recorded is None:
             raise UserError(f"{flag}: {out} was started {'with ' + flag + ' ' + str(recorded) if recorded else 'without ' + flag}"
                             f"; --resume continues the saved run with the same {flag}")

@@ -183,17 +183,6 @@ def check_finite_loss(loss, stage: str, step: int) -> None:
                              "weights (check the data's Std.npy and the learning rate)")
 
 
-def check_finite_weights(parameters, stage: str) -> None:
-    """Stop a trainer whose weights hold NaN/Inf (before they are saved)."""
-    import torch
-
-    from .errors import NonFiniteError
-
-    for name, p in parameters:
-        if p.is_floating_point() and not bool(torch.isfinite(p.detach()).all()):
-            raise NonFiniteError(f"{stage}: weight {name} holds NaN/Inf; stopped without saving it")
-
-
 # ------------------------------------------------------------------------------------------------ output paths
 
 

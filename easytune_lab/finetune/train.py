@@ -519,7 +519,7 @@ def check_resumable(out: Path, cfg: FinetuneConfig, accumulate: bool, dtype: str
         raise UserError(f"--resume: {out} was started with other settings ({', '.join(changed)}); "
                         "--resume continues the saved configuration")
     if parents is not None:
-        check_resume_parents(out, manifest, parents)
+        check_resume_parents(out, manifest, parents, optional=("evaluator",))
     training = manifest.get("training", {})
     was = bool(training.get("accumulate", False))
     if was != bool(accumulate):
