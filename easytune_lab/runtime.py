@@ -73,6 +73,20 @@ def check_json_out(path: os.PathLike | str) -> None:
 
 
 
+def progress_bar(iterable=None, **kwargs):
+    """A tqdm progress bar (elapsed time, rate and ETA) for every long job: training, cache builds, evaluation.
+
+    In a kernel started by a Jupyter server (JupyterLab, Notebook: ``JPY_SESSION_NAME`` is set) it is
+    ``tqdm.auto``'s widget bar; elsewhere (terminal, papermill, CI) the text bar, which also renders in a notebook's
+    saved output, where a widget would be stored at its first state. ``EASYTUNE_PROGRESS=text|widget`` overrides."""
+    choice = os.environ.get("EASYTUNE_PROGRESS", "auto")
+    if choice == "widget" or (choice == "auto" and os.environ.get("JPY_SESSION_NAME")):
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
+    return tqdm(iterable, **kwargs)
+
+
 # ------------------------------------------------------------------------------------------------ numeric options
 
 
@@ -167,17 +181,6 @@ def check_finite_loss(loss, stage: str, step: int) -> None:
     if not math.isfinite(value):
         raise NonFiniteError(f"{stage}: the loss became {value} at step {step}; stopped before updating the "
                              "weights (check the data's Std.npy and the learning rate)")
-
-
-def check_finite_weights(parameters, stage: str) -> None:
-    """Stop a trainer whose weights hold NaN/Inf (before they are saved)."""
-    import torch
-
-    from .errors import NonFiniteError
-
-    for name, p in parameters:
-        if p.is_floating_point() and not bool(torch.isfinite(p.detach()).all()):
-            raise NonFiniteError(f"{stage}: weight {name} holds NaN/Inf; stopped without saving it")
 
 
 # ------------------------------------------------------------------------------------------------ output paths

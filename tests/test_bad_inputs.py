@@ -125,6 +125,8 @@ CASES = [
                                                 "--profile", "smoke", "--out", _s(o)], "expected a reward run"),
     Case("spl-zero-k", lambda e, o: ["reward", "spl", "--reward", _s(e.reward), "--data", _s(e.data), "--profile",
                                      "smoke", "--out", _s(o), "--k", "0"], "--k"),
+    Case("spl-k-beyond-the-gallery", lambda e, o: ["reward", "spl", "--reward", _s(e.reward), "--data", _s(e.data),
+                                                   "--profile", "smoke", "--out", _s(o), "--k", "100000"], "--k 100000"),
     Case("spl-data-width", lambda e, o: ["reward", "spl", "--reward", _s(e.reward), "--data", _s(e.kit),
                                          "--profile", "smoke", "--out", _s(o)], "251-d"),
     Case("spl-negative-weight", lambda e, o: ["reward", "spl", "--reward", _s(e.reward), "--data", _s(e.data),

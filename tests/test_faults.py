@@ -305,3 +305,19 @@ def test_tiny_std_is_a_dataset_problem_and_a_loader_error(smoke_runs, tmp_path, 
                              str(out), "--device", "cpu"], capsys)
     assert code == 2 and len(lines) == 1 and "Std.npy" in lines[0], err
     assert not out.exists()
+
+
+def test_a_killed_data_synth_leaves_no_temporary_directory_behind(tmp_path):
+    out = tmp_path / "data"
+    proc = subprocess.Popen([sys.executable, "-m", "easytune_lab.cli", "data", "synth", "--out", str(out),
+                             "--num-motions", "400", "--workers", "1", "--no-progress"], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".data.tmp-*/new_joint_vecs/*.npy")):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert list(tmp_path.glob(".data.tmp-*")) and not out.exists()  # what a kill leaves
+    assert main(["data", "synth", "--out", str(out), "--num-motions", "20", "--workers", "1", "--no-progress"]) == 0
+    assert not list(tmp_path.glob(".data.tmp-*")) and (out / "train.txt").is_file()

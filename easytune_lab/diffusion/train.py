@@ -237,17 +237,9 @@ def load_checkpoint(run_dir: Path, model: Backbone, device: torch.device) -> tup
     missing = [k for k in ("rng.torch", "rng.train", "rng.numpy") if k not in tensors]
     if missing:
         raise UserError(f"{path}: not this run's optimiser state (no {', '.join(missing)})")
-    params = list(model.parameters())
     for key, value in tensors.items():
-        if key.startswith("state."):
-            _, idx, name = key.split(".", 2)
-            if not idx.isdigit() or int(idx) >= len(params):
-                raise UserError(f"{path}: optimiser state {key} names no parameter of the model")
-            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-                raise NonFiniteError(f"{path}: optimiser state {key} holds NaN/Inf")
-            if name in ("exp_avg", "exp_avg_sq") and tuple(value.shape) != tuple(params[int(idx)].shape):
-                raise UserError(f"{path}: optimiser state {key} has shape {tuple(value.shape)}, its parameter "
-                                f"{tuple(params[int(idx)].shape)}")
+        if key.startswith("state.") and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise NonFiniteError(f"{path}: optimiser state {key} holds NaN/Inf")
     return state, tensors
 
 
@@ -260,7 +252,10 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, state: dict, tensors: d
     for key, value in state.get("optimizer_scalars", {}).items():
         idx, name = key.split(".", 1)
         per_param.setdefault(int(idx), {})[name] = value
-    optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
+    try:
+        optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"checkpoint/optimizer.safetensors: does not fit this run's optimiser ({exc})") from None
 
 
 # ------------------------------------------------------------------------------------------------ the loop
@@ -333,7 +328,7 @@ def pretrain(config: PretrainConfig, data: PretrainData, run_dir: str | Path, *,
     the manifest (not in the config, whose hash keys cached runs). Under torchrun every rank calls this; only
     rank 0 writes.
     """
-    from tqdm import tqdm
+    from ..runtime import progress_bar as tqdm
 
     run_dir = Path(run_dir)
     device = torch.device(device)
@@ -424,6 +419,7 @@ def pretrain(config: PretrainConfig, data: PretrainData, run_dir: str | Path, *,
             state["log"]["step"].append(step)
             state["log"]["stage"].append(stage)
             state["log"]["loss"].append(sum(window) / len(window))
+            state["log"].setdefault("lr", []).append(lr)
             window = []
         if step % config.checkpoint_every == 0 or step == end:
             state.update(step=step, stage=stage, lr=lr, window=window,
