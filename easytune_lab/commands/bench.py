@@ -57,6 +57,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "draft-lv, alignprop, drtune, refl, easytune-chain)")
     t.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median reported)")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    t.add_argument("--compile", action="store_true",
+                   help="opt-in: torch.compile the denoiser (eager after one warning line where unavailable)")
+    t.add_argument("--reference-path", action="store_true",
+                   help="without the measured speed-ups (runtime.FAST_PATHS), i.e. the previous code path")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -197,9 +201,14 @@ def cmd_throughput(args: argparse.Namespace) -> int:
             raise UserError(f"--trajectories: unknown or empty {unknown or args.trajectories!r} "
                             f"(choose from {', '.join(known)})")
     device = resolve_device(args.device)
-    result = throughput_benchmark(args.profile, device, seed=args.seed, repeats=args.repeats, base=args.base,
-                                  reward=args.reward, data=args.data, evaluator=args.evaluator,
-                                  trajectories=labels, progress=not args.no_progress)
+    from contextlib import nullcontext
+
+    from ..runtime import reference_path
+
+    with reference_path() if args.reference_path else nullcontext():
+        result = throughput_benchmark(args.profile, device, seed=args.seed, repeats=args.repeats, base=args.base,
+                                      reward=args.reward, data=args.data, evaluator=args.evaluator,
+                                      trajectories=labels, compile=args.compile, progress=not args.no_progress)
     write_json(args.out, result)
     floor = result["sampling"]["seconds"]
     d = result["denoiser"]

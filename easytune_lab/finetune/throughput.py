@@ -159,18 +159,23 @@ def _test_motions(data: Path, n: int) -> list[np.ndarray]:
 def throughput_benchmark(profile: str, device: torch.device, seed: int = 0, repeats: int = 3,
                          base: Path | None = None, reward: Path | None = None, data: Path | None = None,
                          evaluator: Path | None = None, trajectories: list[str] | None = None,
-                         progress: bool = True) -> dict:
+                         compile: bool = False, progress: bool = True) -> dict:
     """Seconds of the denoiser's passes, of the sampling-only trajectory, of one trajectory per method (and its
     ratio to sampling-only), of a pretraining step and of the evaluator's embedding of 100 motions.
 
-    ``trajectories``: labels of :data:`TRAJECTORIES` to measure (default: all)."""
+    ``trajectories``: labels of :data:`TRAJECTORIES` to measure (default: all). ``compile``: every denoiser's forward
+    through ``torch.compile`` (opt-in; eager after one warning line where unavailable); the warm-up run of each
+    measurement then includes the compilation."""
     from tqdm import tqdm
 
     from ..eval.evaluator import embed_motions
 
     check_profile(profile)
     chosen = [row for row in TRAJECTORIES if trajectories is None or row[0] in trajectories]
-    result: dict = {"profile": profile, "seed": seed, "repeats": repeats, "machine": machine_info(device)}
+    from ..runtime import FAST_PATHS
+
+    result: dict = {"profile": profile, "seed": seed, "repeats": repeats, "machine": machine_info(device),
+                    "fast_paths": dict(FAST_PATHS)}
     with contextlib.ExitStack() as stack:
         if base is None or reward is None:
             root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="easytune-throughput-")))
@@ -182,7 +187,8 @@ def throughput_benchmark(profile: str, device: torch.device, seed: int = 0, repe
         else:
             result["weights"] = {"base": str(base), "reward": str(reward), "data": str(data)}
         cfg = finetune_config("easytune", profile, seed=seed)
-        first = _tuner("easytune", profile, base, reward, data, device, seed)
+        first = _tuner("easytune", profile, base, reward, data, device, seed, compile=compile)
+        result["compiled"] = first.compiled
         texts, lengths = first.prompts.draw(cfg.batch_size, np.random.default_rng(seed))
         result["batch"] = {"captions": texts, "lengths": lengths, "batch_size": cfg.batch_size,
                            "sample_steps": cfg.sample_steps, "sampler": cfg.sampler, "guidance": cfg.guidance}
@@ -230,7 +236,7 @@ def throughput_benchmark(profile: str, device: torch.device, seed: int = 0, repe
         # ---- one trajectory of each method
         rows = {}
         for label, method, overrides in chosen:
-            tuner = _tuner(method, profile, base, reward, data, device, seed, **overrides)
+            tuner = _tuner(method, profile, base, reward, data, device, seed, compile=compile, **overrides)
             phases: dict = {}
 
             def reset(tuner=tuner):
