@@ -54,6 +54,19 @@ def _first_process() -> bool:
     return os.environ.get("RANK", "0").strip() in ("0", "")
 
 
+def _locked(args: argparse.Namespace):
+    """The exclusive lock on the run directory a command writes (``set_defaults(lock="out")`` names the option),
+    held by the first process only (under torchrun the others write nothing there)."""
+    import contextlib
+
+    from .runs import run_lock
+
+    name = getattr(args, "lock", None)
+    if not name or getattr(args, name, None) is None or not _first_process():
+        return contextlib.nullcontext()
+    return run_lock(getattr(args, name), f"--{name.replace('_', '-')}")
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import distributed
     from .runs import pickle_allowed
@@ -64,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         if distributed.launched() and not getattr(args, "distributed", False):
             raise UserError(f"{args.command}: runs in one process; start it without torchrun "
                             "(torchrun is for pretrain, reward train|spl, evaluator train and finetune)")
-        with pickle_allowed(getattr(args, "allow_pickle", False)):
+        with pickle_allowed(getattr(args, "allow_pickle", False)), _locked(args):
             result = args.func(args)
     except UserError as exc:
         if _first_process():  # under torchrun every rank fails alike; one line is enough

@@ -298,13 +298,13 @@ class Workbench:
         cfg = self.finetune_config("easytune")
         return cfg.sampler, cfg.sample_steps
 
-    def evaluation(self, model: Path | str, replications: int | None = None) -> dict:
+    def evaluation(self, model: Path | str, replications: int | None = None, protocol: str | None = None) -> dict:
         """T2M metrics of a backbone run (or ``gt``) on the test split, cached as an ``eval`` run; generated with
-        :meth:`sampling`."""
+        :meth:`sampling`; ``protocol`` ``t2m`` (default) or ``legacy`` (:mod:`easytune_lab.eval.protocol`)."""
         from .diffusion.generate import load_generator
         from .eval.evaluator import load_evaluator
-        from .eval.protocol import (GroundTruth, ProtocolConfig, evaluate, generated_source, load_actions,
-                                    oracle_function)
+        from .eval.protocol import (PROTOCOLS, GroundTruth, ProtocolConfig, evaluate, generated_source,
+                                    load_actions, oracle_function)
         from .io import write_json
         from .runs import make_manifest
 
@@ -312,12 +312,14 @@ class Workbench:
         evaluator = self.evaluator
         model_id = "gt" if str(model) == "gt" else Path(model).name
         sampler, steps = (None, None) if model_id == "gt" else self.sampling(model)
+        protocol = protocol or PROTOCOLS[0]
         key = self._key("eval", model=model_id, evaluator=evaluator.name, replications=reps, sampler=sampler,
-                        steps=steps)
+                        steps=steps, protocol=protocol)
 
         def build(out: Path) -> None:
             ev = load_evaluator(evaluator, self.torch_device)
-            config = ProtocolConfig(replications=reps, seed=self.seed, max_text_len=ev.config.max_text_len)
+            config = ProtocolConfig(replications=reps, seed=self.seed, max_text_len=ev.config.max_text_len,
+                                    protocol=protocol)
             gt = GroundTruth(self.data, "test", ev, max_text_len=config.max_text_len)
             if model_id == "gt":
                 source = gt.source()

@@ -31,10 +31,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import UserError
-from .io import atomic_path, write_json
+from .errors import NonFiniteError, OutputError, UserError
+from .io import atomic_path, write_error, write_json
 
 MANIFEST = "manifest.json"
+MIN_STD = 1e-6  # smallest usable normalisation Std: dividing by less turns features into overflows (HumanML3D's >= 0.01)
 WEIGHTS = "weights.safetensors"
 
 
@@ -115,8 +116,18 @@ def write_manifest(run_dir: str | os.PathLike, manifest: dict) -> None:
     write_json(Path(run_dir) / MANIFEST, manifest)
 
 
-def read_manifest(run_dir: str | os.PathLike, kind: str | None = None) -> dict:
-    """Read ``RUN/manifest.json``; raise :class:`UserError` if it is missing, broken or of another kind."""
+def read_manifest(run_dir: str | os.PathLike, kind: str | None = None, flag: str | None = None) -> dict:
+    """Read ``RUN/manifest.json``; raise :class:`UserError` if it is missing, broken or of another kind (the
+    message starts with ``flag``, the option that named the run, when given)."""
+    try:
+        return _read_manifest(run_dir, kind)
+    except UserError as exc:
+        if flag is None:
+            raise
+        raise type(exc)(f"{flag}: {exc}") from None
+
+
+def _read_manifest(run_dir: str | os.PathLike, kind: str | None = None) -> dict:
     path = Path(run_dir) / MANIFEST
     if not Path(run_dir).is_dir():
         raise UserError(f"{run_dir}: run directory does not exist")
@@ -124,21 +135,122 @@ def read_manifest(run_dir: str | os.PathLike, kind: str | None = None) -> dict:
         raise UserError(f"{path}: missing (is {run_dir} a run directory?)")
     try:
         manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
         raise UserError(f"{path}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    check_manifest(manifest, path)
     if kind is not None and manifest.get("kind") != kind:
         raise UserError(f"{run_dir}: is a '{manifest.get('kind')}' run, expected a '{kind}' run")
     return manifest
 
 
-def save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict | None = None) -> None:
-    """Save a dict of tensors as safetensors, atomically."""
+def check_manifest(manifest: Any, path: str | os.PathLike) -> None:
+    """The schema every manifest shares: a JSON object with a string ``kind``, a ``config`` object and (when
+    present) ``parents`` an object of strings."""
+    if not isinstance(manifest, dict):
+        raise UserError(f"{path}: not a run manifest (a JSON {type(manifest).__name__}, expected an object)")
+    if not isinstance(manifest.get("kind"), str):
+        raise UserError(f"{path}: not a run manifest (no 'kind')")
+    if not isinstance(manifest.get("config"), dict):
+        raise UserError(f"{path}: not a run manifest (no 'config' object)")
+    parents = manifest.get("parents", {})
+    if not isinstance(parents, dict) or not all(isinstance(v, str) for v in parents.values()):
+        raise UserError(f"{path}: 'parents' must map names to run directories")
+
+
+@contextlib.contextmanager
+def manifest_config(run_dir: str | os.PathLike) -> Iterator[None]:
+    """Within the block, building a model from ``manifest['config']`` fails with one line naming the manifest
+    (a missing or mistyped field, a size no model can have) instead of a traceback."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise UserError(f"{Path(run_dir) / MANIFEST}: 'config' does not describe a model of this run "
+                        f"({type(exc).__name__}: {exc})") from None
+
+
+def read_normalisation(run_dir: str | os.PathLike, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A run's normalisation statistics (``RUN/mean.npy`` + ``RUN/std.npy``, or ``RUN/normalisation.npz`` with
+    ``mean`` and ``std``): present, 1-d float of ``width``, finite, Std > 0; one line naming the file otherwise."""
+    run_dir = Path(run_dir)
+    npz = run_dir / "normalisation.npz"
+    if npz.is_file() and not (run_dir / "mean.npy").is_file():
+        try:
+            with np.load(npz, allow_pickle=False) as z:
+                pairs = [(npz, "mean", np.asarray(z["mean"])), (npz, "std", np.asarray(z["std"]))]
+        except KeyError as exc:
+            raise UserError(f"{npz}: no {exc} array") from None
+        except Exception as exc:  # noqa: BLE001 - zip/npy errors of a damaged file
+            raise UserError(f"{npz}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
+    else:
+        pairs = []
+        for name in ("mean", "std"):
+            path = run_dir / f"{name}.npy"
+            if not path.is_file():
+                raise UserError(f"{path}: missing (the run's normalisation statistics)")
+            try:
+                pairs.append((path, name, np.load(path, allow_pickle=False)))
+            except Exception as exc:  # noqa: BLE001 - any failure to read is the file's problem
+                raise UserError(f"{path}: not a readable .npy file ({type(exc).__name__}: {exc})") from None
+    out = []
+    for path, name, arr in pairs:
+        label = f"{path}" if path.suffix == ".npy" else f"{path} ({name})"
+        if arr.dtype.kind != "f" or arr.ndim != 1 or (width is not None and arr.shape[0] != width):
+            raise UserError(f"{label}: expected a 1-d float array" + (f" of {width} values" if width else "")
+                            + f", got {arr.dtype} {arr.shape}")
+        if not np.isfinite(arr).all():
+            raise NonFiniteError(f"{label}: holds NaN/Inf")
+        if name == "std" and not (arr >= MIN_STD).all():
+            raise UserError(f"{label}: {int((arr < MIN_STD).sum())} value(s) below {MIN_STD:g} (smallest "
+                            f"{arr.min():.3g}); normalising by them overflows")
+        out.append(arr.astype(np.float32))
+    if out[0].shape != out[1].shape:
+        raise UserError(f"{run_dir}: mean and std have different widths ({out[0].shape[0]} vs {out[1].shape[0]})")
+    return out[0], out[1]
+
+
+def load_state_strict(module, state: dict, path: str | os.PathLike, allow_missing: tuple[str, ...] = ()) -> None:
+    """``module.load_state_dict(state)`` after checking names, shapes and finiteness against the module the
+    manifest's config built: weights of another kind or size are one line naming the file, not a traceback.
+    Keys starting with one of ``allow_missing`` may be absent (they keep the module's values)."""
+    import torch
+
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state and not k.startswith(allow_missing)]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        detail = (f"missing {', '.join(missing[:2])}" if missing else "") + ("; " if missing and unexpected else "") \
+            + (f"unexpected {', '.join(unexpected[:2])}" if unexpected else "")
+        raise UserError(f"{path}: weights do not match the run's config ({len(missing)} missing, "
+                        f"{len(unexpected)} unexpected: {detail}); weights of another kind of run?")
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise UserError(f"{path}: weight {k} has shape {tuple(v.shape)}, the run's config gives "
+                            f"{tuple(expected[k].shape)}")
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise NonFiniteError(f"{path}: weight {k} holds NaN/Inf")
+    module.load_state_dict(state, strict=not allow_missing)
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict | None = None,
+                 allow_nonfinite: bool = False) -> None:
+    """Save a dict of tensors as safetensors, atomically; NaN/Inf weights are refused unless allowed."""
+    import torch
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    if not allow_nonfinite:
+        for k, v in tensors.items():
+            if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                raise NonFiniteError(f"{path}: refusing to write weight {k}, which holds NaN/Inf")
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+        except SafetensorError as exc:  # safetensors reports OS errors (disk full) in its own type
+            raise write_error(path, OSError(str(exc))) from None
 
 
 # ------------------------------------------------------------------------------------------------ loading weights
@@ -184,6 +296,7 @@ def load_tensors(path: str | os.PathLike, device: str = "cpu", allow_pickle: boo
     from safetensors.torch import load_file
 
     path = Path(path)
+    sys.audit("easytune_lab.read", str(path))  # safetensors reads in Rust, unseen by the interpreter's "open" event
     if not path.is_file():
         raise UserError(f"{path}: weights file missing")
     if is_pickle(path):
@@ -245,6 +358,99 @@ def hf_pickle_kwargs() -> dict:
     return {} if _ALLOW_PICKLE.get() else {"use_safetensors": True}
 
 
+# ------------------------------------------------------------------------------------------------ locking
+
+
+def lock_path(run_dir: str | os.PathLike) -> Path:
+    """The lock file of a run directory: ``.NAME.lock`` beside it (not inside, so that a run directory's content
+    and the "absent or empty" checks are the same whether or not it is locked)."""
+    run_dir = Path(os.path.abspath(run_dir))
+    return run_dir.parent / f".{run_dir.name}.lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike, flag: str = "--out") -> Iterator[Path]:
+    """Hold an exclusive lock on ``run_dir`` for the block: a second process writing the same directory is refused
+    at once with one line naming the holder's pid (:class:`OutputError`). The lock is an OS file lock
+    (``filelock``, ``flock`` on POSIX): the kernel drops it when its process dies, so a lock left by a killed run
+    is taken over by the next one, and its pid note is simply overwritten."""
+    from filelock import FileLock, Timeout
+
+    path = lock_path(run_dir)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path), timeout=0)
+        lock.acquire(timeout=0)
+    except Timeout:
+        try:
+            holder = path.read_text().split()[0]
+        except (OSError, IndexError):
+            holder = "unknown"
+        raise OutputError(f"{flag} {run_dir}: another easytune process (pid {holder}) is writing it; wait for it "
+                          "to finish or stop it") from None
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    try:
+        with open(path, "w") as fh:  # a second descriptor: writing through it leaves the flock held
+            fh.write(f"{os.getpid()} {' '.join(sys.argv[:3])}\n")
+        yield path
+    finally:
+        lock.release()
+
+
+# ------------------------------------------------------------------------------------------------ resume
+
+PARENT_FLAGS = {"data": "--data", "base": "--base", "reward": "--reward", "teacher": "--teacher",
+                "evaluator": "--evaluator", "init": "--init"}
+DATA_IDENTITY_FILES = ("Mean.npy", "Std.npy", "train.txt", "val.txt", "test.txt")
+
+
+def dataset_identity(root: str | os.PathLike) -> dict[str, str]:
+    """Short hashes of what identifies a dataset directory's content for training: its normalisation statistics
+    and split lists (a dataset regenerated with another seed, or another dataset, differs in at least one)."""
+    identity = {}
+    for name in DATA_IDENTITY_FILES:
+        path = Path(root) / name
+        try:
+            identity[name] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        except OSError:
+            identity[name] = "missing"
+    return identity
+
+
+def _same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    return os.path.realpath(os.fspath(a)) == os.path.realpath(os.fspath(b))
+
+
+def check_resume_parents(out: str | os.PathLike, manifest: dict, parents: dict[str, Any],
+                         optional: tuple[str, ...] = ()) -> None:
+    """``--resume`` of ``out``: every parent run or dataset given now (``{"base": PATH, "data": PATH, ...}``; None
+    = not given) must be the one the manifest recorded, and the dataset must still have the recorded identity.
+    A mismatch is one line naming the flag, both paths, and that ``--resume`` continues the saved run."""
+    saved = manifest.get("parents", {}) or {}
+    identity = manifest.get("data_identity")
+    for name, given in parents.items():
+        if name == "data" and given is not None and isinstance(identity, dict):
+            continue  # a dataset is compared by content (below): a moved copy of the same data resumes
+        flag = PARENT_FLAGS.get(name, f"--{name}")
+        recorded = saved.get(name)
+        if given is None and recorded is None or name in optional and (given is None or recorded is None):
+            continue  # an optional parent (an evaluator that only scores) may be added or dropped on resume
+        if given is None or recorded is None:
+            raise UserError(f"{flag}: {out} was started {'with ' + flag + ' ' + str(recorded) if recorded else 'without ' + flag}"
+                            f"; --resume continues the saved run with the same {flag}")
+        if not _same_path(given, recorded):
+            raise UserError(f"{flag} {given}: {out} was started with {flag} {recorded}; --resume continues the saved "
+                            f"run with the same {flag}")
+    recorded = manifest.get("data_identity")
+    if parents.get("data") is not None and isinstance(recorded, dict):
+        now = dataset_identity(parents["data"])
+        changed = [name for name in DATA_IDENTITY_FILES if name in recorded and now.get(name) != recorded[name]]
+        if changed:
+            raise UserError(f"--data {parents['data']}: {', '.join(changed)} differ from the dataset {out} was started "
+                            "on; --resume needs the same dataset")
+
+
 # ------------------------------------------------------------------------------------------------ checkpoints
 
 CHECKPOINT = "checkpoint"
@@ -269,6 +475,22 @@ def checkpoint_writer(run_dir: str | os.PathLike, name: str = CHECKPOINT) -> Ite
         final.rename(old)
     new.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def read_state_json(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict:
+    """A checkpoint's ``state.json`` (a JSON object holding ``required`` keys); one line if damaged."""
+    path = Path(path)
+    try:
+        state = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: damaged checkpoint state, not valid JSON ({exc}); remove {path.parent} to "
+                        "resume from the start") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if not isinstance(state, dict) or any(k not in state for k in required):
+        raise UserError(f"{path}: damaged checkpoint state (expected an object with {', '.join(required) or 'keys'})"
+                        f"; remove {path.parent} to resume from the start")
+    return state
 
 
 def find_checkpoint(run_dir: str | os.PathLike, name: str = CHECKPOINT) -> Path | None:

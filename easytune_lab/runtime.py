@@ -12,6 +12,7 @@ import os
 import random
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -149,3 +150,161 @@ def compile_forward(module, device) -> bool:
     forward.uses_compiled = lambda: state["compiled"]  # for tests and reports: still on the compiled path?
     module.forward = forward
     return True
+# ------------------------------------------------------------------------------------------------ numeric options
+
+
+class NumberRange:
+    """The declared range of a numeric option, used as its argparse ``type``: the one place a flag's valid values
+    are written down. A value that is not a number, not finite, or outside the range is refused by argparse with
+    one line naming the flag (``argument --lr: must be in (0, 1] (got nan)``), before any work starts.
+
+    ``low``/``high`` of None are unbounded; ``low_open``/``high_open`` exclude the bound itself.
+    """
+
+    def __init__(self, kind: type, low: float | None = None, high: float | None = None, *,
+                 low_open: bool = False, high_open: bool = False):
+        assert kind in (int, float)
+        self.kind, self.low, self.high, self.low_open, self.high_open = kind, low, high, low_open, high_open
+        self.__name__ = kind.__name__  # argparse names the type in its messages
+
+    def contains(self, value: float) -> bool:
+        import math
+
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if self.kind is int and float(value) != int(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            return False
+        return True
+
+    def describe(self) -> str:
+        def fmt(v):
+            return f"{v:g}" if isinstance(v, float) else str(v)
+
+        if self.low is not None and self.high is not None:
+            return (f"an {'integer' if self.kind is int else 'number'} in {'(' if self.low_open else '['}"
+                    f"{fmt(self.low)}, {fmt(self.high)}{')' if self.high_open else ']'}")
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {fmt(self.low)}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {fmt(self.high)}"
+        return "a finite number"
+
+    def __call__(self, text: str):
+        import argparse
+        import math
+
+        try:
+            value = int(text, 10) if self.kind is int else float(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"'{text}' is not {'an integer' if self.kind is int else 'a number'}") \
+                from None
+        if not self.contains(value):
+            what = "must be finite" if isinstance(value, float) and not math.isfinite(value) else \
+                f"must be {self.describe()}"
+            raise argparse.ArgumentTypeError(f"{what} (got {text})")
+        return value
+
+    def __repr__(self) -> str:
+        return f"NumberRange({self.kind.__name__}, {self.describe()})"
+
+
+def integer(low: int | None = None, high: int | None = None) -> NumberRange:
+    """An integer option in [low, high]."""
+    return NumberRange(int, low, high)
+
+
+def real(low: float | None = None, high: float | None = None, *, low_open: bool = False,
+         high_open: bool = False) -> NumberRange:
+    """A finite float option in the given range."""
+    return NumberRange(float, low, high, low_open=low_open, high_open=high_open)
+
+
+SEED = integer(0, 2**32 - 1)          # every --seed
+STEPS_T = integer(1, 1000)            # denoising steps T (the schedules have 1000 training timesteps)
+COUNT = integer(1, 10**9)             # iterations, epochs, intervals: at least one
+COUNT0 = integer(0, 10**9)            # the same where 0 means "off" / "all"
+SECONDS = real(0.0, 10**7, low_open=True)
+
+
+# ------------------------------------------------------------------------------------------------ finiteness
+
+
+def check_finite_loss(loss, stage: str, step: int) -> None:
+    """Stop a trainer whose loss became NaN/Inf (:class:`~easytune_lab.errors.NonFiniteError`, exit 3); every
+    rank computes the same all-gathered loss, so every rank stops alike."""
+    import math
+
+    from .errors import NonFiniteError
+
+    value = float(loss.detach()) if hasattr(loss, "detach") else float(loss)
+    if not math.isfinite(value):
+        raise NonFiniteError(f"{stage}: the loss became {value} at step {step}; stopped before updating the "
+                             "weights (check the data's Std.npy and the learning rate)")
+
+
+# ------------------------------------------------------------------------------------------------ output paths
+
+
+def _nearest_existing(path: Path) -> Path:
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
+def probe_writable(directory: Path) -> None:
+    """Create and remove a temporary file in ``directory``: the OS's own answer to "can I write here?"
+    (permissions, read-only mounts, a full disk for new inodes), which ``os.access`` does not give for root."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=".easytune-probe-", dir=directory)
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def check_output(path: os.PathLike | str, directory: bool = False, suffixes: tuple[str, ...] = ()) -> Path:
+    """An output path is of the right kind (a file where a file is written, a directory where a run directory
+    is), has an allowed suffix, and its nearest existing folder can be written. Raises ``ValueError`` with the
+    reason (:class:`OutputPath` turns it into one argparse line naming the flag)."""
+    path = Path(path)
+    if directory:
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{path}: exists and is not a directory (expected a run directory)")
+    else:
+        if suffixes and path.suffix.lower() not in suffixes:
+            raise ValueError(f"{path}: must end in {' or '.join(suffixes)}")
+        if path.is_dir():
+            raise ValueError(f"{path}: is a directory (expected a {suffixes[0] if suffixes else ''} file)")
+    where = _nearest_existing(path if directory else path.parent)
+    if not where.is_dir():
+        raise ValueError(f"{path}: {where} is a file, not a directory")
+    try:
+        probe_writable(where)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot write in {where} ({exc.strerror or exc})") from None
+    return path
+
+
+class OutputPath:
+    """The argparse ``type`` of every output option: ``OutputPath(".json")`` for a file, ``OutputPath(
+    directory=True)`` for a run directory. :func:`check_output` runs while the command line is parsed, so a wrong
+    kind of target, a wrong suffix or an unwritable place is one line naming the flag, before any work starts."""
+
+    def __init__(self, *suffixes: str, directory: bool = False):
+        self.suffixes, self.directory = tuple(s.lower() for s in suffixes), directory
+        self.__name__ = "directory" if directory else "file"
+
+    def __call__(self, text: str) -> Path:
+        import argparse
+
+        try:
+            return check_output(text, self.directory, self.suffixes)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    def __repr__(self) -> str:
+        return f"OutputPath({', '.join(self.suffixes)}{'directory' if self.directory else ''})"

@@ -125,6 +125,8 @@ CASES = [
                                                 "--profile", "smoke", "--out", _s(o)], "expected a reward run"),
     Case("spl-zero-k", lambda e, o: ["reward", "spl", "--reward", _s(e.reward), "--data", _s(e.data), "--profile",
                                      "smoke", "--out", _s(o), "--k", "0"], "--k"),
+    Case("spl-k-beyond-the-gallery", lambda e, o: ["reward", "spl", "--reward", _s(e.reward), "--data", _s(e.data),
+                                                   "--profile", "smoke", "--out", _s(o), "--k", "100000"], "--k 100000"),
     Case("spl-data-width", lambda e, o: ["reward", "spl", "--reward", _s(e.reward), "--data", _s(e.kit),
                                          "--profile", "smoke", "--out", _s(o)], "251-d"),
     Case("spl-negative-weight", lambda e, o: ["reward", "spl", "--reward", _s(e.reward), "--data", _s(e.data),
@@ -143,7 +145,7 @@ CASES = [
     Case("pretrain-out-not-empty", lambda e, o: pre(e, o), "--out", existing=True),
     Case("pretrain-resume-other-steps", lambda e, o: pre(e, o, "--resume", "--steps", "7"), "--steps 7",
          existing=True),
-    Case("pretrain-resume-other-width", lambda e, o: pre(e, o, "--resume", data=e.kit), "251-d", existing=True),
+    Case("pretrain-resume-other-data", lambda e, o: pre(e, o, "--resume", data=e.kit), "--data", existing=True),
     Case("pretrain-resume-other-dtype", lambda e, o: pre(e, o, "--resume", "--dtype", "float64"), "--dtype",
          existing=True),
     # sample

@@ -15,8 +15,14 @@ import pytest
 
 from easytune_lab.cli import main
 from easytune_lab.data.check import check_dataset
-from easytune_lab.io import write_npy, write_text
+from easytune_lab.io import write_npy as _write_npy
+from easytune_lab.io import write_text
+
 from helpers import copy_dataset, small_dataset
+
+
+def write_npy(path, array):  # the damaged datasets here hold NaN/Inf on purpose
+    _write_npy(path, array, allow_nonfinite=True)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -176,7 +176,7 @@ def test_read_motion_errors_name_the_file(fixture_root):
     write_npy(fixture_root / "new_joint_vecs" / "flat.npy", np.zeros(10, np.float32))
     with pytest.raises(UserError, match="flat.npy"):
         read_motion(fixture_root, "flat")
-    write_npy(fixture_root / "new_joint_vecs" / "nan.npy", np.full((50, 263), np.nan, np.float32))
+    write_npy(fixture_root / "new_joint_vecs" / "nan.npy", np.full((50, 263), np.nan, np.float32), allow_nonfinite=True)  # damaged on purpose
     with pytest.raises(UserError, match="nan.npy: 13150 NaN"):
         read_motion(fixture_root, "nan")
     write_text(fixture_root / "texts" / f"{FIXTURE_ID}.txt", "a caption without tags\n")

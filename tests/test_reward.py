@@ -322,7 +322,11 @@ def test_cli_reward_eval_and_sweep_user_errors(tmp_path, capsys, args, message):
     else:
         cmd = ["reward", "sweep", "--runs", str(tmp_path / "empty"), "--timesteps", "0", *common]
     capsys.readouterr()
-    assert main(cmd) == 2
+    try:
+        code = main(cmd)
+    except SystemExit as exc:  # options refused by argparse (e.g. the --out suffix) exit with one line too
+        code = exc.code
+    assert code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.json").exists()

@@ -1,4 +1,4 @@
-"""``easytune bench memory|speed|throughput``: the fine-tuning methods side by side in one process."""
+"""``easytune bench memory|speed|paper|throughput``: the fine-tuning methods side by side in one process."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
+from ..runtime import COUNT, OutputPath, SECONDS, SEED, integer
 from ..runs import add_allow_pickle
 from .finetune import check_inputs
 
@@ -16,9 +17,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reward", required=True, type=Path, help="reward run")
     p.add_argument("--data", required=True, type=Path, help="dataset directory")
     p.add_argument("--profile", default="smoke", help="smoke | quick | paper")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True, type=Path, help="output JSON file")
+    p.add_argument("--out", required=True, type=OutputPath(".json"), help="output JSON file")
     add_allow_pickle(p)
 
 
@@ -29,23 +30,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     m = bsub.add_parser("memory", help="peak training memory per method and number of denoising steps")
     _common(m)
     m.add_argument("--steps", required=True, help="comma-separated numbers of denoising steps, e.g. 10,50,100")
-    m.add_argument("--batch-size", type=int, default=2)
-    m.add_argument("--length", type=int, default=None, help="frames of every motion (default: ground-truth lengths)")
+    m.add_argument("--batch-size", type=integer(1, 100000), default=2)
+    m.add_argument("--length", type=integer(4, 1000), default=None, help="frames of every motion (default: ground-truth lengths)")
     m.set_defaults(func=cmd_memory)
     s = bsub.add_parser("speed", help="reward reached against wall time and optimiser steps")
     _common(s)
-    s.add_argument("--budget-seconds", required=True, type=float, help="training time per method")
+    s.add_argument("--budget-seconds", required=True, type=SECONDS, help="training time per method")
     s.add_argument("--lrs", action="append", default=[], metavar="[METHOD=]LR,LR,...",
                    help="learning-rate grid, for every method or (repeatable) for one: each lr is its own curve, "
                         "and methods are compared at their best (default: the profile's lr)")
-    s.add_argument("--eval-every", type=int, default=1, help="trajectories between held-out reward evaluations")
+    s.add_argument("--eval-every", type=COUNT, default=1, help="trajectories between held-out reward evaluations")
     s.epilog = ("A method written METHOD+acc (e.g. easytune+acc) runs as its own curve with its per-step gradients "
                 "summed into one optimiser step per trajectory.")
     s.set_defaults(func=cmd_speed)
     t = bsub.add_parser("throughput", help="seconds per trajectory of every method against the sampling-only "
                                            "floor, the denoiser's passes, a pretraining step, evaluator embedding")
     t.add_argument("--profile", default="smoke", help="smoke | quick | paper")
-    t.add_argument("--out", required=True, type=Path, help="output JSON file")
+    t.add_argument("--out", required=True, type=OutputPath(".json"), help="output JSON file")
     t.add_argument("--base", type=Path, default=None,
                    help="backbone run (default: the profile's MDM at its initialisation; needs --reward too)")
     t.add_argument("--reward", type=Path, default=None, help="reward run (default: initialisation)")
@@ -55,17 +56,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--trajectories", default=None,
                    help="comma-separated trajectories to time (default: all of easytune, easytune-last10, draft, "
                         "draft-lv, alignprop, drtune, refl, easytune-chain)")
-    t.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median reported)")
-    t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    t.add_argument("--repeats", type=integer(1, 100), default=3, help="timed runs per measurement (median reported)")
+    t.add_argument("--threads", type=integer(1, 1024), default=None, help="torch CPU threads (default: torch's own)")
     t.add_argument("--compile", action="store_true",
                    help="opt-in: torch.compile the denoiser (eager after one warning line where unavailable)")
     t.add_argument("--reference-path", action="store_true",
                    help="without the measured speed-ups (runtime.FAST_PATHS), i.e. the previous code path")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=SEED, default=0)
     t.add_argument("--device", default="auto")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_allow_pickle(t)
     t.set_defaults(func=cmd_throughput)
+    g = bsub.add_parser("paper", help="the one prepared device check: memory vs T, trajectory and training-step "
+                                      "times, EasyTune vs DRaFT-50 reward curve, in one JSON naming the device")
+    for flag, kwargs in (("--base", dict(required=True, type=Path, help="backbone run")),
+                         ("--reward", dict(required=True, type=Path, help="reward run")),
+                         ("--data", dict(required=True, type=Path, help="dataset directory")),
+                         ("--profile", dict(default="paper", help="smoke | quick | paper (default: paper)")),
+                         ("--seed", dict(type=SEED, default=0)),
+                         ("--device", dict(default="auto")),
+                         ("--out", dict(required=True, type=OutputPath(".json"), help="output JSON file"))):
+        g.add_argument(flag, **kwargs)
+    g.add_argument("--steps", default="10,20,50", help="numbers of denoising steps T for the memory rows (10,20,50)")
+    g.add_argument("--batch-size", type=integer(1, 100000), default=8, help="captions per trajectory and training step (8)")
+    g.add_argument("--length", type=integer(0, 1000), default=196,
+                   help="frames of every motion (196, capped at the backbone's maximum; 0: ground-truth lengths)")
+    g.add_argument("--curve-seconds", type=SECONDS, default=60.0,
+                   help="training seconds of each reward curve, EasyTune and DRaFT-50 (60)")
+    g.add_argument("--eval-captions", type=COUNT, default=32, help="held-out captions of the reward curve (32)")
+    g.add_argument("--no-progress", action="store_true", help="hide the progress output")
+    add_allow_pickle(g)
+    g.set_defaults(func=cmd_paper)
 
 
 def parse_methods(text: str, variants: bool = False) -> list[str]:
@@ -163,9 +184,27 @@ def cmd_speed(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_throughput(args: argparse.Namespace) -> int:
-    import os
+def cmd_paper(args: argparse.Namespace) -> int:
+    from ..finetune.paper_check import paper_check, summary_lines
+    from ..runtime import check_json_out, check_profile, resolve_device
 
+    check_profile(args.profile)
+    check_json_out(args.out)
+    steps = parse_steps(args.steps)
+    if 0 < args.length < 4:
+        raise UserError(f"--length: a motion needs at least 4 frames (got {args.length})")
+    check_inputs(args.base, args.reward, args.data)
+    device = resolve_device(args.device)
+    result = paper_check(args.profile, args.base, args.reward, args.data, device, args.out, steps=steps,
+                         batch_size=args.batch_size, length=args.length or None, curve_seconds=args.curve_seconds,
+                         eval_captions=args.eval_captions, seed=args.seed, progress=not args.no_progress)
+    for line in summary_lines(result):
+        print(line)
+    print(f"-> {args.out}")
+    return 0
+
+
+def cmd_throughput(args: argparse.Namespace) -> int:
     import torch
 
     from ..finetune.throughput import throughput_benchmark
@@ -184,11 +223,7 @@ def cmd_throughput(args: argparse.Namespace) -> int:
         raise UserError(f"--data {args.data}: dataset directory not found")
     if args.evaluator is not None and not args.evaluator.is_dir():
         raise UserError(f"--evaluator {args.evaluator}: run directory not found")
-    if not 1 <= args.repeats <= 100:
-        raise UserError(f"--repeats: must be in [1, 100] (got {args.repeats})")
     if args.threads is not None:
-        if not 1 <= args.threads <= (os.cpu_count() or 1) * 4:
-            raise UserError(f"--threads: must be in [1, {(os.cpu_count() or 1) * 4}] (got {args.threads})")
         torch.set_num_threads(args.threads)
     labels = None
     if args.trajectories is not None:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
+from ..runtime import OutputPath, SEED, integer
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,12 +15,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     dsub.required = True
 
     s = dsub.add_parser("synth", help="generate the procedural text-motion dataset (HumanML3D format)")
-    s.add_argument("--out", required=True, type=Path, help="output directory (must be empty or absent)")
-    s.add_argument("--num-motions", type=int, default=4000, help="number of motions (default 4000)")
-    s.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives byte-identical files")
-    s.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    s.add_argument("--out", required=True, type=OutputPath(directory=True), help="output directory (must be empty or absent)")
+    s.add_argument("--num-motions", type=integer(20, 10**7), default=4000, help="number of motions (default 4000)")
+    s.add_argument("--seed", type=SEED, default=0, help="random seed; the same seed gives byte-identical files")
+    s.add_argument("--workers", type=integer(1, 1024), default=None, help="worker processes (default: all cores)")
     s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    s.set_defaults(func=cmd_synth)
+    s.set_defaults(func=cmd_synth, lock="out")
 
     c = dsub.add_parser("check", help="report every problem of a HumanML3D/KIT-format directory")
     c.add_argument("dir", type=Path, help="dataset directory")
@@ -29,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     v = dsub.add_parser("show", help="write an offline HTML skeleton playback of one motion")
     v.add_argument("dir", type=Path, help="dataset directory")
     v.add_argument("id", help="motion id (file stem in new_joint_vecs/)")
-    v.add_argument("--out", required=True, type=Path, help="output .html file")
+    v.add_argument("--out", required=True, type=OutputPath(".html", ".htm"), help="output .html file")
     v.set_defaults(func=cmd_show)
 
 

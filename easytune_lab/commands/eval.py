@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
+from ..eval.metrics import PROTOCOLS
+from ..runtime import OutputPath, SEED, STEPS_T, integer, real
 from ..runs import add_allow_pickle
 
 
@@ -13,30 +15,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="R-Precision, FID, MM-Dist, Diversity (and MultiModality) with replications")
     p.add_argument("--model", required=True,
                    help="gt (the real-motion row), noise, repeat or shuffled (sanity baselines), or a generator run directory")
-    p.add_argument("--evaluator", required=True, type=Path, help="run directory of `easytune evaluator train`")
+    p.add_argument("--evaluator", required=True,
+                   help="run directory of `easytune evaluator train`, or the published T2M evaluator: t2m:DIR "
+                        "(HumanML3D) / kit:DIR (KIT-ML), DIR holding t2m/ (or kit/) and glove/ as the motion "
+                        "repositories' download scripts unpack them")
     p.add_argument("--data", required=True, type=Path, help="HumanML3D-format dataset directory")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate (test)")
-    p.add_argument("--replications", type=int, default=20, help="replications (T2M: 20)")
+    p.add_argument("--replications", type=integer(1, 10000), default=20, help="replications (T2M: 20)")
     p.add_argument("--multimodality", action="store_true", help="also MultiModality (generator runs only)")
-    p.add_argument("--mm-texts", type=int, default=100, help="texts with several generations (T2M: 100)")
-    p.add_argument("--mm-repeats", type=int, default=30, help="generations per such text (T2M: 30)")
+    p.add_argument("--mm-texts", type=integer(1, 10**6), default=100, help="texts with several generations (T2M: 100)")
+    p.add_argument("--mm-repeats", type=integer(2, 10000), default=30, help="generations per such text (T2M: 30)")
     p.add_argument("--sampler", default=None, help="generator runs: sampler (default: the run's, e.g. ddim)")
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--steps", type=STEPS_T, default=None,
                    help="generator runs: sampling steps (default: the run's; e.g. 1, 2, 4 for an lcm run)")
-    p.add_argument("--guidance", type=float, default=None, help="generator runs: guidance scale (default: the run's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of caption draws, shuffles and pair sampling")
+    p.add_argument("--guidance", type=real(0.0, 100.0), default=None, help="generator runs: guidance scale (default: the run's)")
+    p.add_argument("--protocol", default=PROTOCOLS[0], choices=PROTOCOLS,
+                   help="t2m: T2M's evaluation loader exactly (random-offset crops, one in three a unit shorter, "
+                        "padding to 196 frames, incomplete last group of 32 dropped); legacy: this workbench's "
+                        "earlier evaluation (start crops, padding per batch, every row in FID and Diversity)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of caption draws, shuffles, crops and pair sampling")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--out", required=True, type=Path, help="output .json file")
+    p.add_argument("--out", required=True, type=OutputPath(".json"), help="output .json file")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_allow_pickle(p)
     p.set_defaults(func=cmd_eval)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..eval.evaluator import load_evaluator
     from ..eval.protocol import (BASELINES, GroundTruth, ProtocolConfig, evaluate, generator_source,
                                  generated_source, load_actions, noise_source, oracle_function,
                                  repeat_source, shuffled_source)
+    from ..eval.t2m import resolve_evaluator
     from ..io import write_json
     from ..runs import make_manifest
     from ..runtime import check_json_out, resolve_device
@@ -59,10 +68,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     # resolve the generator before the (slow) evaluator and data loading, so a bad --model fails fast
     generate = None if is_baseline else generator_source(args.model, device, **sampling)
-    ev = load_evaluator(args.evaluator, device)
+    ev = resolve_evaluator(args.evaluator, device, allow_pickle=args.allow_pickle)
     config = ProtocolConfig(split=args.split, replications=args.replications, multimodality=args.multimodality,
                             mm_texts=args.mm_texts, mm_repeats=args.mm_repeats, seed=args.seed,
-                            max_text_len=ev.config.max_text_len)
+                            max_text_len=ev.config.max_text_len, protocol=args.protocol)
     gt = GroundTruth(args.data, args.split, ev, max_text_len=config.max_text_len)
     if args.model == "gt":
         source = gt.source()

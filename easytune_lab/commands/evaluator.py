@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
+from ..runtime import COUNT, OutputPath, SECONDS, SEED
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,16 +17,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = esub.add_parser("train", help="train the evaluator (writes manifest, weights, vocabulary, val metrics)")
     t.add_argument("--data", required=True, type=Path, help="HumanML3D-format dataset directory")
     t.add_argument("--profile", default="quick", help="smoke | quick | paper (default quick)")
-    t.add_argument("--out", required=True, type=Path, help="run directory to write (must be empty or absent)")
-    t.add_argument("--seed", type=int, default=None,
+    t.add_argument("--out", required=True, type=OutputPath(directory=True), help="run directory to write (must be empty or absent)")
+    t.add_argument("--seed", type=SEED, default=None,
                    help="seed (default: the evaluator's own fixed seed, distinct from the reward model's)")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda")
     t.add_argument("--loss", choices=["infonce", "margin"], default=None,
                    help="contrastive loss (default infonce; margin = T2M's margin loss)")
-    t.add_argument("--epochs", type=int, default=None, help="override the profile's number of epochs")
-    t.add_argument("--max-seconds", type=float, default=None, help="override the profile's training time budget")
+    t.add_argument("--epochs", type=COUNT, default=None, help="override the profile's number of epochs")
+    t.add_argument("--max-seconds", type=SECONDS, default=None, help="override the profile's training time budget")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    t.set_defaults(func=cmd_train, distributed=True)
+    t.set_defaults(func=cmd_train, distributed=True, lock="out")
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..runtime import OutputPath, real
 
 SKELETON_BY_WIDTH = {263: "t2m", 251: "kit", 22: "t2m", 21: "kit"}  # feature width or joint count
 
@@ -25,24 +26,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     b = esub.add_parser("bvh", help="one motion as a BVH file (exact joint positions through IK)")
     _add_source(b, many=False)
-    b.add_argument("--out", required=True, type=Path, help="output .bvh file")
+    b.add_argument("--out", required=True, type=OutputPath(".bvh"), help="output .bvh file")
     b.add_argument("--skeleton", choices=["t2m", "kit"], default=None, help="default: inferred from the data width")
-    b.add_argument("--fps", type=float, default=20.0, help="frame rate (default 20, HumanML3D)")
+    b.add_argument("--fps", type=real(0.0, 1000.0, low_open=True), default=20.0, help="frame rate (default 20, HumanML3D)")
     b.add_argument("--source", choices=["positions", "rot6d"], default="positions",
                    help="joint positions from the features' rotation-invariant coordinates (default) or "
                         "from their 6-D joint rotations")
-    b.add_argument("--scale", type=float, default=1.0, help="multiply lengths (e.g. 100: metres -> centimetres)")
+    b.add_argument("--scale", type=real(0.0, 1e6, low_open=True), default=1.0, help="multiply lengths (e.g. 100: metres -> centimetres)")
     b.set_defaults(func=cmd_bvh)
 
     g = esub.add_parser("gif", help="motions side by side as an animated .gif (or .mp4 with ffmpeg)")
     _add_source(g, many=True)
-    g.add_argument("--out", required=True, type=Path, help="output .gif or .mp4 file")
+    g.add_argument("--out", required=True, type=OutputPath(".gif", ".mp4"), help="output .gif or .mp4 file")
     _add_view_options(g)
     g.set_defaults(func=cmd_gif)
 
     h = esub.add_parser("html", help="motions side by side as a self-contained offline HTML playback")
     _add_source(h, many=True)
-    h.add_argument("--out", required=True, type=Path, help="output .html file")
+    h.add_argument("--out", required=True, type=OutputPath(".html", ".htm"), help="output .html file")
     _add_view_options(h)
     h.set_defaults(func=cmd_html)
 
@@ -57,7 +58,7 @@ def _add_source(p: argparse.ArgumentParser, many: bool) -> None:
 
 
 def _add_view_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--fps", type=float, default=20.0, help="frame rate (default 20, HumanML3D)")
+    p.add_argument("--fps", type=real(0.0, 1000.0, low_open=True), default=20.0, help="frame rate (default 20, HumanML3D)")
     p.add_argument("--follow", action="store_true", help="camera follows the root (default: stays)")
     p.add_argument("--no-trace", action="store_true", help="hide the root trajectory on the ground")
     p.add_argument("--caption", action="append", default=None, help="caption per motion (default: dataset text)")
@@ -80,6 +81,8 @@ def load_motions(args: argparse.Namespace) -> tuple[list[np.ndarray], list[str]]
             if arr.dtype.kind not in "fiu" or arr.ndim not in (2, 3) or arr.shape[0] == 0 \
                     or (arr.ndim == 3 and arr.shape[-1] != 3):
                 raise UserError(f"{path}: expected features (T, D) or joints (T, J, 3), got {arr.dtype} {arr.shape}")
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise UserError(f"{path}: holds {int(arr.size - np.isfinite(arr).sum())} NaN/Inf value(s)")
             motions.append(np.asarray(arr, dtype=np.float32))
             captions.append(Path(path).stem)
         return motions, captions

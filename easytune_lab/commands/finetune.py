@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
+from ..runtime import COUNT, COUNT0, OutputPath, SEED, STEPS_T, integer, real
 from ..runs import add_allow_pickle
 
 
@@ -18,32 +19,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reward", required=True, type=Path, help="reward run (easytune reward train|spl)")
     p.add_argument("--data", required=True, type=Path, help="dataset directory (captions and lengths)")
     p.add_argument("--profile", default="smoke", help="smoke | quick | paper")
-    p.add_argument("--out", required=True, type=Path, help="output run directory")
-    p.add_argument("--k", type=int, default=None, help="DRaFT-K's K / DRTune's number of trainable steps")
-    p.add_argument("--steps", type=int, default=None, help="iterations (trajectories) to train")
-    p.add_argument("--sample-steps", type=int, default=None, help="denoising steps T")
+    p.add_argument("--out", required=True, type=OutputPath(directory=True), help="output run directory")
+    p.add_argument("--k", type=STEPS_T, default=None, help="DRaFT-K's K / DRTune's number of trainable steps")
+    p.add_argument("--steps", type=COUNT, default=None, help="iterations (trajectories) to train")
+    p.add_argument("--sample-steps", type=STEPS_T, default=None, help="denoising steps T")
     p.add_argument("--sampler", choices=["ddim", "ddpm", "consistency"], default=None)
     p.add_argument("--reward-on", choices=["x0_hat", "x_t"], default=None,
                    help="x0_hat: reward on the predicted clean motion (ODE); x_t: noise-aware reward on x_t")
     p.add_argument("--train-steps", choices=list(TRAIN_STEPS), default=None,
                    help="EasyTune: which steps to train (last: the last --num-train-steps, default 10)")
-    p.add_argument("--num-train-steps", type=int, default=None,
+    p.add_argument("--num-train-steps", type=STEPS_T, default=None,
                    help="EasyTune with --train-steps uniform|last: how many steps carry a gradient")
     p.add_argument("--weighting", choices=["uniform", "early", "late"], default=None)
-    p.add_argument("--reg-weight", type=float, default=None, help="regulariser toward the frozen base model")
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lora-rank", type=int, default=None,
+    p.add_argument("--reg-weight", type=real(0.0, 1e6), default=None, help="regulariser toward the frozen base model")
+    p.add_argument("--lr", type=real(0.0, 1.0, low_open=True), default=None)
+    p.add_argument("--batch-size", type=integer(1, 100000), default=None)
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--lora-rank", type=integer(0, 4096), default=None,
                    help="LoRA rank r: train only low-rank adapters of the denoiser (0 = full fine-tuning; needs "
                         "pip install easytune_lab[lora])")
-    p.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (scale alpha/r; default alpha = r)")
+    p.add_argument("--lora-alpha", type=real(0.0, 1e6, low_open=True), default=None, help="LoRA alpha (scale alpha/r; default alpha = r)")
     p.add_argument("--evaluator", type=Path, default=None,
                    help="evaluator run: also score every evaluation with the T2M metrics and the oracle")
-    p.add_argument("--eval-every", type=int, default=None, help="iterations between evaluations (0 = end only)")
-    p.add_argument("--eval-motions", type=int, default=None,
+    p.add_argument("--eval-every", type=COUNT0, default=None, help="iterations between evaluations (0 = end only)")
+    p.add_argument("--eval-motions", type=COUNT0, default=None,
                    help="test clips scored with --evaluator at each evaluation (0 = the whole split)")
-    p.add_argument("--checkpoint-every", type=int, default=None,
+    p.add_argument("--checkpoint-every", type=COUNT0, default=None,
                    help="iterations between checkpoints (default: the profile's; 0 = at the end only)")
     p.add_argument("--accumulate", action="store_true",
                    help="one optimiser step (and, under torchrun, one all-reduce) per trajectory: the per-step "
@@ -56,33 +57,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                    help="precision of backbone and reward (float64 for exact comparisons)")
     add_allow_pickle(p)
-    p.set_defaults(func=cmd_finetune, distributed=True)
+    p.set_defaults(func=cmd_finetune, distributed=True, lock="out")
 
 
 def check_inputs(base: Path, reward: Path, data: Path, evaluator: Path | None = None) -> None:
     """Everything about the named runs and data that can be checked before a run directory is made."""
-    import numpy as np
-
+    from ..data.humanml import load_mean_std
     from ..reward.retrieval import REWARD_KINDS
-    from ..runs import read_manifest, weights_file
+    from ..runs import read_manifest, read_normalisation, weights_file
 
-    base_manifest = read_manifest(base, kind="backbone")
+    base_manifest = read_manifest(base, kind="backbone", flag="--base")
     if base_manifest.get("status") != "complete" or not weights_file(base).is_file():
         raise UserError(f"--base {base}: the run did not finish (status {base_manifest.get('status')})")
-    reward_manifest = read_manifest(reward)
+    reward_manifest = read_manifest(reward, flag="--reward")
     if reward_manifest.get("kind") not in REWARD_KINDS:
         raise UserError(f"--reward {reward}: is a '{reward_manifest.get('kind')}' run, expected a reward run")
     if evaluator is not None:
-        read_manifest(evaluator, kind="evaluator")
+        read_manifest(evaluator, kind="evaluator", flag="--evaluator")
     for split in ("train", "val"):
         if not (data / f"{split}.txt").is_file():
             raise UserError(f"--data {data}: no {split}.txt (not a HumanML3D-format directory)")
     if not (data / "Mean.npy").is_file():
         raise UserError(f"--data {data}: no Mean.npy (not a HumanML3D-format directory)")
-    width = int(np.load(data / "Mean.npy", mmap_mode="r", allow_pickle=False).shape[0])
+    width = int(load_mean_std(data)[0].shape[0])  # Mean/Std as `data check` wants them, or one line
     model_width = base_manifest.get("feature_dim")
+    read_normalisation(base, int(model_width) if isinstance(model_width, int) else None)
     if model_width is not None and int(model_width) != width:
-        raise UserError(f"--data {data}: {width}-d features, but --base {base} generates {model_width}-d motions")
+        raise UserError(f"--data {data}: {width}-d features (Mean.npy), but --base {base} generates {model_width}-d motions")
     reward_width = reward_manifest.get("config", {}).get("model", {}).get("feat_dim")
     if reward_width is not None and model_width is not None and int(reward_width) != int(model_width):
         raise UserError(f"--reward {reward}: scores {reward_width}-d motions, but --base {base} generates "

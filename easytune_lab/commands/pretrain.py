@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
+from ..runtime import COUNT, OutputPath, SEED, integer, real
 from ..runs import add_allow_pickle
 
 
@@ -16,13 +17,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "distillation of an mld run (--teacher)")
     p.add_argument("--data", type=Path, required=True, help="HumanML3D-format directory (train split is used)")
     p.add_argument("--profile", default="smoke", help="smoke | quick | paper (model size and step count)")
-    p.add_argument("--out", type=Path, required=True, help="run directory to create (or to resume)")
+    p.add_argument("--out", type=OutputPath(directory=True), required=True, help="run directory to create (or to resume)")
     p.add_argument("--teacher", type=Path, default=None, help="finished mld run to distil (--backbone lcm)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the profile's)")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size (default: the profile's)")
-    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
-    p.add_argument("--stop-after", type=int, default=None,
+    p.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
+    p.add_argument("--steps", type=COUNT, default=None, help="optimiser steps (default: the profile's)")
+    p.add_argument("--batch-size", type=integer(1, 100000), default=None, help="batch size (default: the profile's)")
+    p.add_argument("--checkpoint-every", type=COUNT, default=None, help="steps between checkpoints")
+    p.add_argument("--stop-after", type=COUNT, default=None,
                    help="stop after this many steps with a checkpoint, as an interruption would (for tests)")
     p.add_argument("--resume", action="store_true",
                    help="continue --out from its last checkpoint (from the start if it was killed before the "
@@ -30,10 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-encoder", default=None,
                    help="local directory of a frozen Hugging Face sentence encoder (default: a small "
                         "transformer trained on the dataset vocabulary); never downloaded")
-    p.add_argument("--dropout", type=float, default=None,
+    p.add_argument("--dropout", type=real(0.0, 1.0, high_open=True), default=None,
                    help="dropout of the backbone's layers (default: the profile's; 0 makes multi-process runs "
                         "reproduce a single process exactly)")
-    p.add_argument("--accumulate", type=int, default=None,
+    p.add_argument("--accumulate", type=integer(1, 10000), default=None,
                    help="batches whose gradients are summed per optimiser step (default 1; under torchrun they "
                         "are all-reduced once per step)")
     p.add_argument("--dtype", choices=["float32", "float64"], default=None,
@@ -41,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (under torchrun: cuda = one GPU per rank)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_allow_pickle(p)
-    p.set_defaults(func=cmd_pretrain, distributed=True)
+    p.set_defaults(func=cmd_pretrain, distributed=True, lock="out")
 
 
 def load_training_data(root: Path, seed: int):
@@ -76,7 +77,7 @@ def _set_dropout(config, dropout: float) -> None:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from .. import distributed as dist
-    from ..runs import never_started, read_manifest
+    from ..runs import check_resume_parents, manifest_config, never_started, read_manifest
     from ..runtime import check_profile
     from ..diffusion.train import check_world, config_from_dict, pretrain, pretrain_config
 
@@ -94,12 +95,15 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     resume = args.resume and not never_started(args.out)  # killed before its manifest: start afresh
     if resume:
         manifest = read_manifest(args.out, kind="backbone")
-        config = config_from_dict(manifest["config"])
+        with manifest_config(args.out):
+            config = config_from_dict(manifest["config"])
         if config.backbone != args.backbone:
             raise UserError(f"--backbone {args.backbone}: {args.out} is a '{config.backbone}' run")
         if args.steps is not None and args.steps != config.steps:
             raise UserError(f"--steps {args.steps}: {args.out} was started with {config.steps} steps; "
                             "--resume continues the saved configuration")
+        check_resume_parents(args.out, manifest, {"data": args.data,
+                                                  **({"teacher": args.teacher} if args.teacher is not None else {})})
         seed = config.seed
         training = manifest.get("training", {})
         for name, default in (("accumulate", 1), ("dtype", "float32")):
@@ -122,7 +126,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if resume:
         saved = manifest.get("feature_dim")
         if saved is not None and int(saved) != width:
-            raise UserError(f"--data {args.data}: {width}-d features, but {args.out} was trained on {saved}-d")
+            raise UserError(f"--data {args.data}: {width}-d features (Mean.npy), but {args.out} was trained on {saved}-d")
     else:
         config = pretrain_config(args.backbone, args.profile, width, steps=args.steps,
                                  batch_size=args.batch_size, checkpoint_every=args.checkpoint_every, seed=args.seed)

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
+from ..runtime import OutputPath, SEED, check_profile, integer
 from ..io import write_json
-from ..runtime import check_profile
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 MAIN_TABLE = Path("04_main_results") / "main_table.csv"
@@ -29,15 +29,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reproduce", help="the main job: data, checks, playbacks, and every claim notebook")
     p.add_argument("--profile", default="quick", help="smoke | quick | paper (default quick)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--results", type=Path, default=Path("results"), help="results directory (default results/)")
-    p.add_argument("--cache", type=Path, default=Path(".cache"), help="cache of datasets and trained runs")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--results", type=OutputPath(directory=True), default=Path("results"), help="results directory (default results/)")
+    p.add_argument("--cache", type=OutputPath(directory=True), default=Path(".cache"), help="cache of datasets and trained runs")
     p.add_argument("--data", type=Path, default=None,
                    help="an existing HumanML3D/KIT-format directory to use instead of the procedural dataset")
-    p.add_argument("--playbacks", type=int, default=3, help="number of HTML playbacks to write")
+    p.add_argument("--playbacks", type=integer(0, 10000), default=3, help="number of HTML playbacks to write")
     p.add_argument("--notebooks", default="all",
                    help="comma-separated notebook names or number prefixes to run (e.g. 03,04), 'all' or 'none'")
-    p.set_defaults(func=cmd_reproduce)
+    p.set_defaults(func=cmd_reproduce, lock="results")
 
 
 def select_notebooks(spec: str, folder: Path = NOTEBOOK_DIR) -> list[Path]:

@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
+from ..runtime import COUNT, OutputPath, SEED, integer, real
 from ..runs import add_allow_pickle
 
 
@@ -26,46 +27,46 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the backbone's noise schedule for --noise-aware (default: the profile's, cosine)")
     t.add_argument("--text-model", type=Path, default=None,
                    help="optional local Hugging Face text model directory (frozen; never downloaded)")
-    t.add_argument("--epochs", type=int, default=None, help="override the profile's number of epochs")
+    t.add_argument("--epochs", type=COUNT, default=None, help="override the profile's number of epochs")
     t.add_argument("--init", type=Path, default=None,
                    help="start from this reward run (its weights, vocabulary and model size) instead of a fresh "
                         "reward: with --noise-aware from a plain run (the timestep embedding starts at zero), "
                         "else the run is trained on for the profile's epochs")
     add_allow_pickle(t)
-    t.set_defaults(func=cmd_train, distributed=True)
+    t.set_defaults(func=cmd_train, distributed=True, lock="out")
 
     s = rsub.add_parser("spl", help="refine a trained reward with Self-refinement Preference Learning")
     s.add_argument("--reward", required=True, type=Path, help="a reward run directory (from `reward train`)")
     _common(s)
-    s.add_argument("--k", type=int, default=None, help="top-k of the mining rule (default: the profile's, 10)")
-    s.add_argument("--spl-weight", type=float, default=None,
+    s.add_argument("--k", type=integer(1, 100000), default=None, help="top-k of the mining rule (default: the profile's, 10)")
+    s.add_argument("--spl-weight", type=real(0.0, 1e6), default=None,
                    help="weight of the SPL loss (0 = control: same extra epochs, InfoNCE only)")
-    s.add_argument("--epochs", type=int, default=None, help="override the profile's number of SPL epochs")
+    s.add_argument("--epochs", type=COUNT, default=None, help="override the profile's number of SPL epochs")
     add_allow_pickle(s)
-    s.set_defaults(func=cmd_spl, distributed=True)
+    s.set_defaults(func=cmd_spl, distributed=True, lock="out")
 
     st = rsub.add_parser("study", help="SPL before/after (with a no-SPL control) over seeds; plain vs noise-aware")
     st.add_argument("--data", required=True, type=Path, help="HumanML3D-format dataset directory")
     st.add_argument("--profile", default="quick", help="smoke | quick | paper (default quick)")
-    st.add_argument("--runs", required=True, type=Path, help="directory for the run directories (must not hold them yet)")
-    st.add_argument("--results", type=Path, default=Path("results/reward"), help="summary JSON directory")
-    st.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="seeds of the plain/SPL runs")
-    st.add_argument("--noise-seeds", type=int, nargs="*", default=[0], help="seeds of the noise-aware runs")
+    st.add_argument("--runs", required=True, type=OutputPath(directory=True), help="directory for the run directories (must not hold them yet)")
+    st.add_argument("--results", type=OutputPath(directory=True), default=Path("results/reward"), help="summary JSON directory")
+    st.add_argument("--seeds", type=SEED, nargs="*", default=[0, 1, 2], help="seeds of the plain/SPL runs")
+    st.add_argument("--noise-seeds", type=SEED, nargs="*", default=[0], help="seeds of the noise-aware runs")
     st.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     st.add_argument("--summarise-only", action="store_true", help="only summarise the finished runs under --runs")
-    st.set_defaults(func=cmd_study)
+    st.set_defaults(func=cmd_study, lock="runs")
     ev = rsub.add_parser("eval", help="test-split retrieval of a reward run at chosen noise levels")
     ev.add_argument("--reward", required=True, type=Path, help="a reward run directory")
     ev.add_argument("--data", required=True, type=Path, help="HumanML3D-format dataset directory")
     ev.add_argument("--timesteps", default="0", help="comma-separated noise levels t in [0, 999] (default 0)")
-    ev.add_argument("--out", required=True, type=Path, help="output JSON file")
+    ev.add_argument("--out", required=True, type=OutputPath(".json"), help="output JSON file")
     ev.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     ev.set_defaults(func=cmd_eval)
     sw = rsub.add_parser("sweep", help="R@1 against noise level for the plain / noise-aware runs of a study")
     sw.add_argument("--runs", required=True, type=Path, help="the --runs directory of `easytune reward study`")
     sw.add_argument("--data", required=True, type=Path, help="HumanML3D-format dataset directory")
     sw.add_argument("--timesteps", required=True, help="comma-separated noise levels t in [0, 999]")
-    sw.add_argument("--out", required=True, type=Path, help="output JSON file")
+    sw.add_argument("--out", required=True, type=OutputPath(".json"), help="output JSON file")
     sw.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     sw.set_defaults(func=cmd_sweep)
 
@@ -73,8 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, type=Path, help="HumanML3D-format dataset directory")
     p.add_argument("--profile", default="quick", help="smoke | quick | paper (default quick)")
-    p.add_argument("--out", required=True, type=Path, help="output run directory (absent or empty)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", required=True, type=OutputPath(directory=True), help="output run directory (absent or empty)")
+    p.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto; under torchrun cuda = one "
                                                     "GPU per rank)")
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
+from ..runtime import OutputPath, SEED, STEPS_T, integer, real
 from ..runs import add_allow_pickle
 
 
@@ -13,15 +14,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="generate motions for captions with a backbone run (.npy or .html)")
     p.add_argument("--run", type=Path, required=True, help="finished `easytune pretrain` run directory")
     p.add_argument("--text", action="append", required=True, help="caption (repeat for several)")
-    p.add_argument("--num", type=int, default=1, help="samples per caption (default 1)")
-    p.add_argument("--length", type=int, default=120, help="frames at 20 fps, multiple of 4, <= 196 (default 120)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--num", type=integer(1, 10000), default=1, help="samples per caption (default 1)")
+    p.add_argument("--length", type=integer(4, 1000), default=120, help="frames at 20 fps, multiple of 4, <= 196 (default 120)")
+    p.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
     p.add_argument("--sampler", choices=["ddpm", "ddim", "consistency"], default=None,
                    help="default: the backbone's (mdm: ddpm, mld: ddim, lcm: consistency)")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the backbone's)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--steps", type=STEPS_T, default=None, help="denoising steps (default: the backbone's)")
+    p.add_argument("--guidance", type=real(0.0, 100.0), default=None, help="classifier-free guidance scale")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--out", type=Path, required=True,
+    p.add_argument("--out", type=OutputPath(".npy", ".html", ".htm"), required=True,
                    help=".npy: (N, length, D) de-normalised features; .html: offline skeleton playback")
     add_allow_pickle(p)
     p.set_defaults(func=cmd_sample)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
+from ..runs import MIN_STD
 from .humanml import (FEATURES_DIR, JOINTS_DIR, SKELETONS, SPLITS, TEXTS_DIR, SkeletonSpec, features_path,
                       motion_clips, nonfinite_message, read_npy_header, text_path, valid_id)
 from .text import Caption, CaptionError, parse_caption_line, read_caption_lines
@@ -135,6 +136,10 @@ def _check_stats(report: DatasetReport, root: Path) -> tuple[int | None, int | N
                                  "(normalisation would divide by zero)")
             if (finite < 0).any():
                 report.add(path, f"{int((finite < 0).sum())} negative entries at indices {_indices(finite < 0)}")
+            tiny = (finite > 0) & (finite < MIN_STD)
+            if tiny.any():
+                report.add(path, f"{int(tiny.sum())} entries below {MIN_STD:g} at indices {_indices(tiny)} "
+                                 "(normalising by them overflows)")
         widths.append(arr.shape[0])
     return widths[0], widths[1]
 

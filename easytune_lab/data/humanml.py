@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import UserError
+from ..runs import MIN_STD
 from .text import Caption, Vocabulary, parse_caption_file
 
 SPLITS = ("train", "val", "test")
@@ -144,8 +145,8 @@ def read_features(path: str | os.PathLike, dim: int | None = None) -> np.ndarray
     """A float32 (T, D) feature array; UserError naming the file for wrong ndim/width/dtype, empty or non-finite."""
     path = Path(path)
     arr = load_npy(path)
-    if arr.dtype.kind not in "fiu":
-        raise UserError(f"{path}: dtype {arr.dtype} is not numeric")
+    if arr.dtype.kind != "f":
+        raise UserError(f"{path}: dtype {arr.dtype}, expected float32 (as `easytune data check` requires)")
     if arr.ndim != 2:
         raise UserError(f"{path}: expected a 2-d (frames, features) array, got shape {arr.shape}")
     if dim is not None and arr.shape[1] != dim:
@@ -196,6 +197,9 @@ def load_mean_std(root: str | os.PathLike, skeleton: str | None = None) -> tuple
         raise UserError(f"{root / 'Std.npy'}: width {std.shape[0]} differs from Mean.npy's {mean.shape[0]}")
     if (std <= 0).any():
         raise UserError(f"{root / 'Std.npy'}: {int((std <= 0).sum())} entries are zero or negative")
+    if (std < MIN_STD).any():
+        raise UserError(f"{root / 'Std.npy'}: {int((std < MIN_STD).sum())} entries below {MIN_STD:g} (smallest "
+                        f"{std.min():.3g}); normalising by them overflows")
     return mean, std
 
 
@@ -226,6 +230,10 @@ def read_motion(root: str | os.PathLike, motion_id: str) -> tuple[np.ndarray, li
     if not path.is_file():
         raise UserError(f"{path}: no features for id '{motion_id}'")
     features = read_features(path)
+    widths = sorted(spec.dim for spec in SKELETONS.values())
+    if features.shape[1] not in widths:
+        raise UserError(f"{path}: feature width {features.shape[1]} matches no skeleton (known widths: "
+                        f"{', '.join(map(str, widths))})")
     tpath = text_path(root, motion_id)
     captions = [c.text for c in parse_caption_file(tpath)] if tpath.is_file() else []
     return features, captions
@@ -430,6 +438,12 @@ class HumanMLDataset(Dataset):
     def crop_length(self, length: int) -> int:
         """Length cut down to a multiple of ``unit_length`` (T2M's 'single' coin)."""
         return (length // self.unit_length) * self.unit_length
+
+    def clip_features(self, index: int) -> np.ndarray:
+        """All frames of clip ``index`` (uncropped; normalised when the dataset is), a view of the stored array."""
+        clip = self.clips[index]
+        start = self._motion_offset[clip.motion_id] + clip.start
+        return self.frames[start: start + clip.length]
 
     def __getitem__(self, index: int) -> MotionItem:
         if index < 0:

@@ -110,6 +110,9 @@ def parse_token(item: str) -> Token:
     return Token(word, pos)
 
 
+MAX_TAG_SECONDS = 1e6  # sub-clip tags are seconds into a motion; larger ones overflow a frame index
+
+
 def _parse_tag(value: str, name: str) -> float:
     try:
         tag = float(value)
@@ -117,8 +120,8 @@ def _parse_tag(value: str, name: str) -> float:
         raise ValueError(f"{name} tag '{value}' is not a number") from None
     if math.isnan(tag):  # T2M treats a NaN tag as 0.0
         return 0.0
-    if math.isinf(tag) or tag < 0:
-        raise ValueError(f"{name} tag '{value}' must be a finite number >= 0")
+    if math.isinf(tag) or tag < 0 or tag > MAX_TAG_SECONDS:
+        raise ValueError(f"{name} tag '{value}' must be a number of seconds in [0, {MAX_TAG_SECONDS:g}]")
     return tag
 
 

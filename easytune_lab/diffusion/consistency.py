@@ -156,7 +156,9 @@ def teacher_setup(config, data):
     teacher, tconfig, _ = load_backbone(teacher_dir, "cpu")
     if tconfig.backbone != "mld":
         raise UserError(f"--teacher {teacher_dir}: is a '{tconfig.backbone}' run; distillation needs an mld run")
-    mean, std = np.load(teacher_dir / "mean.npy"), np.load(teacher_dir / "std.npy")
+    from ..runs import read_normalisation
+
+    mean, std = read_normalisation(teacher_dir)
     if mean.shape != np.shape(data.mean) or not (np.allclose(mean, data.mean, atol=1e-5)
                                                   and np.allclose(std, data.std, atol=1e-5)):
         raise UserError(f"--data {data.source}: its Mean/Std differ from the teacher's training data "

@@ -100,7 +100,9 @@ def load_generator(run_dir: str | Path, device: str | torch.device = "auto") -> 
     """Load ``RUN`` (a finished ``easytune pretrain`` run) on ``device`` (auto/cpu/cuda)."""
     run_dir = Path(run_dir)
     dev = resolve_device(device) if isinstance(device, str) else device
-    backbone, config, _ = load_backbone(run_dir, dev)
-    mean = np.load(run_dir / "mean.npy").astype(np.float32)
-    std = np.load(run_dir / "std.npy").astype(np.float32)
+    from ..runs import read_normalisation
+
+    backbone, config, manifest = load_backbone(run_dir, dev)
+    width = manifest.get("feature_dim")
+    mean, std = read_normalisation(run_dir, int(width) if isinstance(width, int) else None)
     return MotionGenerator(backbone, config, mean, std, dev, run_dir)

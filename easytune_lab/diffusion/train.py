@@ -43,8 +43,9 @@ from .. import distributed as dist
 from ..data.text import Vocabulary
 from ..errors import NonFiniteError, UserError
 from ..io import write_json, write_npy
-from ..runs import (CHECKPOINT, checkpoint_writer, find_checkpoint, load_tensors, make_manifest, read_manifest,
-                    save_tensors, weights_file, write_manifest, WEIGHTS)
+from ..runs import (CHECKPOINT, checkpoint_writer, dataset_identity, find_checkpoint, load_state_strict, load_tensors, make_manifest,
+                    manifest_config, read_manifest, read_state_json, save_tensors, weights_file, write_manifest,
+                    WEIGHTS)
 from .backbone import Backbone
 
 BACKBONES = ("mdm", "mld", "lcm")
@@ -229,9 +230,17 @@ def load_checkpoint(run_dir: Path, model: Backbone, device: torch.device) -> tup
     ckpt = Path(run_dir) / CHECKPOINT
     if not (ckpt / "state.json").is_file():
         raise UserError(f"--resume: {ckpt} has no checkpoint to resume from")
-    model.load_state_dict(load_tensors(ckpt / WEIGHTS, device=str(device)))
-    state = json.loads((ckpt / "state.json").read_text())
-    return state, load_tensors(ckpt / "optimizer.safetensors")
+    load_state_strict(model, load_tensors(ckpt / WEIGHTS, device=str(device)), ckpt / WEIGHTS)
+    state = read_state_json(ckpt / "state.json", ("step", "rng", "log", "param_groups"))
+    path = ckpt / "optimizer.safetensors"
+    tensors = load_tensors(path)
+    missing = [k for k in ("rng.torch", "rng.train", "rng.numpy") if k not in tensors]
+    if missing:
+        raise UserError(f"{path}: not this run's optimiser state (no {', '.join(missing)})")
+    for key, value in tensors.items():
+        if key.startswith("state.") and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise NonFiniteError(f"{path}: optimiser state {key} holds NaN/Inf")
+    return state, tensors
 
 
 def _restore_optimizer(optimizer: torch.optim.Optimizer, state: dict, tensors: dict) -> None:
@@ -243,7 +252,10 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, state: dict, tensors: d
     for key, value in state.get("optimizer_scalars", {}).items():
         idx, name = key.split(".", 1)
         per_param.setdefault(int(idx), {})[name] = value
-    optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
+    try:
+        optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"checkpoint/optimizer.safetensors: does not fit this run's optimiser ({exc})") from None
 
 
 # ------------------------------------------------------------------------------------------------ the loop
@@ -346,6 +358,7 @@ def pretrain(config: PretrainConfig, data: PretrainData, run_dir: str | Path, *,
                              parents={"data": data.source, **(parents or {})},
                              extra={"backbone": config.backbone, "status": "running",
                                     "feature_dim": int(np.asarray(data.mean).shape[0]),
+                                    "data_identity": dataset_identity(data.source) if data.source else None,
                                     "training": {"world_size": ctx.world_size, "accumulate": accumulate,
                                                  "dtype": dtype}})
     if ctx.is_main:
@@ -449,8 +462,9 @@ def load_backbone(run_dir: str | Path, device: torch.device | str = "cpu") -> tu
     if manifest.get("status") != "complete" or not weights_file(run_dir).is_file():
         raise UserError(f"{run_dir}: pretraining did not finish (status {manifest.get('status')}); "
                         "continue it with `easytune pretrain --resume`")
-    config = config_from_dict(manifest["config"])
     vocab = Vocabulary.load(run_dir / "vocab.json")
-    model = build_backbone(config, vocab)
-    model.load_state_dict(load_tensors(weights_file(run_dir)))
+    with manifest_config(run_dir):
+        config = config_from_dict(manifest["config"])
+        model = build_backbone(config, vocab)
+    load_state_strict(model, load_tensors(weights_file(run_dir)), weights_file(run_dir))
     return model.to(device).eval(), config, manifest

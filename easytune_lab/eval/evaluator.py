@@ -28,7 +28,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from ..data.text import NUM_POS, Vocabulary, parse_caption_line, plain_tokens
 from ..errors import UserError
-from ..runs import load_tensors, read_manifest, weights_file
+from ..runs import load_state_strict, load_tensors, manifest_config, read_manifest, read_normalisation, weights_file
 
 EVALUATOR_KIND = "evaluator"
 VOCABULARY_FILE = "vocabulary.json"
@@ -151,23 +151,17 @@ def load_evaluator(run_dir: str | Path, device: str | torch.device = "cpu") -> L
     """Load ``easytune evaluator train`` output (manifest, weights, vocabulary, normalisation), in eval mode."""
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir, kind=EVALUATOR_KIND)
-    try:
+    with manifest_config(run_dir):
         config = EvaluatorConfig.from_dict(manifest["config"]["model"])
-    except (KeyError, TypeError):
-        raise UserError(f"{run_dir}/manifest.json: no config.model section") from None
     vocab = Vocabulary.load(run_dir / VOCABULARY_FILE)
     norm_path = run_dir / NORMALISATION_FILE
     if not norm_path.is_file():
         raise UserError(f"{norm_path}: missing")
-    with np.load(norm_path, allow_pickle=False) as z:
-        mean, std = z["mean"].astype(np.float32), z["std"].astype(np.float32)
+    mean, std = read_normalisation(run_dir, config.feature_dim)
     device = torch.device(device)
-    model = TextMotionEvaluator(config, len(vocab))
-    state = load_tensors(weights_file(run_dir))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UserError(f"{weights_file(run_dir)}: does not match the evaluator config "
-                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    with manifest_config(run_dir):
+        model = TextMotionEvaluator(config, len(vocab))
+    load_state_strict(model, load_tensors(weights_file(run_dir)), weights_file(run_dir))
     model.to(device).eval()
     return LoadedEvaluator(model, vocab, mean, std, device, run_dir, manifest)
 
@@ -223,12 +217,16 @@ def embed_texts(ev: LoadedEvaluator, captions: Sequence[str], batch_size: int = 
 
 @torch.no_grad()
 def embed_motions(ev: LoadedEvaluator, motions: Sequence[np.ndarray] | torch.Tensor, lengths=None,
-                  normalised: bool = True, batch_size: int = 128) -> np.ndarray:
+                  normalised: bool = True, batch_size: int = 128, pad_to: int | None = None) -> np.ndarray:
     """Motion embeddings (N, 512).
 
     ``motions`` is a list of (T_i, feature_dim) arrays or a padded (N, T, feature_dim) tensor with ``lengths``.
     ``normalised=False`` means raw HumanML3D features, which are normalised here with the evaluator's Mean/Std
-    (T2M evaluates with the evaluator's own statistics).
+    (T2M evaluates with the evaluator's own statistics). Frames past each length are zero in normalised space.
+
+    ``pad_to`` (T2M: ``max_motion_length`` = 196) pads every batch to that many frames, as T2M's evaluation
+    loaders do, so a motion's embedding does not depend on which motions share its batch; a longer motion is a
+    UserError. ``None`` pads to the longest motion of each batch (the ``legacy`` protocol).
     """
     if isinstance(motions, (list, tuple)):
         lengths = np.array([len(m) for m in motions]) if lengths is None else np.asarray(lengths)
@@ -239,20 +237,27 @@ def embed_motions(ev: LoadedEvaluator, motions: Sequence[np.ndarray] | torch.Ten
     lengths = np.asarray(lengths, dtype=np.int64)
     if len(lengths) and lengths.min() < UNIT_LENGTH:
         raise UserError(f"motions: every motion needs at least {UNIT_LENGTH} frames (got {lengths.min()})")
+    if pad_to is not None and len(lengths) and lengths.max() > pad_to:
+        raise UserError(f"motions: a motion has {lengths.max()} frames, more than the protocol's "
+                        f"max_motion_length {pad_to}")
     mean, std = torch.from_numpy(ev.mean), torch.from_numpy(ev.std)
     out = []
     for s in range(0, len(lengths), batch_size):
         lens = lengths[s:s + batch_size]
+        frames = int(lens.max()) if pad_to is None else int(pad_to)
         if isinstance(motions, torch.Tensor):
-            x = motions[s:s + batch_size, : int(lens.max())].float()
+            x = motions[s:s + batch_size, : min(frames, motions.shape[1])].float()
+            if x.shape[1] < frames:
+                x = torch.nn.functional.pad(x, (0, 0, 0, frames - x.shape[1]))
         else:
-            x = torch.zeros(len(lens), int(lens.max()), ev.config.feature_dim)
+            x = torch.zeros(len(lens), frames, ev.config.feature_dim)
             for k, m in enumerate(motions[s:s + batch_size]):
                 x[k, : len(m)] = torch.as_tensor(np.asarray(m), dtype=torch.float32)
+        valid = torch.arange(x.shape[1])[None, :] < torch.from_numpy(lens)[:, None]
         if not normalised:
             x = (x - mean) / std
-            valid = torch.arange(x.shape[1])[None, :] < torch.from_numpy(lens)[:, None]
-            x = x * valid[..., None]  # padding stays zero in normalised space, as in the dataset batches
+        if pad_to is not None or not normalised:
+            x = x * valid[..., None]  # padding is zero in normalised space, as in T2M's loaders
         emb = ev.model.encode_motion(x.to(ev.device), torch.from_numpy(lens))
         out.append(emb.float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, ev.config.output_dim), np.float32)

@@ -36,7 +36,7 @@ from ..data.humanml import HumanMLDataset, MotionBatch, collate_motions
 from ..errors import UserError
 from ..io import write_json
 from ..runs import WEIGHTS, make_manifest, save_tensors, write_manifest
-from ..runtime import check_profile, seed_everything
+from ..runtime import check_finite_loss, check_profile, seed_everything
 from . import metrics as M
 from .evaluator import (EVALUATOR_KIND, NORMALISATION_FILE, VOCABULARY_FILE, EvaluatorConfig,
                         TextMotionEvaluator, save_normalisation)
@@ -232,6 +232,7 @@ def train_evaluator(data_root: str | Path, config: EvaluatorTrainConfig, out_dir
                 loss = infonce_loss(text, motion, config.temperature, exclude)
             else:
                 loss = margin_loss(text, motion, config.margin, int(shift_rng.integers(1, len(text))), exclude)
+            check_finite_loss(loss, "evaluator train", epoch + 1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip:

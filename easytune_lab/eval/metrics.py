@@ -26,6 +26,9 @@ from typing import Callable
 import numpy as np
 
 R_PRECISION_GROUP = 32
+PROTOCOLS = ("t2m", "legacy")  # evaluation protocols (:mod:`.protocol`); the first is the default
+MAX_MOTION_LENGTH = 196  # T2M's max_motion_length (HumanML3D and KIT-ML): motions are padded to it
+UNIT_LENGTH = 4  # T2M's unit_length: crops are multiples of it
 DIVERSITY_TIMES = 300
 MULTIMODALITY_TIMES = 10
 

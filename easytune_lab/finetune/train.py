@@ -40,8 +40,9 @@ from .. import distributed as dist
 from ..analysis.memory import memory_probe
 from ..errors import NonFiniteError, UserError
 from ..io import write_json
-from ..runs import (checkpoint_writer, config_to_dict, find_checkpoint, load_tensors, make_manifest, read_manifest,
-                    save_tensors, write_manifest)
+from ..runs import (check_resume_parents, checkpoint_writer, config_to_dict, dataset_identity, find_checkpoint,
+                    load_state_strict, load_tensors, make_manifest, read_manifest, read_state_json, save_tensors,
+                    write_manifest)
 from ..runtime import check_profile
 from .adapters import BackboneTrajectory, reward_function
 from .loop import LoopConfig, TrajectoryStats, run_trajectory
@@ -334,9 +335,15 @@ class Finetuner:
         tensors["rng.torch"] = torch.get_rng_state()
         return tensors
 
-    def load_state_tensors(self, tensors: dict, numpy_state: dict) -> None:
+    def load_state_tensors(self, tensors: dict, numpy_state: dict, path: str | Path = "checkpoint") -> None:
         model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-        self.backbone.load_state_dict(model)
+        load_state_strict(self.backbone, model, path)
+        missing = [k for k in ("rng.noise", "rng.torch") if k not in tensors]
+        if missing:
+            raise UserError(f"{path}: not this run's checkpoint state (no {', '.join(missing)})")
+        for key, value in tensors.items():
+            if key.startswith("optim.") and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise NonFiniteError(f"{path}: optimiser state {key} holds NaN/Inf")
         for p_index, p in enumerate(self.params):
             state = {}
             for key, value in tensors.items():
@@ -398,7 +405,8 @@ def run_finetune(cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Pa
     if dtype != "float32" and evaluator is not None:
         raise UserError("--dtype: --evaluator scores float32 motions; evaluate a float64 run afterwards instead")
     if resume:
-        check_resumable(out, cfg, accumulate, dtype)
+        check_resumable(out, cfg, accumulate, dtype, parents={"base": base_run, "reward": reward_run, "data": data,
+                                                              "evaluator": evaluator})
     tuner = Finetuner(cfg, base_run, reward_run, data, device, accumulate=accumulate,
                       dtype=getattr(torch, dtype) if dtype != "float32" else None)
     periodic = None if evaluator is None else PeriodicEvaluator(evaluator, data, device, cfg.eval_motions,
@@ -423,9 +431,9 @@ def run_finetune(cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Pa
         resume = (out / CHECKPOINT / "state.json").is_file()  # none yet: killed early, start afresh
     if resume:
         state_path = out / CHECKPOINT / "state.json"
-        state = json.loads(state_path.read_text())
+        state = read_state_json(state_path, ("iteration", "elapsed", "log", "evals", "scheduler", "numpy_rng"))
         tuner.load_state_tensors(load_tensors(out / CHECKPOINT / "state.safetensors", device="cpu"),
-                                 state["numpy_rng"])
+                                 state["numpy_rng"], out / CHECKPOINT / "state.safetensors")
         tuner.scheduler.load_state_dict(state["scheduler"])
         for group, lr in zip(tuner.optimizer.param_groups, tuner.scheduler.get_last_lr()):
             group["lr"] = lr
@@ -436,6 +444,7 @@ def run_finetune(cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Pa
                                       **({"evaluator": str(evaluator)} if evaluator is not None else {})},
                              extra={"backbone": base_manifest.get("backbone"), "status": "running",
                                     "feature_dim": base_manifest.get("feature_dim"),
+                                    "data_identity": dataset_identity(data),
                                     "finetune": config_to_dict(cfg),
                                     "training": {"world_size": dist.world_size(), "accumulate": accumulate,
                                                  "dtype": dtype}})
@@ -458,9 +467,9 @@ def run_finetune(cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Pa
         elapsed += time.perf_counter() - t0
         steps_done += stats.optimizer_steps
         log["iteration"].append(it + 1)
-        log["reward"].append(float(np.mean(stats.rewards)) if stats.rewards else float("nan"))
-        log["final_reward"].append(stats.final_reward)
-        log["loss"].append(float(np.mean(stats.losses)) if stats.losses else float("nan"))
+        log["reward"].append(float(np.mean(stats.rewards)) if stats.rewards else None)
+        log["final_reward"].append(stats.final_reward if math.isfinite(stats.final_reward) else None)
+        log["loss"].append(float(np.mean(stats.losses)) if stats.losses else None)
         log["peak_bytes"].append(stats.peak_bytes)
         log["optimizer_steps"].append(steps_done)
         log["time"].append({k: round(v, 6) for k, v in stats.time.items()})
@@ -506,8 +515,10 @@ def run_finetune(cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Pa
 _RESUME_FREE = ("eval_every", "eval_captions", "eval_motions", "checkpoint_every")
 
 
-def check_resumable(out: Path, cfg: FinetuneConfig, accumulate: bool, dtype: str = "float32") -> None:
-    """``--resume`` continues the saved configuration: refuse a different one, naming what differs."""
+def check_resumable(out: Path, cfg: FinetuneConfig, accumulate: bool, dtype: str = "float32",
+                    parents: dict | None = None) -> None:
+    """``--resume`` continues the saved configuration: refuse a different one, naming what differs, and other
+    parent runs or another dataset (:func:`~easytune_lab.runs.check_resume_parents`)."""
     from ..runs import MANIFEST, never_started
 
     if never_started(out):
@@ -527,6 +538,8 @@ def check_resumable(out: Path, cfg: FinetuneConfig, accumulate: bool, dtype: str
     if changed:
         raise UserError(f"--resume: {out} was started with other settings ({', '.join(changed)}); "
                         "--resume continues the saved configuration")
+    if parents is not None:
+        check_resume_parents(out, manifest, parents, optional=("evaluator",))
     training = manifest.get("training", {})
     was = bool(training.get("accumulate", False))
     if was != bool(accumulate):

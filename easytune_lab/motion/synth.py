@@ -277,6 +277,7 @@ def generate_dataset(out_dir: str | os.PathLike, num_motions: int = 4000, seed: 
     workers = max(1, min(workers or os.cpu_count() or 1, num_motions))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    _remove_stale_temporaries(out_dir)
     if tmp.exists():
         shutil.rmtree(tmp)
     for sub in ("new_joint_vecs", "new_joints", "texts"):
@@ -291,6 +292,21 @@ def generate_dataset(out_dir: str | os.PathLike, num_motions: int = 4000, seed: 
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return summary
+
+
+def _remove_stale_temporaries(out_dir: Path) -> None:
+    """Remove the temporary directories of earlier runs on ``out_dir`` that were killed (their process is gone)."""
+    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running: not ours to remove
+        except ProcessLookupError:
+            shutil.rmtree(stale, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def _run_jobs(seed: int, num_motions: int, tmp: Path, workers: int, progress: bool) -> list[dict]:

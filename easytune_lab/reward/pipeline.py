@@ -49,7 +49,7 @@ def _check_width(data: Path, reward, flag: str, run: Path) -> None:
     """The reward loaded from ``run`` (named by ``flag`` in the message) scores the data's feature width."""
     width = _feature_width(data)
     if width is not None and reward.cfg.feat_dim != width:
-        raise UserError(f"--data {data}: {width}-d features, but {flag} {run} scores {reward.cfg.feat_dim}-d motions")
+        raise UserError(f"--data {data}: {width}-d features (Mean.npy), but {flag} {run} scores {reward.cfg.feat_dim}-d motions")
 
 
 def _check_sizes(data: Path, cfg, batch_size: int, train_idx, test_idx) -> None:
@@ -183,6 +183,10 @@ def spl_run(reward_dir: Path, data: Path, out: Path, profile: str = "quick", see
         spl.epochs = epochs
     train, test, train_idx, test_idx = load_splits(data, cfg.max_train_items, cfg.max_test_items, seed)
     _check_sizes(data, cfg, spl.batch_size, train_idx, test_idx)
+    gallery = len(train_idx) if spl.gallery == "train" else min(spl.batch_size, len(train_idx))
+    if spl.k >= gallery:  # a pair needs k wrong motions above the ground truth: none could ever be mined
+        raise UserError(f"--k {spl.k}: the SPL gallery ({spl.gallery}) holds {gallery} motions, so no pair could "
+                        f"be mined; k must be below {gallery}")
     before = _evaluate(reward, test, test_idx, dev, (0,), cfg.eval_batch)
     start = time.perf_counter()
     history = refine_spl(reward, train, train_idx, cfg, spl, dev, log=log, seed=seed)

@@ -387,23 +387,21 @@ def load_reward(run_dir, device="cpu", trainable: bool = False) -> Reward:
     import dataclasses
 
     from ..data.text import Vocabulary
-    from ..runs import load_tensors, read_manifest, weights_file
+    from ..runs import load_state_strict, load_tensors, manifest_config, read_manifest, weights_file
 
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     if manifest.get("kind") not in REWARD_KINDS:
         raise UserError(f"{run_dir}: is a '{manifest.get('kind')}' run, expected a reward run")
     fields = {f.name for f in dataclasses.fields(RewardModelConfig)}
-    model = manifest.get("config", {}).get("model", {})
-    cfg = RewardModelConfig(**{k: v for k, v in model.items() if k in fields})
+    with manifest_config(run_dir):
+        model = manifest["config"]["model"]
+        cfg = RewardModelConfig(**{k: v for k, v in model.items() if k in fields})
     tokenizer = None
     if not cfg.text_model_path:
         tokenizer = CaptionTokenizer(Vocabulary.load(run_dir / VOCAB_FILE), cfg.max_words)
-    reward = Reward(cfg, tokenizer)
-    state = load_tensors(weights_file(run_dir))
-    missing, unexpected = reward.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UserError(f"{weights_file(run_dir)}: does not match the manifest's model "
-                        f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+    with manifest_config(run_dir):
+        reward = Reward(cfg, tokenizer)
+    load_state_strict(reward, load_tensors(weights_file(run_dir)), weights_file(run_dir))
     reward.requires_grad_(trainable)
     return reward.to(torch.device(device) if isinstance(device, str) else device).eval()

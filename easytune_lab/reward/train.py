@@ -19,6 +19,7 @@ import torch
 from .. import distributed as dist
 from ..data.humanml import HumanMLDataset, MotionBatch, collate_motions
 from ..errors import UserError
+from ..runtime import check_finite_loss
 from .metrics import batched_retrieval_metrics, retrieval_metrics
 from .retrieval import CaptionTokenizer, FrozenTextModel, Reward, RewardModelConfig, identical_captions, info_nce, noise_motion
 from .spl import mine_pairs, preference_kl, spl_loss
@@ -271,6 +272,7 @@ def _run_epochs(reward: Reward, train, train_idx, cfg: RewardTrainConfig, device
                     loss = loss + spl.weight * s_loss
                 sums["spl"] += float(s_loss.detach())
                 sums["pairs"] += n_pairs
+            check_finite_loss(loss, "reward train" if spl is None else "reward spl", step + 1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
