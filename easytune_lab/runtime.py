@@ -150,6 +150,22 @@ def compile_forward(module, device) -> bool:
     forward.uses_compiled = lambda: state["compiled"]  # for tests and reports: still on the compiled path?
     module.forward = forward
     return True
+
+
+def progress_bar(iterable=None, **kwargs):
+    """A tqdm progress bar (elapsed time, rate and ETA) for every long job: training, cache builds, evaluation.
+
+    In a kernel started by a Jupyter server (JupyterLab, Notebook: ``JPY_SESSION_NAME`` is set) it is
+    ``tqdm.auto``'s widget bar; elsewhere (terminal, papermill, CI) the text bar, which also renders in a notebook's
+    saved output, where a widget would be stored at its first state. ``EASYTUNE_PROGRESS=text|widget`` overrides."""
+    choice = os.environ.get("EASYTUNE_PROGRESS", "auto")
+    if choice == "widget" or (choice == "auto" and os.environ.get("JPY_SESSION_NAME")):
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
+    return tqdm(iterable, **kwargs)
+
+
 # ------------------------------------------------------------------------------------------------ numeric options
 
 

@@ -7,14 +7,14 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..runtime import COUNT, OutputPath, SECONDS, SEED, integer
-from ..runs import add_allow_pickle
+from ..runs import add_allow_pickle, run_path
 from .finetune import check_inputs
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", required=True, help="comma-separated methods, e.g. easytune,draft")
-    p.add_argument("--base", required=True, type=Path, help="backbone run")
-    p.add_argument("--reward", required=True, type=Path, help="reward run")
+    p.add_argument("--base", required=True, type=run_path, help="backbone run (path or name)")
+    p.add_argument("--reward", required=True, type=run_path, help="reward run (path or name)")
     p.add_argument("--data", required=True, type=Path, help="dataset directory")
     p.add_argument("--profile", default="smoke", help="smoke | quick | paper")
     p.add_argument("--seed", type=SEED, default=0)
@@ -69,8 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=cmd_throughput)
     g = bsub.add_parser("paper", help="the one prepared device check: memory vs T, trajectory and training-step "
                                       "times, EasyTune vs DRaFT-50 reward curve, in one JSON naming the device")
-    for flag, kwargs in (("--base", dict(required=True, type=Path, help="backbone run")),
-                         ("--reward", dict(required=True, type=Path, help="reward run")),
+    for flag, kwargs in (("--base", dict(required=True, type=run_path, help="backbone run (path or name)")),
+                         ("--reward", dict(required=True, type=run_path, help="reward run (path or name)")),
                          ("--data", dict(required=True, type=Path, help="dataset directory")),
                          ("--profile", dict(default="paper", help="smoke | quick | paper (default: paper)")),
                          ("--seed", dict(type=SEED, default=0)),

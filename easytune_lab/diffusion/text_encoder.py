@@ -143,6 +143,13 @@ class TextConditioner(nn.Module):
         else:
             raise UserError(f"text encoder: unknown kind '{config.kind}' (choose transformer or pretrained)")
 
+    def unknown_words(self, texts: Sequence[str]) -> list[str]:
+        """Words of ``texts`` missing from the vocabulary (each is read as ``<unk>``), in order of appearance; none
+        for a pretrained encoder, whose tokenizer covers any text."""
+        if self._frozen is not None:
+            return []
+        return list(dict.fromkeys(t.word for text in texts for t in plain_tokens(text) if t.word not in self.vocab))
+
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
         if self._frozen is not None:
             device = self._device()

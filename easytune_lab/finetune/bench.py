@@ -65,7 +65,7 @@ def memory_benchmark(methods: Sequence[str], steps: Sequence[int], profile: str,
     Every method gets the same captions (drawn with ``seed``) and lengths (their ground truth, or ``length``
     frames for all).
     """
-    from tqdm import tqdm
+    from ..runtime import progress_bar as tqdm
 
     rows = []
     combos = [(m, t) for t in steps for m in methods]

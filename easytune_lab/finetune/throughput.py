@@ -166,9 +166,8 @@ def throughput_benchmark(profile: str, device: torch.device, seed: int = 0, repe
     ``trajectories``: labels of :data:`TRAJECTORIES` to measure (default: all). ``compile``: every denoiser's forward
     through ``torch.compile`` (opt-in; eager after one warning line where unavailable); the warm-up run of each
     measurement then includes the compilation."""
-    from tqdm import tqdm
-
     from ..eval.evaluator import embed_motions
+    from ..runtime import progress_bar
 
     check_profile(profile)
     chosen = [row for row in TRAJECTORIES if trajectories is None or row[0] in trajectories]
@@ -193,7 +192,7 @@ def throughput_benchmark(profile: str, device: torch.device, seed: int = 0, repe
         result["batch"] = {"captions": texts, "lengths": lengths, "batch_size": cfg.batch_size,
                            "sample_steps": cfg.sample_steps, "sampler": cfg.sampler, "guidance": cfg.guidance}
         tasks = ["denoiser", "sampling"] + [label for label, _, _ in chosen] + ["pretrain_step", "evaluator"]
-        bar = tqdm(total=len(tasks), desc="bench throughput", disable=not progress, dynamic_ncols=True)
+        bar = progress_bar(total=len(tasks), desc="bench throughput", disable=not progress, dynamic_ncols=True)
 
         # ---- the denoiser alone: one network call (batch of the fine-tuning profile), its backward, AdamW
         traj = first.trajectory(texts, lengths)

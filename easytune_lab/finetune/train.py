@@ -78,7 +78,7 @@ class FinetuneConfig:
 
 
 #: Quick-profile learning rates, chosen by ``easytune bench speed --lrs`` on the quick MDM and SPL reward: the lr of
-#: each grid with the highest held-out reward after 60 s of training (results/finetune/speed_quick.json).
+#: each grid with the highest held-out reward after 60 s of training (results/quick/finetune/speed_quick.json).
 #: EasyTune (one AdamW step per denoising step) from {1e-7, 3e-7, 1e-6}; DRaFT-50 (one per trajectory) from
 #: {2e-6, 2e-5, 6e-5}. The other methods, which also step once per trajectory, take DRaFT's (not tuned on their own).
 QUICK_LR = {"easytune": 3e-7}
@@ -389,7 +389,7 @@ def run_finetune(cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Pa
     ``evaluator`` (an evaluator run) adds the T2M metrics and the oracle's accuracy on ``cfg.eval_motions`` test
     clips to every evaluation (:mod:`easytune_lab.finetune.periodic_eval`).
     """
-    from tqdm import tqdm
+    from ..runtime import progress_bar as tqdm
 
     from .periodic_eval import PeriodicEvaluator, postfix
 
@@ -474,6 +474,7 @@ def run_finetune(cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Pa
         log["optimizer_steps"].append(steps_done)
         log["time"].append({k: round(v, 6) for k, v in stats.time.items()})
         log["grad_norm"].append(float(np.mean(stats.grad_norms)) if stats.grad_norms else 0.0)
+        log.setdefault("lr", []).append(float(tuner.scheduler.get_last_lr()[0]))  # the schedule's lr after it
         bar.update(1)
         last = it + 1 == cfg.iterations
         if ((cfg.eval_every and (it + 1) % cfg.eval_every == 0) or last) and main:
