@@ -2,7 +2,8 @@
 
 Each group of subcommands lives in ``easytune_lab/commands/<name>.py`` and exposes ``register(subparsers)``.
 User errors (:class:`easytune_lab.errors.UserError`) print one line and exit non-zero, without a traceback.
-Commands marked ``distributed`` (pretrain, reward train|spl, evaluator train, finetune) also run under ``torchrun``
+Training commands take ``--name NAME``; every option that takes a run accepts such a name as well as a path
+(``easytune runs`` lists them; :func:`easytune_lab.runs.resolve_run`). Commands marked ``distributed`` (pretrain, reward train|spl, evaluator train, finetune) also run under ``torchrun``
 (:mod:`easytune_lab.distributed`); the others refuse to.
 """
 
@@ -18,6 +19,7 @@ from .errors import UserError
 COMMAND_MODULES = [
     "data",
     "reproduce",
+    "runs",
     "evaluator",
     "eval",
     "reward",
@@ -69,7 +71,7 @@ def _locked(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     from . import distributed
-    from .runs import pickle_allowed
+    from .runs import check_name, pickle_allowed, register_name, write_tensorboard
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -77,8 +79,15 @@ def main(argv: list[str] | None = None) -> int:
         if distributed.launched() and not getattr(args, "distributed", False):
             raise UserError(f"{args.command}: runs in one process; start it without torchrun "
                             "(torchrun is for pretrain, reward train|spl, evaluator train and finetune)")
+        name = getattr(args, "name", None)
+        if name is not None:                 # training commands: checked before anything is trained
+            check_name(name, args.out)
         with pickle_allowed(getattr(args, "allow_pickle", False)), _locked(args):
             result = args.func(args)
+        if getattr(args, "distributed", False) and not result and _first_process() and getattr(args, "out", None):
+            write_tensorboard(args.out)      # training curves for TensorBoard, when it is installed
+            if name is not None:
+                register_name(name, args.out)
     except UserError as exc:
         if _first_process():  # under torchrun every rank fails alike; one line is enough
             print(f"easytune: error: {exc}", file=sys.stderr)

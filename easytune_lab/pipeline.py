@@ -33,7 +33,8 @@ from typing import Callable
 import numpy as np
 
 from .errors import UserError
-from .runs import MANIFEST, config_hash, config_to_dict, read_manifest, write_manifest
+from .runs import (MANIFEST, config_hash, config_to_dict, project_root, read_manifest, write_manifest,
+                   write_tensorboard)
 from .runtime import check_profile
 
 # Size of the procedural dataset per profile. 15 % of it is the test split (see motion.synth.split_ids), and the
@@ -133,6 +134,7 @@ class Workbench:
             manifest["cache_key"] = config_to_dict(key)
             manifest["cache_seconds"] = time.perf_counter() - start
             write_manifest(tmp, manifest)
+            write_tensorboard(tmp)          # training curves, when the tensorboard package is installed
             try:
                 os.replace(tmp, final)
             except OSError:
@@ -225,7 +227,8 @@ class Workbench:
             key = self._key("reward-spl", noise_aware=noise_aware, parents={"reward": parent.name}, config=spl_cfg)
 
             def build(out: Path) -> None:
-                spl_run(parent, self.data, out, self.profile, self.seed, str(self.torch_device), log=quiet)
+                spl_run(parent, self.data, out, self.profile, self.seed, str(self.torch_device), log=quiet,
+                        progress=self.progress)
                 _mark_manifest(out)
 
             return self._build("reward-spl", key, build)
@@ -236,7 +239,7 @@ class Workbench:
 
         def build(out: Path) -> None:
             train_run(self.data, out, self.profile, self.seed, str(self.torch_device), noise_aware=noise_aware,
-                      init=init, log=quiet)
+                      init=init, log=quiet, progress=self.progress)
             _mark_manifest(out)
 
         return self._build("reward-noise-aware" if noise_aware else "reward", key, build)
@@ -253,6 +256,10 @@ class Workbench:
 
         loop = {k: overrides.pop(k) for k in LOOP_KEYS if k in overrides}
         cfg = finetune_config(method, self.profile, seed=self.seed, **overrides)
+        if cfg.policy.train_steps == "weighted" and cfg.policy.weighting == "uniform":
+            # uniform step weights are all exactly 1 (StepPlan.lr_scale = 1.0): the same training as every step
+            # unweighted, so the same cached run instead of a second, identical one (notebooks 04 and 06)
+            cfg.policy.train_steps = "all"
         for k, v in loop.items():
             setattr(cfg.loop, k, v)
         return cfg
@@ -325,7 +332,7 @@ class Workbench:
                     list(texts), [int(n) for n in lengths], seed=int(seed), sampler=sampler, steps=steps))
             actions = load_actions(self.data)
             summary = evaluate(ev, gt, source, config, actions=actions,
-                               oracle=oracle_function() if actions is not None else None)
+                               oracle=oracle_function() if actions is not None else None, progress=self.progress)
             out.mkdir(parents=True)
             write_json(out / "metrics.json", summary)
             manifest = make_manifest("eval", config, seed=self.seed, device=str(self.torch_device),
@@ -360,17 +367,39 @@ def workbench(profile: str = "smoke", seed: int = 0, device: str = "auto", cache
                      user_data=Path(data) if data is not None else None, progress=progress)
 
 
-def project_root(start: str | Path | None = None) -> Path:
-    """The nearest directory at or above ``start`` (default: the working directory) holding ``pyproject.toml``
-    — notebooks run with their own folder as working directory, and resolve ``.cache``/``results`` from here."""
-    here = Path(start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").is_file() and (folder / "easytune_lab").is_dir():
-            return folder
-    return here
-
-
 def project_path(path: str | Path) -> Path:
-    """``path`` if absolute, else relative to :func:`project_root`."""
+    """``path`` if absolute, else relative to :func:`~easytune_lab.runs.project_root` (notebooks run with their
+    own folder as working directory, and resolve ``.cache``/``results`` from the project root)."""
     path = Path(path)
     return path if path.is_absolute() else project_root() / path
+
+
+def results_dir(profile: str, root: str | Path = "results") -> Path:
+    """Where a profile's results go: ``ROOT/<profile>`` (``results/quick``, ``results/smoke``, ...), so that no profile
+    can overwrite another's."""
+    return Path(root) / check_profile(profile)
+
+
+def notebook_workbench(profile: str, *, seed: int = 0, device: str = "auto", cache: str | Path = ".cache",
+                       data: str | Path = "", out_dir: str = "results/{profile}/notebook",
+                       progress: bool = True) -> tuple[Workbench, Path]:
+    """The setup cell of every claim notebook: the workbench and the output folder.
+
+    ``out_dir`` may name the profile as ``{profile}`` (the notebooks' default is ``results/{profile}/<notebook>``);
+    relative paths are resolved from the project root (:func:`project_path`). At the smoke profile (CI shares two
+    cores between everyone) torch runs on one thread. ``progress``: training stages show tqdm bars with an ETA."""
+    import torch
+
+    check_profile(profile)
+    if profile == "smoke":
+        os.environ.setdefault("EASYTUNE_THREADS", "1")
+        torch.set_num_threads(1)
+    wb = workbench(profile, seed=seed, device=device, cache=project_path(cache),
+                   data=project_path(data) if data else None, progress=progress)
+    try:
+        out = project_path(str(out_dir).format(profile=profile, seed=seed))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise UserError(f"out_dir: '{out_dir}' is not a path template with {{profile}} / {{seed}} ({exc})") from None
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"data {wb.data} | device {wb.torch_device} | profile {profile}, seed {seed} | results -> {out}")
+    return wb, out

@@ -520,3 +520,248 @@ def never_started(run_dir: str | os.PathLike) -> bool:
     if not run_dir.is_dir():
         return False
     return all(p.name.startswith(".") and p.name.endswith(".tmp") for p in run_dir.iterdir())
+
+
+# ----------------------------------------------------------------------------------------------- names and listing
+NAMES = "names.json"            # CACHE/names.json: {name: absolute run directory}, written by `--name`
+NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def project_root(start: str | os.PathLike | None = None) -> Path:
+    """The nearest directory at or above ``start`` (default: the working directory) holding ``pyproject.toml`` and
+    ``easytune_lab/``; the working directory itself when there is none."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "easytune_lab").is_dir():
+            return folder
+    return here
+
+
+def cache_root() -> Path:
+    """The cache of datasets and trained runs that names are kept in: ``$EASYTUNE_CACHE``, else ``.cache`` in the
+    project root (:func:`project_root`)."""
+    env = os.environ.get("EASYTUNE_CACHE")
+    return Path(env) if env else project_root() / ".cache"
+
+
+def read_names(cache: str | os.PathLike | None = None) -> dict[str, str]:
+    """The registered run names (``--name``) of ``cache`` (default :func:`cache_root`), name -> run directory."""
+    path = Path(cache or cache_root()) / NAMES
+    try:
+        names = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in names.items()} if isinstance(names, dict) else {}
+
+
+def check_name(name: str, out: str | os.PathLike, cache: str | os.PathLike | None = None) -> None:
+    """``--name``: letters, digits, ``.``, ``_``, ``-``; not a name already given to another run directory."""
+    if not name or not set(name) <= NAME_CHARS or name in (".", "..") or name == "gt":
+        raise UserError(f"--name '{name}': use letters, digits, '.', '_' and '-' only (and not 'gt')")
+    taken = read_names(cache).get(name)
+    if taken is not None and Path(taken) != Path(out).resolve() and Path(taken).exists():
+        raise UserError(f"--name '{name}': already names {taken}")
+
+
+def register_name(name: str, run_dir: str | os.PathLike, cache: str | os.PathLike | None = None) -> None:
+    """Record ``name`` for ``run_dir`` in ``CACHE/names.json`` and in the run's manifest (``name``)."""
+    run_dir = Path(run_dir).resolve()
+    cache = Path(cache or cache_root())
+    names = read_names(cache)
+    names[name] = str(run_dir)
+    write_json(cache / NAMES, dict(sorted(names.items())))
+    if (run_dir / MANIFEST).is_file():
+        manifest = json.loads((run_dir / MANIFEST).read_text())
+        manifest["name"] = name
+        write_manifest(run_dir, manifest)
+
+
+def resolve_run(value: str | os.PathLike | None, cache: str | os.PathLike | None = None) -> Path | None:
+    """A run argument as a path: the one place where names become run directories.
+
+    ``value`` is returned as a path when it exists or looks like one (holds a ``/``); otherwise it may be a name
+    given with ``--name`` (``CACHE/names.json``) or the folder name of a cached run (``backbone-mdm-3b0631e55107``
+    under ``CACHE/runs/``), as ``easytune runs`` lists them. Anything else is returned unchanged as a path, for the
+    command's own checks to reject with their message."""
+    if value is None:
+        return None
+    path = Path(value)
+    if path.exists() or len(path.parts) != 1 or str(value) == "gt":
+        return path
+    cache = Path(cache or cache_root())
+    named = read_names(cache).get(str(value))
+    if named is not None:
+        return Path(named)
+    cached = cache / "runs" / str(value)
+    return cached if cached.is_dir() else path
+
+
+def run_path(value: str) -> Path:
+    """argparse ``type`` of every option that takes a run (a path or a name, see :func:`resolve_run`)."""
+    return resolve_run(value)
+
+
+def add_name_argument(parser) -> None:
+    """``--name NAME`` of the training commands: afterwards any run option accepts NAME (``easytune runs``)."""
+    parser.add_argument("--name", default=None,
+                        help="a name for the finished run; any option that takes a run then accepts it "
+                             "(listed by `easytune runs`)")
+
+
+def describe_run(run_dir: str | os.PathLike, names: dict[str, str] | None = None, now: float | None = None) -> dict:
+    """One row of ``easytune runs``: name, stage, backbone or method, profile, seed, key options, status, age
+    and path, read from the run's manifest (``status: broken`` when it cannot be read)."""
+    run_dir = Path(run_dir)
+    by_path = {str(Path(v).resolve()): k for k, v in (names or {}).items()}
+    row = {"name": by_path.get(str(run_dir.resolve()), ""), "stage": "?", "what": "", "profile": "", "seed": "",
+           "options": "", "status": "broken", "age": "", "path": str(run_dir)}
+    try:
+        manifest = json.loads((run_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return row
+    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+    key = manifest.get("cache_key") if isinstance(manifest.get("cache_key"), dict) else {}
+    ft = manifest.get("finetune") if isinstance(manifest.get("finetune"), dict) else {}
+    stage = manifest.get("kind", "?")
+    what, options = "", []
+    if ft:
+        stage, what = "finetune", f"{ft.get('method', '?')} ({manifest.get('backbone') or config.get('backbone', '?')})"
+        policy = ft.get("policy") if isinstance(ft.get("policy"), dict) else {}
+        loop = ft.get("loop") if isinstance(ft.get("loop"), dict) else {}
+        lora = ft.get("lora") if isinstance(ft.get("lora"), dict) else {}
+        options += [f"{k}={ft[k]}" for k in ("lr", "iterations", "sampler", "sample_steps") if k in ft]
+        if ft.get("method", "").startswith("draft"):
+            options.append(f"k={policy.get('k')}")
+        if policy.get("train_steps") not in (None, "all"):
+            options.append(f"train_steps={policy['train_steps']}"
+                           + (f"/{policy.get('weighting')}" if policy["train_steps"] == "weighted" else ""))
+        if loop.get("reward_on") not in (None, "x0_hat"):
+            options.append(f"reward_on={loop['reward_on']}")
+        if lora.get("rank"):
+            options.append(f"lora_rank={lora['rank']}")
+    else:
+        if stage == "backbone":
+            what = str(manifest.get("backbone") or config.get("backbone", ""))
+        elif stage in ("reward", "reward-spl"):
+            model = config.get("model") if isinstance(config.get("model"), dict) else {}
+            what = "noise-aware" if model.get("noise_aware") or key.get("noise_aware") else "plain"
+        elif stage == "eval":
+            what = str(key.get("model", ""))
+        train = config.get("train") if isinstance(config.get("train"), dict) else config
+        options += [f"{k}={train[k]}" for k in ("steps", "epochs", "lr", "batch_size")
+                    if train.get(k) not in (None, "", 0)]
+    parents = manifest.get("parents") if isinstance(manifest.get("parents"), dict) else {}
+    options += [f"{k}={Path(str(v)).name}" for k, v in parents.items() if k != "data" and v]
+    created = manifest.get("created")
+    age = ""
+    if created:
+        try:
+            seconds = (now or time.time()) - time.mktime(time.strptime(created, "%Y-%m-%dT%H:%M:%SZ")) + time.timezone
+            age = _age(seconds)
+        except (ValueError, OverflowError):
+            age = ""
+    row.update({"name": manifest.get("name") or row["name"], "stage": stage, "what": what,
+                "profile": str(config.get("profile") or key.get("profile") or manifest.get("profile") or ""),
+                "seed": "" if manifest.get("seed") is None else str(manifest.get("seed")),
+                "options": " ".join(options), "status": str(manifest.get("status", "unknown")), "age": age})
+    return row
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def list_runs(cache: str | os.PathLike | None = None) -> list[dict]:
+    """Every run under ``CACHE/runs/`` and every named run (``CACHE/names.json``), newest first, as
+    :func:`describe_run` rows; temporary build folders are left out."""
+    cache = Path(cache or cache_root())
+    names = read_names(cache)
+    dirs = {p.resolve(): p for p in sorted((cache / "runs").glob("*")) if p.is_dir() and not p.name.startswith(".")}
+    for path in names.values():
+        if Path(path).is_dir():
+            dirs.setdefault(Path(path).resolve(), Path(path))
+    rows = [describe_run(p, names) for p in dirs.values()]
+    for name, path in names.items():
+        if not Path(path).is_dir():
+            rows.append({"name": name, "stage": "?", "what": "", "profile": "", "seed": "", "options": "",
+                         "status": "missing", "age": "", "path": path})
+    created = {str(p): (p / MANIFEST).stat().st_mtime if (p / MANIFEST).is_file() else 0 for p in dirs.values()}
+    return sorted(rows, key=lambda r: -created.get(r["path"], 0))
+
+
+# ----------------------------------------------------------------------------------------------- training curves
+TENSORBOARD = "tensorboard"     # RUN/tensorboard/: event files of the run's curves (only with the `tb` extra)
+NOT_CURVES = frozenset({"optimizer_steps", "seconds", "texts_seen"})   # counters and clocks, not curves
+
+
+def training_series(metrics: dict) -> dict[str, tuple[str, list[float], list[float]]]:
+    """The curves a run logged in its ``metrics.json``, as ``{name: (x label, x, y)}``: pretraining's ``log``
+    (loss and lr per logged step), fine-tuning's ``log`` (reward, loss, gradient norm, lr per iteration) and
+    ``evaluations``, reward and evaluator training's ``history`` (per epoch). Non-numeric and mismatched series
+    are left out."""
+    series: dict[str, tuple[str, list[float], list[float]]] = {}
+
+    def add(prefix: str, rows: dict, xkey: str) -> None:
+        x = rows.get(xkey)
+        if not isinstance(x, list) or not x:
+            return
+        for key, values in rows.items():
+            if key == xkey or key in NOT_CURVES or not isinstance(values, list) or len(values) != len(x):
+                continue
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                series[f"{prefix}/{key}"] = (xkey, [float(v) for v in x], [float(v) for v in values])
+
+    def columns(rows: list) -> dict:
+        keys = [k for k in rows[0] if all(isinstance(r, dict) and k in r for r in rows)]
+        return {k: [r[k] for r in rows] for k in keys}
+
+    log = metrics.get("log")
+    if isinstance(log, dict):
+        add("train", log, "iteration" if "iteration" in log else "step")
+    history = metrics.get("history")
+    if isinstance(history, list) and history and isinstance(history[0], dict):
+        add("train", columns(history), "epoch")
+    evaluations = metrics.get("evaluations")
+    if isinstance(evaluations, list) and evaluations and isinstance(evaluations[0], dict):
+        add("eval", columns(evaluations), "iteration")
+    return series
+
+
+def write_tensorboard(run_dir: str | os.PathLike) -> Path | None:
+    """Write the run's curves (:func:`training_series`) as TensorBoard event files into ``RUN/tensorboard/``, so
+    ``tensorboard --logdir .cache/runs`` shows every run. Only when the ``tensorboard`` package is importable
+    (``pip install "easytune_lab[tb]"``); otherwise, or when the run has no curves, nothing is written and None is
+    returned. Rewrites the folder whole (written beside it and swapped in)."""
+    try:
+        import tensorboard  # noqa: F401
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    run_dir = Path(run_dir)
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    series = training_series(metrics) if isinstance(metrics, dict) else {}
+    if not series:
+        return None
+    final = run_dir / TENSORBOARD
+    tmp = run_dir / f".{TENSORBOARD}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    writer = SummaryWriter(log_dir=str(tmp))
+    try:
+        for name, (_, xs, ys) in series.items():
+            for x, y in zip(xs, ys):
+                writer.add_scalar(name, y, global_step=int(x))
+    finally:
+        writer.close()
+    old = run_dir / f".{TENSORBOARD}.old-{os.getpid()}"
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final

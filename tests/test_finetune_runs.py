@@ -28,7 +28,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_memory_is_constant_in_T_for_easytune_and_linear_for_draft(runs):
-    # The committed benchmark (results/finetune/memory_smoke.json) goes to T = 1000; CI checks the same
+    # The committed benchmark (results/smoke/finetune/memory_smoke.json) goes to T = 1000; CI checks the same
     # scaling on a shorter sweep so that it stays fast.
     device = torch.device("cpu")
     common = dict(device=device, batch_size=1, length=40, progress=False)

@@ -8,15 +8,30 @@ from pathlib import Path
 from ..errors import UserError
 from ..eval.metrics import PROTOCOLS
 from ..runtime import OutputPath, SEED, STEPS_T, integer, real
-from ..runs import add_allow_pickle
+from ..runs import add_allow_pickle, run_path
+
+
+def model_argument(value: str) -> str:
+    """``--model``: a baseline word as it is, else a generator run (a path or a name, :func:`run_path`)."""
+    from ..eval.protocol import BASELINES
+
+    return value if value in BASELINES else str(run_path(value))
+
+
+def evaluator_argument(value: str) -> str:
+    """``--evaluator``: ``t2m:DIR`` / ``kit:DIR`` as it is, else an evaluator run (a path or a name)."""
+    from ..eval.t2m import parse_evaluator_spec
+
+    return value if parse_evaluator_spec(value) is not None else str(run_path(value))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="R-Precision, FID, MM-Dist, Diversity (and MultiModality) with replications")
-    p.add_argument("--model", required=True,
-                   help="gt (the real-motion row), noise, repeat or shuffled (sanity baselines), or a generator run directory")
-    p.add_argument("--evaluator", required=True,
-                   help="run directory of `easytune evaluator train`, or the published T2M evaluator: t2m:DIR "
+    p.add_argument("--model", required=True, type=model_argument,
+                   help="gt (the real-motion row), noise, repeat or shuffled (sanity baselines), or a generator run "
+                        "(path or name)")
+    p.add_argument("--evaluator", required=True, type=evaluator_argument,
+                   help="run of `easytune evaluator train` (path or name), or the published T2M evaluator: t2m:DIR "
                         "(HumanML3D) / kit:DIR (KIT-ML), DIR holding t2m/ (or kit/) and glove/ as the motion "
                         "repositories' download scripts unpack them")
     p.add_argument("--data", required=True, type=Path, help="HumanML3D-format dataset directory")

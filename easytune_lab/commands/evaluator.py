@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..runtime import COUNT, OutputPath, SECONDS, SEED
+from ..runs import add_name_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--epochs", type=COUNT, default=None, help="override the profile's number of epochs")
     t.add_argument("--max-seconds", type=SECONDS, default=None, help="override the profile's training time budget")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_name_argument(t)
     t.set_defaults(func=cmd_train, distributed=True, lock="out")
 
 

@@ -2,8 +2,10 @@
 
 A motion comes from a HumanML3D/KIT-format directory (``--data DIR --id ID``; features are stored
 de-normalised in ``new_joint_vecs/``) or from a ``.npy`` file (``--features FILE``) holding features
-``(T, 263|251)`` or joint positions ``(T, J, 3)``. ``gif`` and ``html`` take several ``--id`` or ``--features``
-and show the motions side by side.
+``(T, 263|251)`` or joint positions ``(T, J, 3)``, or a batch of them as ``easytune sample --out x.npy`` writes it,
+``(N, T, D)`` or ``(N, T, J, 3)``: ``--index I`` picks motion I of the batch (a batch of one needs none). ``gif``
+and ``html`` take several ``--id`` or ``--features`` and show the motions side by side, and every motion of a
+batch when no ``--index`` is given.
 """
 
 from __future__ import annotations
@@ -38,12 +40,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = esub.add_parser("gif", help="motions side by side as an animated .gif (or .mp4 with ffmpeg)")
     _add_source(g, many=True)
     g.add_argument("--out", required=True, type=OutputPath(".gif", ".mp4"), help="output .gif or .mp4 file")
+    g.set_defaults(many=True)
     _add_view_options(g)
     g.set_defaults(func=cmd_gif)
 
     h = esub.add_parser("html", help="motions side by side as a self-contained offline HTML playback")
     _add_source(h, many=True)
     h.add_argument("--out", required=True, type=OutputPath(".html", ".htm"), help="output .html file")
+    h.set_defaults(many=True)
     _add_view_options(h)
     h.set_defaults(func=cmd_html)
 
@@ -54,7 +58,11 @@ def _add_source(p: argparse.ArgumentParser, many: bool) -> None:
     p.add_argument("--data", type=Path, default=None, help="HumanML3D/KIT-format dataset directory")
     p.add_argument("--id", dest="ids", action=action, default=None, help=f"motion id in --data{more}")
     p.add_argument("--features", action=action, type=Path, default=None,
-                   help=f".npy file with features (T, 263|251) or joints (T, J, 3){more}")
+                   help=f".npy file with features (T, 263|251) or joints (T, J, 3), or a batch of them (N, T, D) as "
+                        f"`easytune sample` writes it{more}")
+    p.add_argument("--index", type=int, default=None,
+                   help="which motion of a batch file (N, T, D) to take (default: the only one"
+                        + ("; all of them side by side)" if many else ")"))
 
 
 def _add_view_options(p: argparse.ArgumentParser) -> None:
@@ -75,16 +83,33 @@ def load_motions(args: argparse.Namespace) -> tuple[list[np.ndarray], list[str]]
         raise UserError("--features: give either --features or --data with --id, not both")
     motions: list[np.ndarray] = []
     captions: list[str] = []
+    index = getattr(args, "index", None)
+    if index is not None and not files:
+        raise UserError("--index: picks a motion of a --features batch file; with --data use --id")
     if files:
         for path in files:
             arr = load_npy(path)
-            if arr.dtype.kind not in "fiu" or arr.ndim not in (2, 3) or arr.shape[0] == 0 \
-                    or (arr.ndim == 3 and arr.shape[-1] != 3):
-                raise UserError(f"{path}: expected features (T, D) or joints (T, J, 3), got {arr.dtype} {arr.shape}")
+            if arr.dtype.kind not in "fiu" or arr.ndim not in (2, 3, 4) or 0 in arr.shape:
+                raise UserError(f"{path}: expected features (T, D) or joints (T, J, 3), or a batch (N, T, D) / "
+                                f"(N, T, J, 3), got {arr.dtype} {arr.shape}")
+            batch = arr.ndim == 4 or (arr.ndim == 3 and arr.shape[-1] != 3)
+            if not batch:
+                if index not in (None, 0):
+                    raise UserError(f"--index {index}: {path} holds one motion {arr.shape}, not a batch")
+                chosen = [(arr, Path(path).stem)]
+            elif index is not None:
+                if not -len(arr) <= index < len(arr):
+                    raise UserError(f"--index {index}: {path} holds {len(arr)} motion(s) (0 to {len(arr) - 1})")
+                chosen = [(arr[index], f"{Path(path).stem}[{index % len(arr)}]")]
+            elif len(arr) == 1 or getattr(args, "many", False):
+                chosen = [(m, Path(path).stem if len(arr) == 1 else f"{Path(path).stem}[{i}]") for i, m in enumerate(arr)]
+            else:
+                raise UserError(f"--index: {path} holds {len(arr)} motions {arr.shape}; pick one with --index I")
             if arr.dtype.kind == "f" and not np.isfinite(arr).all():
                 raise UserError(f"{path}: holds {int(arr.size - np.isfinite(arr).sum())} NaN/Inf value(s)")
-            motions.append(np.asarray(arr, dtype=np.float32))
-            captions.append(Path(path).stem)
+            for motion, caption in chosen:
+                motions.append(np.asarray(motion, dtype=np.float32))
+                captions.append(caption)
         return motions, captions
     if args.data is None or not ids:
         raise UserError("--data/--id: name a motion with --data DIR --id ID, or give --features FILE.npy")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..runtime import COUNT, COUNT0, OutputPath, SEED, STEPS_T, integer, real
-from ..runs import add_allow_pickle
+from ..runs import add_allow_pickle, add_name_argument, run_path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,8 +15,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("finetune", help="fine-tune a backbone run against a reward run")
     p.add_argument("--method", required=True, help=f"one of: {', '.join(POLICIES)}")
-    p.add_argument("--base", required=True, type=Path, help="backbone run to fine-tune (easytune pretrain)")
-    p.add_argument("--reward", required=True, type=Path, help="reward run (easytune reward train|spl)")
+    p.add_argument("--base", required=True, type=run_path,
+                   help="backbone run to fine-tune (easytune pretrain; path or name, see easytune runs)")
+    p.add_argument("--reward", required=True, type=run_path,
+                   help="reward run (easytune reward train|spl; path or name)")
     p.add_argument("--data", required=True, type=Path, help="dataset directory (captions and lengths)")
     p.add_argument("--profile", default="smoke", help="smoke | quick | paper")
     p.add_argument("--out", required=True, type=OutputPath(directory=True), help="output run directory")
@@ -39,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="LoRA rank r: train only low-rank adapters of the denoiser (0 = full fine-tuning; needs "
                         "pip install easytune_lab[lora])")
     p.add_argument("--lora-alpha", type=real(0.0, 1e6, low_open=True), default=None, help="LoRA alpha (scale alpha/r; default alpha = r)")
-    p.add_argument("--evaluator", type=Path, default=None,
+    p.add_argument("--evaluator", type=run_path, default=None,
                    help="evaluator run: also score every evaluation with the T2M metrics and the oracle")
     p.add_argument("--eval-every", type=COUNT0, default=None, help="iterations between evaluations (0 = end only)")
     p.add_argument("--eval-motions", type=COUNT0, default=None,
@@ -57,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                    help="precision of backbone and reward (float64 for exact comparisons)")
     add_allow_pickle(p)
+    add_name_argument(p)
     p.set_defaults(func=cmd_finetune, distributed=True, lock="out")
 
 

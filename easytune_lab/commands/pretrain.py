@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..runtime import COUNT, OutputPath, SEED, integer, real
-from ..runs import add_allow_pickle
+from ..runs import add_allow_pickle, add_name_argument, run_path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, required=True, help="HumanML3D-format directory (train split is used)")
     p.add_argument("--profile", default="smoke", help="smoke | quick | paper (model size and step count)")
     p.add_argument("--out", type=OutputPath(directory=True), required=True, help="run directory to create (or to resume)")
-    p.add_argument("--teacher", type=Path, default=None, help="finished mld run to distil (--backbone lcm)")
+    p.add_argument("--teacher", type=run_path, default=None,
+                   help="finished mld run to distil (--backbone lcm; path or name)")
     p.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
     p.add_argument("--steps", type=COUNT, default=None, help="optimiser steps (default: the profile's)")
     p.add_argument("--batch-size", type=integer(1, 100000), default=None, help="batch size (default: the profile's)")
@@ -42,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (under torchrun: cuda = one GPU per rank)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_allow_pickle(p)
+    add_name_argument(p)
     p.set_defaults(func=cmd_pretrain, distributed=True, lock="out")
 
 

@@ -1,19 +1,25 @@
 """``easytune reproduce``: the main job behind ``make reproduce``.
 
+Everything goes below ``RESULTS/<profile>/`` (``results/quick/``, ``results/smoke/``, ...), so no profile can
+overwrite another's results.
+
 1. Data: the profile's procedural dataset (cached in ``CACHE/data``, see :mod:`easytune_lab.pipeline`) or the user's
    ``--data`` directory, validated with the same checks as ``easytune data check``; a few offline HTML playbacks go to
-   ``RESULTS/playback/`` and a summary to ``RESULTS/data/summary.json``.
+   ``RESULTS/<profile>/playback/`` and a summary to ``RESULTS/<profile>/data/summary.json``.
 2. Claims: every notebook under ``notebooks/`` runs with papermill (parameters ``profile``, ``device``, ``seed``,
-   ``out_dir = RESULTS/<notebook>``, ``cache``); trained runs are shared through the run cache, so a second
-   ``reproduce`` only re-executes the notebooks. Executed copies (with outputs) go to
-   ``CACHE/executed/<profile>-seed<seed>/<notebook>.ipynb``, outside git; ``RESULTS/notebooks.json`` records each
-   notebook's status and time. The main table (``RESULTS/04_main_results/main_table.csv``) is printed at the end.
+   ``out_dir = RESULTS/<profile>/<notebook>``, ``cache``); trained runs are shared through the run cache, so a second
+   ``reproduce`` only re-executes the notebooks. Executed copies (with outputs, every figure inline) go to
+   ``CACHE/executed/<profile>-seed<seed>/<notebook>.ipynb``, outside git; ``RESULTS/<profile>/notebooks.json``
+   records each notebook's status and time. A progress bar counts the notebooks (i of n) with the elapsed time and an
+   estimate of the rest from the last recorded times of the same profile. The main table
+   (``RESULTS/<profile>/04_main_results/main_table.csv``) is printed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -30,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", default="quick", help="smoke | quick | paper (default quick)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=SEED, default=0)
-    p.add_argument("--results", type=OutputPath(directory=True), default=Path("results"), help="results directory (default results/)")
+    p.add_argument("--results", type=OutputPath(directory=True), default=Path("results"), 
+                   help="results root (default results/); this profile's results go to RESULTS/<profile>/")
     p.add_argument("--cache", type=OutputPath(directory=True), default=Path(".cache"), help="cache of datasets and trained runs")
     p.add_argument("--data", type=Path, default=None,
                    help="an existing HumanML3D/KIT-format directory to use instead of the procedural dataset")
@@ -65,14 +72,79 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def run_notebooks(notebooks: list[Path], results: Path, cache: Path, profile: str, device: str, seed: int,
-                  data: Path | None = None) -> list[dict]:
-    """Execute each notebook with papermill; one record per notebook (status, seconds, executed copy)."""
+def kernel_manager_class():
+    """The Jupyter kernel manager papermill runs notebooks with: local IPC sockets instead of TCP ports where the
+    platform has them (the kernel then has no reason to warn that it is "running over TCP without encryption",
+    and nothing listens on a network port); plain TCP elsewhere (Windows)."""
+    from jupyter_client.manager import KernelManager
+    from traitlets import CaselessStrEnum
+
+    if os.name != "posix":
+        return KernelManager
+
+    class IPCKernelManager(KernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+    return IPCKernelManager
+
+
+def execute_notebook(notebook: Path, executed: Path, parameters: dict, progress_bar: bool | dict = False) -> None:
+    """Run ``notebook`` with papermill (kernel ``python3``, working directory: the notebook's folder) into
+    ``executed``; raises ``papermill.PapermillExecutionError`` when a cell fails."""
     import papermill
 
+    papermill.execute_notebook(str(notebook), str(executed), parameters=parameters, cwd=str(Path(notebook).parent),
+                               progress_bar=progress_bar, kernel_name="python3",
+                               kernel_manager_class=kernel_manager_class())
+
+
+def expected_seconds(notebooks: list[Path], previous: list[dict]) -> list[float | None]:
+    """Each notebook's time in ``previous`` records (``notebooks.json`` of the same profile), None where unknown."""
+    last = {r.get("notebook"): r.get("seconds") for r in previous if isinstance(r, dict)}
+    return [float(last[nb.stem]) if isinstance(last.get(nb.stem), (int, float)) else None for nb in notebooks]
+
+
+def remaining_estimate(expected: list[float | None], done: list[float]) -> float | None:
+    """Seconds left: the recorded times of the notebooks not yet run, scaled by how this run compares with the
+    records so far (unknown notebooks count as the mean known one); None when nothing is known."""
+    known = [e for e in expected if e is not None]
+    if not known:
+        if not done:
+            return None
+        return sum(done) / len(done) * (len(expected) - len(done))
+    fill = sum(known) / len(known)
+    filled = [fill if e is None else e for e in expected]
+    ran = filled[:len(done)]
+    scale = sum(done) / sum(ran) if done and sum(ran) > 0 else 1.0
+    return scale * sum(filled[len(done):])
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def run_notebooks(notebooks: list[Path], results: Path, cache: Path, profile: str, device: str, seed: int,
+                  data: Path | None = None, previous: list[dict] = ()) -> list[dict]:
+    """Execute each notebook with papermill; one record per notebook (status, seconds, executed copy).
+
+    ``results`` is this profile's folder (``RESULTS/<profile>``). A tqdm bar counts the notebooks with the elapsed
+    time and an ETA from ``previous`` records (see :func:`remaining_estimate`); papermill's own bar counts the cells
+    of the notebook that is running."""
+    import papermill
+    from tqdm.auto import tqdm
+
     executed_dir = cache / "executed" / f"{profile}-seed{seed}"
-    records = []
-    for nb in notebooks:
+    expected = expected_seconds(notebooks, list(previous))
+    records, done = [], []
+    bar = tqdm(total=len(notebooks), desc=f"reproduce {profile}", unit="notebook", position=0,
+               bar_format="{desc}: {n_fmt}/{total_fmt} notebooks |{bar:20}| elapsed {elapsed}{postfix}")
+    for i, nb in enumerate(notebooks):
+        bar.set_postfix_str(f"now {nb.stem}, ETA {_clock(remaining_estimate(expected, done))}"
+                            + (" (from the last records)" if any(e is not None for e in expected) else ""))
         out_dir = (results / nb.stem).resolve()
         executed = executed_dir / nb.name
         executed.parent.mkdir(parents=True, exist_ok=True)
@@ -80,33 +152,41 @@ def run_notebooks(notebooks: list[Path], results: Path, cache: Path, profile: st
                   "cache": str(cache.resolve())}
         if data is not None:
             params["data"] = str(Path(data).resolve())
-        print(f"[notebook] {nb.stem} ...", flush=True)
+        bar.write(f"[notebook {i + 1}/{len(notebooks)}] {nb.stem} ...")
         start = time.perf_counter()
         record = {"notebook": nb.stem, "executed": str(executed), "results": _shown(out_dir)}
         try:
-            papermill.execute_notebook(str(nb), str(executed), parameters=params, cwd=str(nb.parent),
-                                       progress_bar=False, kernel_name="python3")
+            execute_notebook(nb, executed, params, progress_bar={"leave": False, "position": 1, "desc": nb.stem})
             record["status"] = "ok"
         except papermill.PapermillExecutionError as exc:
             record["status"] = "failed"
             record["error"] = f"{exc.ename}: {exc.evalue}"[:500]
         record["seconds"] = round(time.perf_counter() - start, 1)
-        print(f"[notebook] {nb.stem}: {record['status']} in {record['seconds']} s"
-              + (f" ({record['error']})" if "error" in record else ""), flush=True)
+        done.append(record["seconds"])
+        bar.update(1)
+        bar.write(f"[notebook {i + 1}/{len(notebooks)}] {nb.stem}: {record['status']} in {record['seconds']} s"
+                  + (f" ({record['error']})" if "error" in record else ""))
         records.append(record)
+    bar.set_postfix_str("done")
+    bar.close()
     return records
+
+
+def _records(path: Path, profile: str, seed: int) -> list[dict]:
+    """The per-notebook records in ``path`` (``notebooks.json``) if they are of ``profile`` and ``seed``, else []."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(old, dict) or old.get("profile") != profile or old.get("seed") != seed:
+        return []
+    return [r for r in old.get("notebooks", []) if isinstance(r, dict) and "notebook" in r]
 
 
 def merge_records(path: Path, records: list[dict], profile: str, seed: int) -> list[dict]:
     """``records`` of this invocation, plus the records in ``path`` of notebooks it did not run (same profile and
     seed only), in notebook order: a re-run of some notebooks keeps the others' latest status."""
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        old = {}
-    kept = {}
-    if old.get("profile") == profile and old.get("seed") == seed:
-        kept = {r["notebook"]: r for r in old.get("notebooks", []) if isinstance(r, dict) and "notebook" in r}
+    kept = {r["notebook"]: r for r in _records(path, profile, seed)}
     kept.update({r["notebook"]: r for r in records})
     return [kept[name] for name in sorted(kept)]
 
@@ -117,12 +197,15 @@ MAIN_COLUMNS = {"method": "method", "r_precision_top1": "top-1", "r_precision_to
 
 
 def main_table_markdown(csv_path: Path) -> str:
-    """The main table (``main_table.csv``) as a Markdown table, 3 decimals (peak memory and time: 1)."""
+    """The main table (``main_table.csv``) as a Markdown table, 3 decimals (peak memory and time: 1), under a line
+    naming its profile and seed (the CSV's ``profile``/``seed`` columns)."""
     import pandas as pd
 
     table = pd.read_csv(csv_path)
     cols = [c for c in MAIN_COLUMNS if c in table]
-    lines = ["| " + " | ".join(MAIN_COLUMNS[c] for c in cols) + " |", "|" + "---|" * len(cols)]
+    named = [f"{key} {', '.join(str(v) for v in table[key].unique())}" for key in ("profile", "seed") if key in table]
+    head = [f"Main table ({', '.join(named)})", ""] if named else []
+    lines = head + ["| " + " | ".join(MAIN_COLUMNS[c] for c in cols) + " |", "|" + "---|" * len(cols)]
     for _, row in table[cols].iterrows():
         cells = [str(row[c]) if c == "method" else f"{row[c]:.1f}" if c in ("peak_memory_mib", "train_seconds")
                  else f"{row[c]:.3f}" for c in cols]
@@ -164,7 +247,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         raise UserError(f"{root}: dataset check found {len(report.problems)} problem(s)")
     print(report.summary())
 
-    results = args.results
+    results = args.results / args.profile
     test_ids = [line.strip() for line in (root / "test.txt").read_text().splitlines() if line.strip()]
     written = []
     for motion_id in test_ids[: args.playbacks]:
@@ -185,7 +268,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         "playbacks": written,
     })
 
-    records = run_notebooks(notebooks, results, args.cache, args.profile, args.device, args.seed, args.data)
+    previous = _records(results / "notebooks.json", args.profile, args.seed)
+    records = run_notebooks(notebooks, results, args.cache, args.profile, args.device, args.seed, args.data,
+                            previous=previous)
     if records:
         write_json(results / "notebooks.json", {"profile": args.profile, "seed": args.seed, "device": args.device,
                                                 "notebooks": merge_records(results / "notebooks.json", records,

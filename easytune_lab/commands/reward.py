@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..runtime import COUNT, OutputPath, SEED, integer, real
-from ..runs import add_allow_pickle
+from ..runs import add_allow_pickle, add_name_argument, run_path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,35 +28,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--text-model", type=Path, default=None,
                    help="optional local Hugging Face text model directory (frozen; never downloaded)")
     t.add_argument("--epochs", type=COUNT, default=None, help="override the profile's number of epochs")
-    t.add_argument("--init", type=Path, default=None,
+    t.add_argument("--init", type=run_path, default=None,
                    help="start from this reward run (its weights, vocabulary and model size) instead of a fresh "
                         "reward: with --noise-aware from a plain run (the timestep embedding starts at zero), "
                         "else the run is trained on for the profile's epochs")
     add_allow_pickle(t)
+    add_name_argument(t)
     t.set_defaults(func=cmd_train, distributed=True, lock="out")
 
     s = rsub.add_parser("spl", help="refine a trained reward with Self-refinement Preference Learning")
-    s.add_argument("--reward", required=True, type=Path, help="a reward run directory (from `reward train`)")
+    s.add_argument("--reward", required=True, type=run_path,
+                   help="a reward run (from `reward train`; path or name)")
     _common(s)
     s.add_argument("--k", type=integer(1, 100000), default=None, help="top-k of the mining rule (default: the profile's, 10)")
     s.add_argument("--spl-weight", type=real(0.0, 1e6), default=None,
                    help="weight of the SPL loss (0 = control: same extra epochs, InfoNCE only)")
     s.add_argument("--epochs", type=COUNT, default=None, help="override the profile's number of SPL epochs")
     add_allow_pickle(s)
+    add_name_argument(s)
     s.set_defaults(func=cmd_spl, distributed=True, lock="out")
 
     st = rsub.add_parser("study", help="SPL before/after (with a no-SPL control) over seeds; plain vs noise-aware")
     st.add_argument("--data", required=True, type=Path, help="HumanML3D-format dataset directory")
     st.add_argument("--profile", default="quick", help="smoke | quick | paper (default quick)")
     st.add_argument("--runs", required=True, type=OutputPath(directory=True), help="directory for the run directories (must not hold them yet)")
-    st.add_argument("--results", type=OutputPath(directory=True), default=Path("results/reward"), help="summary JSON directory")
+    st.add_argument("--results", type=OutputPath(directory=True), default=None,
+                    help="summary JSON directory (default results/<profile>/reward)")
     st.add_argument("--seeds", type=SEED, nargs="*", default=[0, 1, 2], help="seeds of the plain/SPL runs")
     st.add_argument("--noise-seeds", type=SEED, nargs="*", default=[0], help="seeds of the noise-aware runs")
     st.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     st.add_argument("--summarise-only", action="store_true", help="only summarise the finished runs under --runs")
     st.set_defaults(func=cmd_study, lock="runs")
     ev = rsub.add_parser("eval", help="test-split retrieval of a reward run at chosen noise levels")
-    ev.add_argument("--reward", required=True, type=Path, help="a reward run directory")
+    ev.add_argument("--reward", required=True, type=run_path, help="a reward run (path or name)")
     ev.add_argument("--data", required=True, type=Path, help="HumanML3D-format dataset directory")
     ev.add_argument("--timesteps", default="0", help="comma-separated noise levels t in [0, 999] (default 0)")
     ev.add_argument("--out", required=True, type=OutputPath(".json"), help="output JSON file")
@@ -84,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..reward.pipeline import train_run
 
     train_run(args.data, args.out, args.profile, args.seed, args.device, noise_aware=args.noise_aware,
-              epochs=args.epochs, schedule=args.schedule, text_model=args.text_model, init=args.init)
+              epochs=args.epochs, schedule=args.schedule, text_model=args.text_model, init=args.init, progress=True)
     return 0
 
 
@@ -92,7 +96,7 @@ def cmd_spl(args: argparse.Namespace) -> int:
     from ..reward.pipeline import spl_run
 
     spl_run(args.reward, args.data, args.out, args.profile, args.seed, args.device, k=args.k,
-            weight=args.spl_weight, epochs=args.epochs)
+            weight=args.spl_weight, epochs=args.epochs, progress=True)
     return 0
 
 
@@ -101,6 +105,10 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     if not args.seeds or not args.noise_seeds:
         raise UserError("--seeds/--noise-seeds: give at least one seed each")
+    if args.results is None:
+        from ..pipeline import results_dir
+
+        args.results = results_dir(args.profile) / "reward"
     if args.summarise_only:
         summarise(args.runs, args.results)
     else:

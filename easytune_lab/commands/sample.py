@@ -7,12 +7,13 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..runtime import OutputPath, SEED, STEPS_T, integer, real
-from ..runs import add_allow_pickle
+from ..runs import add_allow_pickle, run_path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="generate motions for captions with a backbone run (.npy or .html)")
-    p.add_argument("--run", type=Path, required=True, help="finished `easytune pretrain` run directory")
+    p.add_argument("--run", type=run_path, required=True,
+                   help="finished `easytune pretrain` or `finetune` run (path or name)")
     p.add_argument("--text", action="append", required=True, help="caption (repeat for several)")
     p.add_argument("--num", type=integer(1, 10000), default=1, help="samples per caption (default 1)")
     p.add_argument("--length", type=integer(4, 1000), default=120, help="frames at 20 fps, multiple of 4, <= 196 (default 120)")
@@ -26,6 +27,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=".npy: (N, length, D) de-normalised features; .html: offline skeleton playback")
     add_allow_pickle(p)
     p.set_defaults(func=cmd_sample)
+
+
+def warn_unknown_words(backbone, texts: list[str]) -> list[str]:
+    """One warning (stderr) naming the caption words the backbone's text encoder does not know: each is read as
+    ``<unk>``, so the motion ignores it. Returns those words."""
+    import sys
+
+    from ..diffusion.text_encoder import TextConditioner
+
+    encoders = [m for m in backbone.modules() if isinstance(m, TextConditioner)]
+    unknown = encoders[0].unknown_words(texts) if encoders else []
+    if unknown:
+        size = len(encoders[0].vocab)
+        print(f"easytune: warning: --text: {len(unknown)} word(s) not in the run's vocabulary ({size} tokens), read "
+              f"as <unk>: {', '.join(unknown)}", file=sys.stderr)
+    return unknown
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -42,6 +59,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps: must be >= 1 (got {args.steps})")
     gen = load_generator(args.run, args.device)
+    warn_unknown_words(gen.backbone, args.text)
     texts = [t for t in args.text for _ in range(args.num)]
     motions = gen.generate(texts, [args.length] * len(texts), seed=args.seed, sampler=args.sampler,
                            steps=args.steps, guidance=args.guidance)

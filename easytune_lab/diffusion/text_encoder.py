@@ -17,6 +17,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
+from .attention import TransformerEncoder
 from ..data.text import Vocabulary, plain_tokens
 from ..errors import UserError
 
@@ -73,7 +74,7 @@ class TextTransformer(nn.Module):
         self.register_buffer("pos", sinusoidal_table(config.max_words + 2, config.dim), persistent=False)
         layer = nn.TransformerEncoderLayer(config.dim, config.heads, config.ff, config.dropout,
                                            activation="gelu", batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
+        self.encoder = TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(config.dim)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -141,6 +142,13 @@ class TextConditioner(nn.Module):
             self.dim = self._frozen.dim
         else:
             raise UserError(f"text encoder: unknown kind '{config.kind}' (choose transformer or pretrained)")
+
+    def unknown_words(self, texts: Sequence[str]) -> list[str]:
+        """Words of ``texts`` missing from the vocabulary (each is read as ``<unk>``), in order of appearance; none
+        for a pretrained encoder, whose tokenizer covers any text."""
+        if self._frozen is not None:
+            return []
+        return list(dict.fromkeys(t.word for text in texts for t in plain_tokens(text) if t.word not in self.vocab))
 
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
         if self._frozen is not None:

@@ -341,7 +341,7 @@ def pretrain(config: PretrainConfig, data: PretrainData, run_dir: str | Path, *,
     the manifest (not in the config, whose hash keys cached runs). Under torchrun every rank calls this; only
     rank 0 writes.
     """
-    from tqdm import tqdm
+    from ..runtime import progress_bar as tqdm
 
     run_dir = Path(run_dir)
     device = torch.device(device)
@@ -432,6 +432,7 @@ def pretrain(config: PretrainConfig, data: PretrainData, run_dir: str | Path, *,
             state["log"]["step"].append(step)
             state["log"]["stage"].append(stage)
             state["log"]["loss"].append(sum(window) / len(window))
+            state["log"].setdefault("lr", []).append(lr)
             window = []
         if step % config.checkpoint_every == 0 or step == end:
             state.update(step=step, stage=stage, lr=lr, window=window,

@@ -189,7 +189,7 @@ def retrieval_scores(text: np.ndarray, motion: np.ndarray, seed: int = 0) -> dic
 def train_evaluator(data_root: str | Path, config: EvaluatorTrainConfig, out_dir: str | Path,
                     seed: int = EVALUATOR_SEED, device: torch.device | str = "cpu", progress: bool = True) -> dict:
     """Train on ``DATA/train.txt``, select on ``DATA/val.txt``, write the run directory; returns metrics.json."""
-    from tqdm import tqdm
+    from ..runtime import progress_bar as tqdm
 
     if config.loss not in ("infonce", "margin"):
         raise UserError(f"loss: unknown loss '{config.loss}' (choose infonce or margin)")
@@ -244,6 +244,7 @@ def train_evaluator(data_root: str | Path, config: EvaluatorTrainConfig, out_dir
             with _private_rng():
                 scores = retrieval_scores(*embed_dataset(model, val, device), seed=seed)
             history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(elapsed, 2),
+                            "lr": float(opt.param_groups[0]["lr"]),
                             **{k: scores[k] for k in ("r_precision_top1", "r_precision_top3", "mm_dist")}})
             key = scores["r_precision_top1"] + scores["r_precision_top2"] + scores["r_precision_top3"]
             if best is None or key > best[0]:

@@ -330,7 +330,7 @@ def evaluate(ev: LoadedEvaluator, gt: GroundTruth, source: MotionSource, config:
     Returns ``{metric: {"mean", "ci95"}}`` for :data:`METRIC_KEYS`, plus ``multimodality`` when ``mm_generate``
     is given and ``oracle_accuracy`` when ``actions`` and ``oracle`` are, and ``per_replication`` values.
     """
-    from tqdm import tqdm
+    from ..runtime import progress_bar as tqdm
 
     if len(gt.motions) < config.group_size:
         raise UserError(f"--split {config.split}: {len(gt.motions)} clips, fewer than one R-Precision group of "

@@ -41,8 +41,9 @@ def split_variant(name: str) -> tuple[str, bool]:
 def _tuner(method: str, profile: str, base: Path, reward: Path, data: Path, device: torch.device, seed: int,
            **overrides) -> Finetuner:
     method, accumulate = split_variant(method)
+    compile = overrides.pop("compile", False)
     cfg = finetune_config(method, profile, seed=seed, **overrides)
-    return Finetuner(cfg, base, reward, data, device, accumulate=accumulate)
+    return Finetuner(cfg, base, reward, data, device, accumulate=accumulate, compile=compile)
 
 
 @torch.no_grad()
@@ -64,7 +65,7 @@ def memory_benchmark(methods: Sequence[str], steps: Sequence[int], profile: str,
     Every method gets the same captions (drawn with ``seed``) and lengths (their ground truth, or ``length``
     frames for all).
     """
-    from tqdm import tqdm
+    from ..runtime import progress_bar as tqdm
 
     rows = []
     combos = [(m, t) for t in steps for m in methods]

@@ -310,7 +310,7 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
 
 
 def _run_jobs(seed: int, num_motions: int, tmp: Path, workers: int, progress: bool) -> list[dict]:
-    from tqdm import tqdm
+    from ..runtime import progress_bar as tqdm
 
     jobs = [(seed, i, str(tmp)) for i in range(num_motions)]
     bar = tqdm(total=num_motions, desc="synth", unit="motion", disable=not progress)

@@ -1,7 +1,7 @@
 """Reward runs end to end (what ``easytune reward train|spl|study`` call): train, refine, evaluate, write.
 
 A run directory holds ``manifest.json``, ``weights.safetensors``, ``vocab.json`` and ``metrics.json``.
-:func:`study` is the quick-profile experiment behind ``results/reward/``: plain reward vs SPL vs a no-SPL
+:func:`study` is the quick-profile experiment behind ``results/quick/reward/``: plain reward vs SPL vs a no-SPL
 control (same extra epochs) over several seeds, and plain vs noise-aware reward across noise levels.
 """
 
@@ -109,7 +109,7 @@ def headline(retrieval: dict) -> str:
 def train_run(data: Path, out: Path, profile: str = "quick", seed: int = 0, device: str = "auto",
               noise_aware: bool = False, epochs: int | None = None, schedule: str | None = None,
               text_model: Path | None = None, init: Path | None = None,
-              log: Callable[[str], None] = print) -> dict:
+              log: Callable[[str], None] = print, progress: bool = False) -> dict:
     """``easytune reward train``: returns the run's metrics (also in ``out/metrics.json``).
 
     ``init``: a reward run to start from instead of a fresh reward (:func:`.train.warm_start`): a plain run that the
@@ -143,7 +143,7 @@ def train_run(data: Path, out: Path, profile: str = "quick", seed: int = 0, devi
     train, test, train_idx, test_idx = load_splits(data, cfg.max_train_items, cfg.max_test_items, seed)
     _check_sizes(data, cfg, cfg.batch_size, train_idx, test_idx)
     start = time.perf_counter()
-    reward, history = train_reward(train, train_idx, cfg, dev, log=log, seed=seed, init=start_from)
+    reward, history = train_reward(train, train_idx, cfg, dev, log=log, seed=seed, init=start_from, progress=progress)
     seconds = time.perf_counter() - start
     retrieval = _evaluate(reward, test, test_idx, dev, cfg.eval_timesteps, cfg.eval_batch)
     metrics = {"profile": profile, "noise_aware": cfg.model.noise_aware, "train_seconds": seconds,
@@ -158,7 +158,7 @@ def train_run(data: Path, out: Path, profile: str = "quick", seed: int = 0, devi
 
 def spl_run(reward_dir: Path, data: Path, out: Path, profile: str = "quick", seed: int = 0, device: str = "auto",
             k: int | None = None, weight: float | None = None, epochs: int | None = None,
-            log: Callable[[str], None] = print) -> dict:
+            log: Callable[[str], None] = print, progress: bool = False) -> dict:
     """``easytune reward spl``: refine a reward run; ``weight=0`` is the no-SPL control (same extra epochs)."""
     from .retrieval import load_reward
     from .train import evaluate_reward, load_splits, profile_configs, refine_spl
@@ -189,7 +189,7 @@ def spl_run(reward_dir: Path, data: Path, out: Path, profile: str = "quick", see
                         f"be mined; k must be below {gallery}")
     before = _evaluate(reward, test, test_idx, dev, (0,), cfg.eval_batch)
     start = time.perf_counter()
-    history = refine_spl(reward, train, train_idx, cfg, spl, dev, log=log, seed=seed)
+    history = refine_spl(reward, train, train_idx, cfg, spl, dev, log=log, seed=seed, progress=progress)
     seconds = time.perf_counter() - start
     after = _evaluate(reward, test, test_idx, dev, cfg.eval_timesteps, cfg.eval_batch)
     metrics = {"profile": profile, "spl": dataclasses.asdict(spl), "train_seconds": seconds,

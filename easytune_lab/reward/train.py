@@ -221,8 +221,10 @@ def _caption_similarity(reward: Reward, captions: Sequence[str], device) -> torc
 
 
 def _run_epochs(reward: Reward, train, train_idx, cfg: RewardTrainConfig, device, epochs: int, batch_size: int,
-                lr: float, warmup: int, spl: SPLConfig | None, log: Callable[[str], None], seed: int = 0) -> list[dict]:
-    """Train for ``epochs``; under torchrun in DistributedDataParallel.
+                lr: float, warmup: int, spl: SPLConfig | None, log: Callable[[str], None], seed: int = 0,
+                progress: bool = True) -> list[dict]:
+    """Train for ``epochs``; under torchrun in DistributedDataParallel. ``progress``: a bar over the optimiser
+    steps with an ETA (rank 0).
 
     Every rank draws the same global batch and embeds its own ``batch_size / world`` rows; the embeddings are
     all-gathered (with gradients), so InfoNCE and SPL mining see the whole global batch as one process would, and
@@ -236,6 +238,10 @@ def _run_epochs(reward: Reward, train, train_idx, cfg: RewardTrainConfig, device
     total = epochs * steps_per_epoch
     history, step = [], 0
     gallery = TrainGallery(train, train_idx) if spl is not None and spl.gallery == "train" else None
+    from ..runtime import progress_bar
+
+    bar = progress_bar(total=total, desc="reward SPL" if spl is not None else "reward", unit="step",
+                       disable=not (progress and dist.is_main()))
     for epoch in range(epochs):
         start = time.perf_counter()
         if gallery is not None:
@@ -279,6 +285,7 @@ def _run_epochs(reward: Reward, train, train_idx, cfg: RewardTrainConfig, device
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             step += 1
+            bar.update(1)
             sums["loss"] += float(loss.detach())
             sums["nce"] += float(nce.detach())
             sums["batches"] += 1
@@ -288,13 +295,16 @@ def _run_epochs(reward: Reward, train, train_idx, cfg: RewardTrainConfig, device
             sums.update({k: float(v) for k, v in zip(keys, mean.tolist())})
         nb = max(1, sums["batches"])
         row = {"epoch": epoch + 1, "loss": sums["loss"] / nb, "infonce": sums["nce"] / nb,
-               "logit_scale": float(reward.logit_scale().detach()), "seconds": time.perf_counter() - start}
+               "logit_scale": float(reward.logit_scale().detach()), "seconds": time.perf_counter() - start,
+               "lr": float(opt.param_groups[0]["lr"])}
         if spl is not None:
             row.update({"spl_loss": sums["spl"] / nb, "mined_pairs": sums["pairs"],
                         "texts_seen": sums["batches"] * batch_size})
         history.append(row)
-        if dist.is_main():
+        bar.set_postfix(epoch=epoch + 1, loss=f"{row['loss']:.4g}")
+        if dist.is_main() and bar.disable:
             log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    bar.close()
     reward.eval()
     return history
 
@@ -382,22 +392,22 @@ def warm_start(start: Reward, cfg: RewardTrainConfig) -> Reward:
 
 
 def train_reward(train, train_idx, cfg: RewardTrainConfig, device, log: Callable[[str], None] = print,
-                 seed: int = 0, init: Reward | None = None):
+                 seed: int = 0, init: Reward | None = None, progress: bool = True):
     """Train a reward with InfoNCE (noise-aware if ``cfg.model.noise_aware``); returns (reward, history).
 
     ``init``: a trained reward to start from (:func:`warm_start`); else a fresh one.
     """
     reward = (warm_start(init, cfg) if init is not None else build_reward(train, cfg)).to(device)
     history = _run_epochs(reward, train, train_idx, cfg, device, cfg.epochs, cfg.batch_size, cfg.lr,
-                          cfg.warmup_steps, None, log, seed=seed)
+                          cfg.warmup_steps, None, log, seed=seed, progress=progress)
     return reward, history
 
 
 def refine_spl(reward: Reward, train, train_idx, cfg: RewardTrainConfig, spl: SPLConfig, device,
-               log: Callable[[str], None] = print, seed: int = 0) -> list[dict]:
+               log: Callable[[str], None] = print, seed: int = 0, progress: bool = True) -> list[dict]:
     """Continue training with L_InfoNCE + weight · L_SPL; the history logs mined pairs per epoch."""
     return _run_epochs(reward, train, train_idx, cfg, device, spl.epochs, spl.batch_size, spl.lr,
-                       warmup=0, spl=spl, log=log, seed=seed)
+                       warmup=0, spl=spl, log=log, seed=seed, progress=progress)
 
 
 # ----------------------------------------------------------------------------------------------- evaluation

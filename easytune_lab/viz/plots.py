@@ -49,11 +49,21 @@ def mean_ci(samples: Any, level: float = 0.95, axis: int = 0) -> tuple[np.ndarra
     return mean, mean - half, mean + half
 
 
-def _new_figure(size: tuple[float, float]):
+def new_figure(size: tuple[float, float]):
+    """A matplotlib Figure with an Agg canvas and constrained layout, outside pyplot (no global state). It shows
+    itself as a PNG when it is a notebook cell's value (``_repr_png_``), instead of ``<Figure size ...>``."""
+    import io
+
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=size, layout="constrained")
+    class ReportFigure(Figure):
+        def _repr_png_(self) -> bytes:
+            buf = io.BytesIO()
+            self.savefig(buf, format="png", dpi=100)
+            return buf.getvalue()
+
+    fig = ReportFigure(figsize=size, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
@@ -65,6 +75,45 @@ def save_png(fig: Any, out_path: str | Path, dpi: int = 120) -> Path:
         raise UserError(f"{out_path}: must end in .png")
     with atomic_path(out_path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
+    return out_path
+
+
+def run_label(profile: str, seed: int | str, notebook: str = "") -> str:
+    """How every figure and table names where it comes from: ``"03_memory · profile quick · seed 0"``."""
+    return " · ".join(p for p in (notebook, f"profile {profile}", f"seed {seed}") if p)
+
+
+def show_figure(fig: Any, out_path: str | Path, label: str, dpi: int = 120) -> None:
+    """Name the figure's profile and seed (``label``, see :func:`run_label`) above it, save it as PNG
+    (:func:`save_png`) and display that PNG inline when running in IPython/Jupyter, so an executed notebook shows
+    every figure it writes."""
+    old = fig._suptitle.get_text() if getattr(fig, "_suptitle", None) is not None else ""
+    fig.suptitle(f"{old}\n{label}" if old and label not in old else (old or label), fontsize=8, color="0.35")
+    display_png(save_png(fig, out_path, dpi=dpi))
+
+
+def display_png(path: str | Path) -> None:
+    """Display a PNG file inline (an ``image/png`` output) when IPython is running; otherwise do nothing."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import Image, display
+    except ImportError:
+        return
+    if get_ipython() is not None:
+        display(Image(filename=str(path)))
+
+
+def write_table(table: Any, out_path: str | Path, profile: str, seed: int, index: bool = False) -> Path:
+    """Write a pandas table as CSV (atomically) with ``profile`` and ``seed`` columns in front, so the file names
+    where its numbers come from; the table passed in is not changed. Returns the path."""
+    out_path = Path(out_path)
+    named = table.copy()
+    for pos, (col, value) in enumerate((("profile", profile), ("seed", seed))):
+        if col in named.columns:
+            named = named.drop(columns=col)
+        named.insert(pos, col, value)
+    with atomic_path(out_path) as tmp:
+        named.to_csv(tmp, index=index)
     return out_path
 
 
@@ -81,7 +130,7 @@ def line_plot(
     """Lines with shaded bands (where ``lo``/``hi`` are given); saved to ``out_path`` if given. Returns the Figure."""
     if not series:
         raise UserError("series: nothing to plot")
-    fig = _new_figure(size)
+    fig = new_figure(size)
     ax = fig.add_subplot()
     for s in series:
         x, y = np.asarray(s.x, dtype=float), np.asarray(s.y, dtype=float)
@@ -122,7 +171,7 @@ def bar_chart(
     values = np.asarray(values, dtype=float)
     if len(labels) != len(values) or len(values) == 0:
         raise UserError(f"bar_chart: {len(labels)} labels for {len(values)} values")
-    fig = _new_figure(size)
+    fig = new_figure(size)
     ax = fig.add_subplot()
     colours = ["#d62728" if label in highlight else "#1f77b4" for label in labels]
     bars = ax.bar(range(len(values)), values, color=colours, yerr=errors, capsize=3 if errors is not None else 0)
@@ -132,6 +181,45 @@ def bar_chart(
     ax.grid(axis="y", alpha=0.3)
     if annotate:
         ax.bar_label(bars, fmt="%.3g", fontsize=7)
+    if out_path is not None:
+        save_png(fig, out_path)
+    return fig
+
+
+def training_curves(run: str | Path, out_path: str | Path | None = None, columns: int = 3):
+    """Every curve a run logged (loss, reward, lr, gradient norm, ... per step, iteration or epoch; see
+    :func:`easytune_lab.runs.training_series`) in one figure, one panel each, titled with the run's name or folder,
+    stage, profile and seed. ``run``: a run directory or a name (``easytune runs``). Saved as PNG when ``out_path``
+    is given; shown inline as a notebook cell's value. Returns the Figure."""
+    import json
+
+    from ..runs import MANIFEST, describe_run, resolve_run, training_series
+
+    run_dir = resolve_run(run)
+    metrics_path = Path(run_dir) / "metrics.json"
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{run}: no readable metrics.json ({exc})") from None
+    series = training_series(metrics)
+    if not series:
+        raise UserError(f"{metrics_path}: no logged curves")
+    row = describe_run(run_dir) if (Path(run_dir) / MANIFEST).is_file() else {}
+    cols = min(columns, len(series))
+    rows = -(-len(series) // cols)
+    fig = new_figure((3.6 * cols, 2.6 * rows))
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, (name, (xlabel, xs, ys)) in zip(axes, series.items()):
+        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3)
+        ax.set(title=name, xlabel=xlabel)
+        if name.endswith("/lr") and min(ys) > 0:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(series):]:
+        ax.set_visible(False)
+    what = " ".join(str(row.get(k, "")) for k in ("stage", "what") if row.get(k))
+    label = run_label(row.get("profile") or "?", row.get("seed") or "?", row.get("name") or Path(run_dir).name)
+    fig.suptitle(f"{label} · {what}" if what else label, fontsize=9)
     if out_path is not None:
         save_png(fig, out_path)
     return fig
