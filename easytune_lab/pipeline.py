@@ -256,6 +256,10 @@ class Workbench:
 
         loop = {k: overrides.pop(k) for k in LOOP_KEYS if k in overrides}
         cfg = finetune_config(method, self.profile, seed=self.seed, **overrides)
+        if cfg.policy.train_steps == "weighted" and cfg.policy.weighting == "uniform":
+            # uniform step weights are all exactly 1 (StepPlan.lr_scale = 1.0): the same training as every step
+            # unweighted, so the same cached run instead of a second, identical one (notebooks 04 and 06)
+            cfg.policy.train_steps = "all"
         for k, v in loop.items():
             setattr(cfg.loop, k, v)
         return cfg

@@ -7,8 +7,11 @@ config dataclass per profile; this module only validates the name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +74,82 @@ def check_json_out(path: os.PathLike | str) -> None:
     if os.path.splitext(str(path))[1].lower() != ".json":
         raise UserError(f"--out {path}: must end in .json")
 
+
+
+#: Speed-ups measured by ``easytune bench throughput`` (results/quick/bench/throughput_before.json against
+#: throughput_after.json), each on by default:
+#:
+#: * ``cpu_attention``: on a CPU, ``nn.TransformerEncoder`` runs the regular attention path even without gradient,
+#:   not torch's inference fast path (native MHA with ``_masked_softmax``), which costs the quick MDM 20–28 % more
+#:   CPU time per guided step (:class:`easytune_lab.diffusion.attention.TransformerEncoder`);
+#: * ``fused_adamw``: fine-tuning's AdamW as one fused kernel (EasyTune takes one optimiser step per denoising step);
+#: * ``reward_text_once``: the reward's caption embedding computed once per trajectory, not at every reward call.
+#:
+#: :func:`reference_path` switches them all off: the previous code path, which the tests compare against.
+FAST_PATHS = {"cpu_attention": True, "fused_adamw": True, "reward_text_once": True}
+
+
+@contextlib.contextmanager
+def reference_path():
+    """Run the enclosed code without the speed-ups of :data:`FAST_PATHS` (the previous code path)."""
+    saved = dict(FAST_PATHS)
+    FAST_PATHS.update({key: False for key in FAST_PATHS})
+    try:
+        yield
+    finally:
+        FAST_PATHS.update(saved)
+
+
+def compile_unavailable(device) -> str | None:
+    """Why ``torch.compile`` cannot run here (None if it can): inductor needs a C compiler for CPU code and a
+    Python version dynamo supports."""
+    import torch
+
+    if not hasattr(torch, "compile"):
+        return f"torch {torch.__version__} has no torch.compile"
+    try:
+        import torch._dynamo as dynamo
+
+        if not dynamo.is_dynamo_supported():
+            return f"torch.compile does not support Python {sys.version.split()[0]}"
+    except Exception as exc:  # noqa: BLE001 - any import problem means: run eager
+        return f"torch._dynamo unavailable ({type(exc).__name__})"
+    if getattr(device, "type", str(device)) == "cpu":
+        if not any(shutil.which(c) for c in (os.environ.get("CC", ""), "cc", "gcc", "clang") if c):
+            return "no C compiler found (CC, cc, gcc or clang), which inductor needs for CPU code"
+    return None
+
+
+def compile_forward(module, device) -> bool:
+    """Opt-in: replace ``module.forward`` by ``torch.compile`` of it (parameters and state dict unchanged).
+
+    Where compiling is not possible (:func:`compile_unavailable`), or the compiled call fails the first time it
+    runs, the module stays eager after one warning line on stderr. Returns whether the compiled forward is used.
+    """
+    import torch
+
+    reason = compile_unavailable(device)
+    if reason is not None:
+        print(f"warning: --compile: {reason}; running eager", file=sys.stderr)
+        return False
+    eager = module.forward
+    compiled = torch.compile(eager)
+    state = {"compiled": True}
+
+    def forward(*args, **kwargs):
+        if state["compiled"]:
+            try:
+                return compiled(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - a backend that cannot build this graph: eager from now on
+                state["compiled"] = False
+                first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+                print(f"warning: --compile: torch.compile failed ({type(exc).__name__}: {first}); running eager",
+                      file=sys.stderr)
+        return eager(*args, **kwargs)
+
+    forward.uses_compiled = lambda: state["compiled"]  # for tests and reports: still on the compiled path?
+    module.forward = forward
+    return True
 
 
 def progress_bar(iterable=None, **kwargs):

@@ -53,6 +53,24 @@ def test_changed_override_or_seed_gives_a_new_run(wb):
     assert wb.finetune("easytune", reward="spl", iterations=1) != one
 
 
+def test_uniform_step_weights_reuse_the_unweighted_run(wb):
+    """Weighted training with uniform weights is every step unweighted (all lr scales exactly 1): one cached run."""
+    import dataclasses
+
+    import numpy as np
+
+    from easytune_lab.finetune.policy import make_policy
+
+    uniform = wb.finetune_config("easytune", train_steps="weighted", weighting="uniform")
+    assert dataclasses.asdict(uniform) == dataclasses.asdict(wb.finetune_config("easytune"))
+    rng = np.random.default_rng(0)
+    plans = make_policy("easytune", dataclasses.replace(uniform.policy, train_steps="weighted")).plan(20, rng)
+    assert plans == make_policy("easytune", uniform.policy).plan(20, rng)
+    assert wb.finetune_config("easytune", train_steps="weighted", weighting="late").policy.train_steps == "weighted"
+    one = wb.finetune("easytune", reward="plain", iterations=1)
+    assert wb.finetune("easytune", reward="plain", iterations=1, train_steps="weighted", weighting="uniform") == one
+
+
 def test_interrupted_build_leaves_no_run(wb, monkeypatch):
     import easytune_lab.finetune.train as train
 

@@ -1,4 +1,4 @@
-"""``easytune bench memory|speed|paper``: the fine-tuning methods side by side in one process."""
+"""``easytune bench memory|speed|paper|throughput``: the fine-tuning methods side by side in one process."""
 
 from __future__ import annotations
 
@@ -43,6 +43,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.epilog = ("A method written METHOD+acc (e.g. easytune+acc) runs as its own curve with its per-step gradients "
                 "summed into one optimiser step per trajectory.")
     s.set_defaults(func=cmd_speed)
+    t = bsub.add_parser("throughput", help="seconds per trajectory of every method against the sampling-only "
+                                           "floor, the denoiser's passes, a pretraining step, evaluator embedding")
+    t.add_argument("--profile", default="smoke", help="smoke | quick | paper")
+    t.add_argument("--out", required=True, type=OutputPath(".json"), help="output JSON file")
+    t.add_argument("--base", type=Path, default=None,
+                   help="backbone run (default: the profile's MDM at its initialisation; needs --reward too)")
+    t.add_argument("--reward", type=Path, default=None, help="reward run (default: initialisation)")
+    t.add_argument("--data", type=Path, default=None,
+                   help="dataset directory for captions, lengths and motions (default: 200 procedural motions)")
+    t.add_argument("--evaluator", type=Path, default=None, help="evaluator run (default: initialisation)")
+    t.add_argument("--trajectories", default=None,
+                   help="comma-separated trajectories to time (default: all of easytune, easytune-last10, draft, "
+                        "draft-lv, alignprop, drtune, refl, easytune-chain)")
+    t.add_argument("--repeats", type=integer(1, 100), default=3, help="timed runs per measurement (median reported)")
+    t.add_argument("--threads", type=integer(1, 1024), default=None, help="torch CPU threads (default: torch's own)")
+    t.add_argument("--compile", action="store_true",
+                   help="opt-in: torch.compile the denoiser (eager after one warning line where unavailable)")
+    t.add_argument("--reference-path", action="store_true",
+                   help="without the measured speed-ups (runtime.FAST_PATHS), i.e. the previous code path")
+    t.add_argument("--seed", type=SEED, default=0)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_allow_pickle(t)
+    t.set_defaults(func=cmd_throughput)
     g = bsub.add_parser("paper", help="the one prepared device check: memory vs T, trajectory and training-step "
                                       "times, EasyTune vs DRaFT-50 reward curve, in one JSON naming the device")
     for flag, kwargs in (("--base", dict(required=True, type=run_path, help="backbone run (path or name)")),
@@ -177,4 +201,58 @@ def cmd_paper(args: argparse.Namespace) -> int:
     for line in summary_lines(result):
         print(line)
     print(f"-> {args.out}")
+    return 0
+
+
+def cmd_throughput(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..finetune.throughput import throughput_benchmark
+    from ..io import write_json
+    from ..runtime import check_json_out, check_profile, resolve_device
+
+    check_profile(args.profile)
+    check_json_out(args.out)
+    if (args.base is None) != (args.reward is None):
+        raise UserError("--base/--reward: give both runs, or neither (then both are the profile's initialisation)")
+    if args.base is not None:
+        if args.data is None:
+            raise UserError("--data: needed with --base and --reward (their captions and lengths)")
+        check_inputs(args.base, args.reward, args.data)
+    elif args.data is not None and not args.data.is_dir():
+        raise UserError(f"--data {args.data}: dataset directory not found")
+    if args.evaluator is not None and not args.evaluator.is_dir():
+        raise UserError(f"--evaluator {args.evaluator}: run directory not found")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    labels = None
+    if args.trajectories is not None:
+        from ..finetune.throughput import TRAJECTORIES
+
+        known = [label for label, _, _ in TRAJECTORIES]
+        labels = [x.strip() for x in args.trajectories.split(",") if x.strip()]
+        unknown = [x for x in labels if x not in known]
+        if not labels or unknown:
+            raise UserError(f"--trajectories: unknown or empty {unknown or args.trajectories!r} "
+                            f"(choose from {', '.join(known)})")
+    device = resolve_device(args.device)
+    from contextlib import nullcontext
+
+    from ..runtime import reference_path
+
+    with reference_path() if args.reference_path else nullcontext():
+        result = throughput_benchmark(args.profile, device, seed=args.seed, repeats=args.repeats, base=args.base,
+                                      reward=args.reward, data=args.data, evaluator=args.evaluator,
+                                      trajectories=labels, compile=args.compile, progress=not args.no_progress)
+    write_json(args.out, result)
+    floor = result["sampling"]["seconds"]
+    d = result["denoiser"]
+    print(f"denoiser forward {d['forward']['seconds'] * 1e3:.1f} ms, forward+backward "
+          f"{d['forward_backward']['seconds'] * 1e3:.1f} ms, AdamW step {d['adamw_step']['seconds'] * 1e3:.1f} ms")
+    print(f"{'sampling only':>16s} {floor:7.3f} s  1.00x  (CPU {result['sampling']['cpu_seconds']:.3f} s)")
+    for label, row in result["trajectories"].items():
+        print(f"{label:>16s} {row['seconds']:7.3f} s  {row['ratio_to_sampling']:.2f}x  (CPU {row['cpu_seconds']:.3f} s, "
+              f"{row['cpu_ratio_to_sampling']:.2f}x)")
+    print(f"pretrain step {result['pretrain_step']['seconds']:.3f} s (batch {result['pretrain_step']['batch_size']}), "
+          f"evaluator embedding of {result['evaluator']['motions']} motions {result['evaluator']['seconds']:.3f} s")
     return 0

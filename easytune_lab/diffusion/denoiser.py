@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .attention import TransformerEncoder
 from ..data.text import Vocabulary
 from .backbone import (Backbone, Condition, DiffusionConfig, TimestepEmbedding, keep_mask, masked_mse,
                        training_noise)
@@ -50,7 +51,7 @@ class MotionTransformer(nn.Module):
         self.register_buffer("pos", sinusoidal_table(config.max_frames + 1, d), persistent=False)
         layer = nn.TransformerEncoderLayer(d, config.heads, config.ff, config.dropout, activation="gelu",
                                            batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
+        self.encoder = TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
         self.out = nn.Linear(d, config.feature_dim)
 

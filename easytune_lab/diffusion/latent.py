@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .attention import TransformerEncoder
 from ..data.text import Vocabulary
 from ..distributed import as_random
 from .backbone import (Backbone, Condition, DiffusionConfig, TimestepEmbedding, keep_mask, masked_mse,
@@ -34,9 +35,9 @@ from .schedule import NoiseSchedule
 from .text_encoder import TextConditioner, TextEncoderConfig, sinusoidal_table
 
 
-def _encoder(d: int, heads: int, ff: int, dropout: float, layers: int) -> nn.TransformerEncoder:
+def _encoder(d: int, heads: int, ff: int, dropout: float, layers: int) -> TransformerEncoder:
     layer = nn.TransformerEncoderLayer(d, heads, ff, dropout, activation="gelu", batch_first=True, norm_first=True)
-    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+    return TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
 
 @dataclass

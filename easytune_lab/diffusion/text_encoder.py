@@ -17,6 +17,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
+from .attention import TransformerEncoder
 from ..data.text import Vocabulary, plain_tokens
 from ..errors import UserError
 
@@ -73,7 +74,7 @@ class TextTransformer(nn.Module):
         self.register_buffer("pos", sinusoidal_table(config.max_words + 2, config.dim), persistent=False)
         layer = nn.TransformerEncoderLayer(config.dim, config.heads, config.ff, config.dropout,
                                            activation="gelu", batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
+        self.encoder = TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(config.dim)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -237,9 +237,22 @@ def load_checkpoint(run_dir: Path, model: Backbone, device: torch.device) -> tup
     missing = [k for k in ("rng.torch", "rng.train", "rng.numpy") if k not in tensors]
     if missing:
         raise UserError(f"{path}: not this run's optimiser state (no {', '.join(missing)})")
+    params = None
+    if isinstance(state.get("stage"), str):
+        try:
+            params = model.stage_parameters(state["stage"])  # the optimiser's parameters, in its numbering
+        except (KeyError, ValueError, NotImplementedError):
+            params = None
     for key, value in tensors.items():
-        if key.startswith("state.") and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        if not key.startswith("state."):
+            continue
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise NonFiniteError(f"{path}: optimiser state {key} holds NaN/Inf")
+        idx = key.split(".")[1]
+        if params is not None and value.dim() > 0 and (not idx.isdigit() or int(idx) >= len(params)
+                                                       or tuple(value.shape) != tuple(params[int(idx)].shape)):
+            raise UserError(f"{path}: optimiser state {key} does not fit this run's parameters "
+                            f"(shape {tuple(value.shape)})")
     return state, tensors
 
 

@@ -14,6 +14,7 @@ import torch
 
 from ..diffusion.backbone import Backbone, Condition
 from ..distributed import ShardedRandom
+from ..runtime import FAST_PATHS
 from ..diffusion.sampling import DEFAULT_SPACING, STOCHASTIC, Predictor, get_sampler
 from ..diffusion.schedule import inference_timesteps, timestep_pairs
 
@@ -94,13 +95,20 @@ class BackboneTrajectory:
 def reward_function(reward_model, trajectory: BackboneTrajectory):
     """``reward(x, t)``: R(decode(x), c) for t <= 0, R(x_t, t, c) for a noise-aware reward at t > 0.
 
-    The reward model's own parameters are frozen; gradients flow into x (and through the decoder).
+    The reward model's own parameters are frozen; gradients flow into x (and through the decoder). The captions'
+    embedding E_T(c) is computed once per trajectory when the text encoder is frozen (it was computed at every
+    reward call before; ``runtime.FAST_PATHS["reward_text_once"]``).
     """
     lengths = torch.as_tensor(trajectory.lengths, device=trajectory.device)
+    text = None
+    frozen = not any(p.requires_grad for p in reward_model.text_encoder.parameters())
+    if FAST_PATHS["reward_text_once"] and frozen:  # the captions are fixed for the trajectory: embed them once
+        with torch.no_grad():
+            text = reward_model.embed_text(trajectory.texts)
 
     def reward(x: torch.Tensor, t: int) -> torch.Tensor:
         feats = trajectory.decode(x)
         level = int(t) if t and t > 0 else None
-        return reward_model.score(feats, trajectory.texts, lengths=lengths, t=level)
+        return reward_model.score(feats, trajectory.texts, lengths=lengths, t=level, text_emb=text)
 
     return reward

@@ -41,8 +41,9 @@ def split_variant(name: str) -> tuple[str, bool]:
 def _tuner(method: str, profile: str, base: Path, reward: Path, data: Path, device: torch.device, seed: int,
            **overrides) -> Finetuner:
     method, accumulate = split_variant(method)
+    compile = overrides.pop("compile", False)
     cfg = finetune_config(method, profile, seed=seed, **overrides)
-    return Finetuner(cfg, base, reward, data, device, accumulate=accumulate)
+    return Finetuner(cfg, base, reward, data, device, accumulate=accumulate, compile=compile)
 
 
 @torch.no_grad()

@@ -149,10 +149,11 @@ def run_trajectory(
         start = clock.now()
         if sync_gradients is not None:
             sync_gradients()
-        norm = _grad_norm(params)
+        if config.grad_clip > 0:   # clipping computes the global norm (before clipping) anyway
+            norm = float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip))
+        else:
+            norm = _grad_norm(params)
         stats.grad_norms.append(norm)
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         base_lrs = [group["lr"] for group in optimizer.param_groups]
         for group in optimizer.param_groups:   # this step's update only (StepPlan.lr_scale)
             group["lr"] = group["lr"] * lr_scale

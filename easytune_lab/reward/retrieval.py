@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..diffusion.attention import TransformerEncoder
 from ..errors import UserError
 
 PAD_ID = 0   # data.text.Vocabulary's <pad>
@@ -135,10 +136,10 @@ def sinusoidal(positions: torch.Tensor, dim: int) -> torch.Tensor:
     return F.pad(emb, (0, dim % 2))
 
 
-def _encoder(cfg: RewardModelConfig, layers: int) -> nn.TransformerEncoder:
+def _encoder(cfg: RewardModelConfig, layers: int) -> TransformerEncoder:
     layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout, activation="gelu",
                                        batch_first=True, norm_first=True)
-    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+    return TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
 
 class MotionEncoder(nn.Module):
@@ -320,21 +321,23 @@ class Reward(nn.Module):
         return self.motion_encoder(features, mask, t if self.cfg.noise_aware else None)
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None, texts: Sequence[str] | None = None,
-                ids: torch.Tensor | None = None, t=None, lengths=None) -> torch.Tensor:
-        """(B,) rewards of aligned (motion, caption) pairs."""
+                ids: torch.Tensor | None = None, t=None, lengths=None, text_emb: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """(B,) rewards of aligned (motion, caption) pairs; ``text_emb``: E_T(c) already computed."""
         m = self.embed_motion(features, mask, lengths, t)
-        c = self.embed_text(texts, ids)
+        c = self.embed_text(texts, ids) if text_emb is None else text_emb
         return self.logit_scale() * (m * c).sum(-1)
 
     def score(self, features_or_latents: torch.Tensor, texts: Sequence[str], lengths=None, t=None,
-              decode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+              decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+              text_emb: torch.Tensor | None = None) -> torch.Tensor:
         """R(x, c) per sample; for latent backbones pass ``decode`` (latents -> normalised 263-d features).
 
         Gradients flow through ``decode`` into the latents. ``t`` is the noise level of the input (0 or None
         = clean); a plain reward ignores it.
         """
         x = decode(features_or_latents) if decode is not None else features_or_latents
-        return self.forward(x, texts=texts, t=t, lengths=lengths)
+        return self.forward(x, texts=texts, t=t, lengths=lengths, text_emb=text_emb)
 
     def similarity(self, motion_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         """(N_text, N_motion) reward matrix τ · E_T E_Mᵀ."""
