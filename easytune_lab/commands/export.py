@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..runtime import OutputPath, real
+from ..runtime import OutputPath, integer, real
 
 SKELETON_BY_WIDTH = {263: "t2m", 251: "kit", 22: "t2m", 21: "kit"}  # feature width or joint count
 
@@ -60,7 +60,7 @@ def _add_source(p: argparse.ArgumentParser, many: bool) -> None:
     p.add_argument("--features", action=action, type=Path, default=None,
                    help=f".npy file with features (T, 263|251) or joints (T, J, 3), or a batch of them (N, T, D) as "
                         f"`easytune sample` writes it{more}")
-    p.add_argument("--index", type=int, default=None,
+    p.add_argument("--index", type=integer(-1_000_000, 1_000_000), default=None,
                    help="which motion of a batch file (N, T, D) to take (default: the only one"
                         + ("; all of them side by side)" if many else ")"))
 
