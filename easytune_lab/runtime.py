@@ -201,7 +201,7 @@ class NumberRange:
             return f"{v:g}" if isinstance(v, float) else str(v)
 
         if self.low is not None and self.high is not None:
-            return (f"an {'integer' if self.kind is int else 'number'} in {'(' if self.low_open else '['}"
+            return (f"{'an integer' if self.kind is int else 'a number'} in {'(' if self.low_open else '['}"
                     f"{fmt(self.low)}, {fmt(self.high)}{')' if self.high_open else ']'}")
         if self.low is not None:
             return f"{'>' if self.low_open else '>='} {fmt(self.low)}"

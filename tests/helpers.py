@@ -134,3 +134,15 @@ def finetune_inputs(tmp_path_factory, evaluator: bool = False) -> dict[str, Path
                          "--out", str(runs["evaluator"]), "--device", "cpu", "--no-progress"]) == 0
     torch.set_num_threads(threads)
     return runs
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str]:
+    """Run ``easytune ARGV`` in-process: its exit code (returned, or raised by argparse as SystemExit) and stderr."""
+    from easytune_lab.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err

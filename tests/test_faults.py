@@ -21,6 +21,8 @@ import pytest
 from easytune_lab.cli import main
 from easytune_lab.errors import NonFiniteError, OutputError
 
+from helpers import run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -29,12 +31,7 @@ def _env() -> dict:
 
 
 def _run(argv: list[str], capsys) -> tuple[int, list[str], str]:
-    capsys.readouterr()
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    err = capsys.readouterr().err
+    code, err = run_cli(argv, capsys)
     return code, err.strip().splitlines(), err
 
 

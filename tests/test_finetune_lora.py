@@ -16,7 +16,7 @@ from easytune_lab.finetune.lora import ADAPTER  # noqa: E402
 from easytune_lab.finetune.train import Finetuner, finetune_config, run_finetune  # noqa: E402
 from easytune_lab.runs import load_tensors  # noqa: E402
 
-from helpers import finetune_inputs  # noqa: E402
+from helpers import finetune_inputs, run_cli  # noqa: E402
 
 CPU = torch.device("cpu")
 RANK = 4
@@ -107,16 +107,17 @@ def test_lora_resume_matches_uninterrupted_run(runs, tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--lora-rank", "-1"], "--lora-rank: must be an integer >= 0"),
+    (["--lora-rank", "-1"], "--lora-rank: must be an integer in [0, 4096]"),
     (["--lora-rank", "65"], "--lora-rank: 65 exceeds the width 64"),
-    (["--lora-rank", "4", "--lora-alpha", "0"], "--lora-alpha: must be > 0"),
+    (["--lora-rank", "4", "--lora-alpha", "0"], "--lora-alpha: must be a number in (0, 1e+06]"),
 ])
 def test_bad_lora_options_give_one_line_errors(runs, tmp_path, capsys, extra, message):
     out = tmp_path / "bad"
-    assert main(["finetune", "--method", "easytune", "--base", str(runs["base"]), "--reward", str(runs["reward"]),
-                 "--data", str(runs["data"]), "--profile", "smoke", "--out", str(out), "--no-progress",
-                 *extra]) == 2
-    err = capsys.readouterr().err.strip()
+    code, err = run_cli(["finetune", "--method", "easytune", "--base", str(runs["base"]), "--reward",
+                         str(runs["reward"]), "--data", str(runs["data"]), "--profile", "smoke", "--out", str(out),
+                         "--no-progress", *extra], capsys)
+    assert code == 2
+    err = err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not out.exists()
 

@@ -18,6 +18,8 @@ import pytest
 from easytune_lab.cli import build_parser, main
 from easytune_lab.runtime import NumberRange, OutputPath
 
+from helpers import run_cli
+
 VALUES = ["nan", "inf", "-inf", "-1", "0", "1e30", "1000000000000000", "2.5"]
 
 
@@ -105,12 +107,7 @@ def test_numeric_flag_value(words, flag, value, tmp_path, capsys):
         assert parsed == number or (isinstance(number, float) and math.isclose(parsed, number))
         return
     before = sorted(p.name for p in tmp_path.iterdir())
-    capsys.readouterr()
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    err = capsys.readouterr().err
+    code, err = run_cli(argv, capsys)
     lines = err.strip().splitlines()
     assert code == 2, (argv, err)
     assert len(lines) == 1 and "Traceback" not in err, err

@@ -47,12 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                                            "floor, the denoiser's passes, a pretraining step, evaluator embedding")
     t.add_argument("--profile", default="smoke", help="smoke | quick | paper")
     t.add_argument("--out", required=True, type=OutputPath(".json"), help="output JSON file")
-    t.add_argument("--base", type=Path, default=None,
+    t.add_argument("--base", type=run_path, default=None,
                    help="backbone run (default: the profile's MDM at its initialisation; needs --reward too)")
-    t.add_argument("--reward", type=Path, default=None, help="reward run (default: initialisation)")
+    t.add_argument("--reward", type=run_path, default=None, help="reward run (default: initialisation)")
     t.add_argument("--data", type=Path, default=None,
                    help="dataset directory for captions, lengths and motions (default: 200 procedural motions)")
-    t.add_argument("--evaluator", type=Path, default=None, help="evaluator run (default: initialisation)")
+    t.add_argument("--evaluator", type=run_path, default=None, help="evaluator run (default: initialisation)")
     t.add_argument("--trajectories", default=None,
                    help="comma-separated trajectories to time (default: all of easytune, easytune-last10, draft, "
                         "draft-lv, alignprop, drtune, refl, easytune-chain)")
