@@ -192,13 +192,18 @@ def load_plain_pickle(path: Path, allow_pickle: bool = False):
         raise UserError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") from None
 
 
-def _load_vector(path: Path, dim: int) -> np.ndarray:
+def _read_npy(path: Path) -> np.ndarray:
+    """``path`` as a NumPy array (never unpickled); one line naming the file when it is missing or not an array."""
     if not path.is_file():
         raise UserError(f"{path}: missing")
     try:
-        arr = np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise UserError(f"{path}: not a NumPy array file ({exc})") from None
+
+
+def _load_vector(path: Path, dim: int) -> np.ndarray:
+    arr = _read_npy(path)
     if arr.shape != (dim,) or not np.issubdtype(arr.dtype, np.floating):
         raise UserError(f"{path}: expected a float array of shape ({dim},), got {arr.dtype} {arr.shape}")
     if not np.isfinite(arr).all():
@@ -227,12 +232,7 @@ def load_word_vectors(root: Path, dim: int = 300, allow_pickle: bool = False) ->
     """``glove/our_vab_{data.npy,words.pkl,idx.pkl}`` as T2M's WordVectorizer reads them."""
     data_path = T2MLayout.glove(root, "data.npy")
     words_path, idx_path = T2MLayout.glove(root, "words.pkl"), T2MLayout.glove(root, "idx.pkl")
-    if not data_path.is_file():
-        raise UserError(f"{data_path}: missing")
-    try:
-        vectors = np.load(data_path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise UserError(f"{data_path}: not a NumPy array file ({exc})") from None
+    vectors = _read_npy(data_path)
     if vectors.ndim != 2 or vectors.shape[1] != dim or not np.issubdtype(vectors.dtype, np.floating):
         raise UserError(f"{data_path}: expected a float array of shape (words, {dim}), got {vectors.dtype} "
                         f"{vectors.shape}")
