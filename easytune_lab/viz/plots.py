@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import UserError
-from ..io import atomic_path
+from ..io import atomic_path, write_csv
 
 
 @dataclass
@@ -103,17 +103,20 @@ def display_png(path: str | Path) -> None:
         display(Image(filename=str(path)))
 
 
-def write_table(table: Any, out_path: str | Path, profile: str, seed: int, index: bool = False) -> Path:
-    """Write a pandas table as CSV (atomically) with ``profile`` and ``seed`` columns in front, so the file names
-    where its numbers come from; the table passed in is not changed. Returns the path."""
+def write_table(table: Any, out_path: str | Path, profile: str, seed: int, index: bool = False,
+                allow_nonfinite: bool = False) -> Path:
+    """Write a pandas table as CSV (atomically, :func:`easytune_lab.io.write_csv`) with ``profile`` and ``seed``
+    columns in front, so the file names where its numbers come from; the table passed in is not changed. A NaN or
+    Inf number is refused (:class:`~easytune_lab.errors.NonFiniteError`, nothing written) unless
+    ``allow_nonfinite``: a table whose empty cells mean "not applicable" (e.g. the base model's reward gain) says
+    so. Returns the path."""
     out_path = Path(out_path)
     named = table.copy()
     for pos, (col, value) in enumerate((("profile", profile), ("seed", seed))):
         if col in named.columns:
             named = named.drop(columns=col)
         named.insert(pos, col, value)
-    with atomic_path(out_path) as tmp:
-        named.to_csv(tmp, index=index)
+    write_csv(out_path, named, allow_nonfinite=allow_nonfinite, index=index)
     return out_path
 
 
