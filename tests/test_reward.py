@@ -187,6 +187,30 @@ def test_cli_smoke_train_spl_and_load(tmp_path, capsys):
                           reward.score(x.detach(), ["a person walks"], t=100)[0:1])
 
 
+def test_cli_official_spl_records_the_authors_settings_and_trains(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    data = write_toy_dataset(tmp_path / "data")
+    run = tmp_path / "reward"
+    assert main(["reward", "train", "--data", str(data), "--profile", "smoke", "--out", str(run), "--seed", "1",
+                 "--device", "cpu"]) == 0
+    out = tmp_path / "official"
+    assert main(["reward", "spl", "--reward", str(run), "--data", str(data), "--profile", "smoke", "--out", str(out),
+                 "--device", "cpu", "--spl-mode", "official"]) == 0
+    spl = json.loads((out / "metrics.json").read_text())["spl"]    # batch: smoke's 32, below the official 64
+    assert {k: spl[k] for k in ("mode", "gallery", "batch_size", "lr", "k", "weight", "threshold", "temperature")} \
+        == {"mode": "official", "gallery": "batch", "batch_size": 32, "lr": 1e-5, "k": 10, "weight": 0.01,
+            "threshold": 0.8, "temperature": 0.1}
+    assert json.loads((out / "manifest.json").read_text())["config"]["spl"]["mode"] == "official"
+    before, after = load_file(str(run / "weights.safetensors")), load_file(str(out / "weights.safetensors"))
+    assert any(not torch.equal(before[k], after[k]) for k in before)           # it trained
+    from helpers import run_cli
+
+    code, err = run_cli(["reward", "spl", "--reward", str(run), "--data", str(data), "--profile", "smoke",
+                         "--out", str(tmp_path / "x"), "--device", "cpu", "--spl-mode", "authors"], capsys)
+    assert code == 2 and "--spl-mode" in err and not (tmp_path / "x").exists()
+
+
 def test_a_warm_started_noise_aware_reward_starts_as_the_plain_one_at_every_t():
     from easytune_lab.reward.train import RewardTrainConfig, warm_start
 
@@ -254,9 +278,9 @@ def test_cli_smoke_study_writes_summaries(tmp_path):
     assert main(["reward", "study", "--data", str(data), "--profile", "smoke", "--runs", str(runs_dir),
                  "--results", str(results), "--seeds", "0", "--noise-seeds", "0", "--device", "cpu"]) == 0
     assert {p.name for p in runs_dir.iterdir()} == {"plain-s0", "spl-s0", "control-s0", "noise-aware-s0",
-                                                       "continued-s0"}
+                                                       "continued-s0", "spl-official-s0"}
     # a second seed made by hand, to check the mean/spread arithmetic of the summary
-    for name in ("plain", "spl", "control", "noise-aware", "continued"):
+    for name in ("plain", "spl", "control", "noise-aware", "continued", "spl-official"):
         src, dst = runs_dir / f"{name}-s0", runs_dir / f"{name}-s1"
         dst.mkdir()
         m = json.loads((src / "metrics.json").read_text())
@@ -276,6 +300,11 @@ def test_cli_smoke_study_writes_summaries(tmp_path):
     assert spl["all"]["before"]["sd"] == pytest.approx(10.0 / math.sqrt(2))
     d0 = r1("spl", "0") - r1("control", "0")
     assert spl["all"]["spl_minus_control"]["values"] == pytest.approx([d0, d0 + 6.0])
+    assert spl["all"]["spl_minus_control"]["ci95"] == pytest.approx(12.706 * 6.0 / math.sqrt(2) / math.sqrt(2))
+    official = lambda s: runs["spl_official"][s]["retrieval"]["t=0"]["all"]["t2m"]["R@1"]
+    assert spl["official_spl"]["all"]["minus_ours"]["values"] == pytest.approx(
+        [official("0") - r1("spl", "0"), official("1") - r1("spl", "1")])
+    assert spl["official_spl"]["config"]["mode"] == "official"
     noise = json.loads((results / "noise_aware.json").read_text())
     assert noise["timesteps"] == [0, 500] and noise["schedule"] == "cosine"
     assert set(noise["batch32"]["t=500"]) == {"plain", "noise_aware", "plain_continued"}

@@ -107,3 +107,61 @@ def test_ignored_motions_are_neither_winners_nor_losers():
     assert pairs.winners.tolist() == targets[rows].tolist()
     assert not ignore[pairs.rows, pairs.losers].any()
     assert 0 < len(rows) < n_text
+
+
+# ------------------------------------------------------------------ the authors' SPL (SPLConfig mode "official")
+def _cosines(order_of_gt: list[int], n: int = 12, seed: int = 0) -> torch.Tensor:
+    """A (n, n) float64 cosine matrix below 0.8 whose caption i ranks its ground truth at ``order_of_gt[i]``
+    (1 = first), ties impossible."""
+    g = torch.Generator().manual_seed(seed)
+    cos = torch.rand(n, n, generator=g, dtype=torch.float64) * 0.5
+    for i, rank in enumerate(order_of_gt):
+        others = sorted((cos[i, j].item() for j in range(n) if j != i), reverse=True)
+        above = others[rank - 2] if rank >= 2 else 0.6
+        below = others[rank - 1] if rank - 1 < len(others) else -0.1
+        cos[i, i] = (above + below) / 2 if rank >= 2 else 0.7
+    return cos.requires_grad_(True)
+
+
+def test_official_spl_targets_and_the_loss_formula():
+    from easytune_lab.reward.spl import official_spl_loss
+
+    ranks = [1, 2, 5, 10, 11, 12, 1, 3, 12, 4, 1, 7]
+    cos = _cosines(ranks)
+    loss, targets = official_spl_loss(cos, k=10, threshold=0.8, temperature=0.1)
+    assert targets.correct.tolist() == [r <= 10 for r in ranks]
+    assert len(targets) == sum(r > 10 for r in ranks)
+    # independent computation, caption by caption, with the double temperature of the released code
+    total = 0.0
+    for i, r in enumerate(ranks):
+        top1 = int(cos[i].argmax())
+        assert int(targets.top1[i]) == top1 and (top1 == i) == (r == 1)
+        a, b = float(cos[i, top1].detach()) / 0.01, float(cos[i, i].detach()) / 0.01
+        log_pa = a - math.log(math.exp(a - max(a, b)) + math.exp(b - max(a, b))) - max(a, b)
+        log_pb = b - math.log(math.exp(a - max(a, b)) + math.exp(b - max(a, b))) - max(a, b)
+        total += (0.5 * math.log(0.5) * 2 - 0.5 * (log_pa + log_pb)) if r <= 10 else -log_pb
+    assert loss.item() == pytest.approx(total / len(ranks), rel=1e-10)
+
+
+def test_official_spl_gradient_zero_at_rank_one_and_lifts_near_misses():
+    from easytune_lab.reward.spl import official_spl_loss
+
+    ranks = [1, 3, 12, 1, 2, 11, 1, 1, 1, 1, 1, 1]
+    cos = _cosines(ranks)
+    loss, _ = official_spl_loss(cos)
+    (grad,) = torch.autograd.grad(loss, cos)
+    diag = grad.diagonal()
+    assert diag[0] == 0 and diag[3] == 0 and grad[0].abs().sum() == 0    # right at rank 1: no gradient at all
+    assert diag[1] < 0 and diag[4] < 0      # near misses (rank 2-10): descending the loss raises the ground truth
+    assert diag[2] < 0 and diag[5] < 0      # misses (rank > 10): the ground truth is preferred
+    # ours skips the near misses: mine_pairs forms pairs only for ranks beyond k
+    assert mine_pairs(cos.detach(), k=10).rows.tolist() == [2, 5]
+
+
+def test_official_spl_any_high_cosine_counts_as_correct():
+    from easytune_lab.reward.spl import official_targets
+
+    cos = _cosines([12] * 12).detach()
+    assert not official_targets(cos).correct[0]
+    cos[0, 5] = 0.85                        # another motion above 0.8: the caption counts as correct
+    assert official_targets(cos).correct[0]

@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--k", type=integer(1, 100000), default=None, help="top-k of the mining rule (default: the profile's, 10)")
     s.add_argument("--spl-weight", type=real(0.0, 1e6), default=None,
                    help="weight of the SPL loss (0 = control: same extra epochs, InfoNCE only)")
+    s.add_argument("--spl-mode", choices=("ours", "official"), default="ours",
+                   help="ours: pairs mined beyond the top-k, whole train split as gallery; official: the authors' "
+                        "train_spm.py loss and settings (in-batch, (1/2,1/2)/(0,1) targets, weight 0.01, lr 1e-5)")
     s.add_argument("--epochs", type=COUNT, default=None, help="override the profile's number of SPL epochs")
     add_allow_pickle(s)
     add_name_argument(s)
@@ -96,7 +99,7 @@ def cmd_spl(args: argparse.Namespace) -> int:
     from ..reward.pipeline import spl_run
 
     spl_run(args.reward, args.data, args.out, args.profile, args.seed, args.device, k=args.k,
-            weight=args.spl_weight, epochs=args.epochs, progress=True)
+            weight=args.spl_weight, epochs=args.epochs, progress=True, mode=args.spl_mode)
     return 0
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import UserError
+from ..stats import interval, verdict
 
 
 def _prepare(data: Path, out: Path, profile: str, device: str, seed: int):
@@ -158,10 +159,15 @@ def train_run(data: Path, out: Path, profile: str = "quick", seed: int = 0, devi
 
 def spl_run(reward_dir: Path, data: Path, out: Path, profile: str = "quick", seed: int = 0, device: str = "auto",
             k: int | None = None, weight: float | None = None, epochs: int | None = None,
-            log: Callable[[str], None] = print, progress: bool = False) -> dict:
-    """``easytune reward spl``: refine a reward run; ``weight=0`` is the no-SPL control (same extra epochs)."""
+            log: Callable[[str], None] = print, progress: bool = False, mode: str = "ours") -> dict:
+    """``easytune reward spl``: refine a reward run; ``weight=0`` is the no-SPL control (same extra epochs).
+    ``mode``: ``ours`` (the profile's SPL) or ``official`` (the authors' loss and settings,
+    :func:`~easytune_lab.reward.train.official_spl`); ``k``/``weight``/``epochs`` then override either."""
     from .retrieval import load_reward
-    from .train import evaluate_reward, load_splits, profile_configs, refine_spl
+    from .train import SPL_MODES, evaluate_reward, load_splits, official_spl, profile_configs, refine_spl
+
+    if mode not in SPL_MODES:
+        raise UserError(f"spl mode: unknown mode '{mode}' (choose {', '.join(SPL_MODES)})")
 
     reward_dir, data, out = Path(reward_dir), Path(data), Path(out)
     dev = _prepare(data, out, profile, device, seed)
@@ -169,6 +175,8 @@ def spl_run(reward_dir: Path, data: Path, out: Path, profile: str = "quick", see
     _check_width(data, reward, "--reward", reward_dir)
     cfg, spl = profile_configs(profile, noise_aware=reward.cfg.noise_aware)
     cfg.model = reward.cfg
+    if mode == "official":
+        spl = official_spl(spl)
     if k is not None:
         if k < 1:
             raise UserError(f"--k: must be at least 1 (got {k})")
@@ -205,9 +213,12 @@ def spl_run(reward_dir: Path, data: Path, out: Path, profile: str = "quick", see
 
 
 def _mean_sd(values: Sequence[float]) -> dict:
+    """Mean, sd, range and the 95 % t interval over seeds (:func:`easytune_lab.stats.interval`; its verdict on 0)."""
     values = [float(v) for v in values]
+    ci = interval(values)
     return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values), "max": max(values), "values": values}
+            "min": min(values), "max": max(values), "values": values, "ci95": ci["ci95"],
+            "verdict_vs_zero": verdict(ci)}
 
 
 def _r1(retrieval: dict, t: int = 0, protocol: str = "all", direction: str = "t2m") -> float:
@@ -229,6 +240,7 @@ def study(data: Path, runs_dir: Path, results_dir: Path, profile: str = "quick",
             train_run(data, base, profile, seed, device, log=log)
             spl_run(base, data, runs_dir / f"spl-s{seed}", profile, seed, device, log=log)
             spl_run(base, data, runs_dir / f"control-s{seed}", profile, seed, device, weight=0.0, log=log)
+            spl_run(base, data, runs_dir / f"spl-official-s{seed}", profile, seed, device, mode="official", log=log)
         if seed in noise_seeds:                 # both start from the plain run and train the same extra epochs
             base = runs_dir / f"plain-s{seed}"
             if not base.is_dir():
@@ -281,6 +293,18 @@ def summarise(runs_dir: Path, results_dir: Path) -> dict:
             "spl_minus_control": _mean_sd([_r1(spl[s]["retrieval"], protocol=protocol)
                                            - _r1(control[s]["retrieval"], protocol=protocol) for s in seeds]),
         }
+    official = _read_runs(runs_dir, "spl-official")              # the authors' SPL (official_spl)
+    if seeds and all(seed in official for seed in seeds):
+        spl_summary["official_spl"] = {
+            protocol: {"after": _mean_sd([_r1(official[s]["retrieval"], protocol=protocol) for s in seeds]),
+                       "minus_control": _mean_sd([_r1(official[s]["retrieval"], protocol=protocol)
+                                                  - _r1(control[s]["retrieval"], protocol=protocol) for s in seeds]),
+                       "minus_ours": _mean_sd([_r1(official[s]["retrieval"], protocol=protocol)
+                                               - _r1(spl[s]["retrieval"], protocol=protocol) for s in seeds])}
+            for protocol in ("all", "batch32")}
+        spl_summary["official_spl"]["config"] = official[seeds[0]]["spl"]
+        spl_summary["official_spl"]["incorrect_captions_per_epoch"] = {
+            str(s): official[s]["mined_pairs_per_epoch"] for s in seeds}
     exact = _read_runs(runs_dir, "spl-exact")                    # ablation: only identical captions ignored
     if seeds and all(seed in exact for seed in seeds):
         spl_summary["ablation_spl_identical_captions_only"] = {
@@ -321,7 +345,8 @@ def summarise(runs_dir: Path, results_dir: Path) -> dict:
     write_json(results_dir / "spl.json", spl_summary)
     write_json(results_dir / "noise_aware.json", noise_summary)
     write_json(results_dir / "runs.json", {"plain": plain, "spl": spl, "control": control, "noise_aware": aware,
-                                           "continued": continued, "spl_identical_captions_only": exact})
+                                           "continued": continued, "spl_identical_captions_only": exact,
+                                           "spl_official": official})
     return {"spl": spl_summary, "noise_aware": noise_summary}
 
 

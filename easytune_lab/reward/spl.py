@@ -86,3 +86,59 @@ def preference_kl(r_w: torch.Tensor, r_l: torch.Tensor) -> torch.Tensor:
     q = torch.tensor([1.0, 0.0], device=r_w.device, dtype=r_w.dtype)
     # KL(Q‖P) = Σ Q log Q − Σ Q log P, with 0·log 0 = 0
     return (torch.xlogy(q, q) - q * log_p).sum(-1)
+
+
+#: SPL as the authors' ``train_spm.py`` (``compute_finetune_loss``) does it, for ``SPLConfig(mode="official")``.
+OFFICIAL_K = 10
+OFFICIAL_THRESHOLD = 0.8
+OFFICIAL_TEMPERATURE = 0.1
+
+
+@dataclass
+class OfficialTargets:
+    """Per caption of an in-batch (N, N) cosine matrix: the top-1 motion and whether the caption counts as correct."""
+
+    top1: torch.Tensor      # (N,) index of the best-scoring motion (the ground truth itself when it ranks first)
+    correct: torch.Tensor   # (N,) bool: ground truth in the top-k, or any cosine of the row above the threshold
+
+    def __len__(self) -> int:   # captions that get the "prefer the ground truth" target (0, 1)
+        return int((~self.correct).sum())
+
+
+@torch.no_grad()
+def official_targets(cosine: torch.Tensor, k: int = OFFICIAL_K, threshold: float = OFFICIAL_THRESHOLD
+                     ) -> OfficialTargets:
+    """Which captions of a square (texts, motions) cosine matrix the authors' SPL counts as correct (diagonal =
+    ground truth): its ground truth is among the top ``k`` motions of the batch, or any cosine of its row (not
+    only the ground truth's) exceeds ``threshold``."""
+    n = cosine.shape[0]
+    top = cosine.topk(min(k, cosine.shape[1]), dim=1).indices
+    in_top = (top == torch.arange(n, device=cosine.device)[:, None]).any(1)
+    return OfficialTargets(top1=top[:, 0], correct=in_top | (cosine > threshold).any(1))
+
+
+def official_spl_loss(cosine: torch.Tensor, k: int = OFFICIAL_K, threshold: float = OFFICIAL_THRESHOLD,
+                      temperature: float = OFFICIAL_TEMPERATURE) -> tuple[torch.Tensor, OfficialTargets]:
+    """The authors' SPL loss on an in-batch cosine matrix ``cosine = Ê_T Ê_Mᵀ`` (carrying the graph).
+
+    Per caption i, two logits ``[s(top-1 motion), s(ground truth)]`` and a target
+    ``Q = (½, ½)`` when the caption counts as correct (:func:`official_targets`), ``Q = (0, 1)`` otherwise;
+    the loss is the batch mean of KL(Q ‖ softmax(logits)). As in the released code the cosine is divided by the
+    temperature twice (``sim / τ`` and then ``softmax(logits / τ)``), an effective scale of 1/τ² = 100 at τ = 0.1.
+
+    Differences from :func:`spl_loss` (ours): every caption of the batch contributes (a correct one with the tie
+    target), the gallery is the batch, and the "loser" is the top-1 motion, which is the ground truth itself when
+    retrieval is right; then both logits are one number and the gradient is exactly zero. A correct caption whose
+    ground truth ranks 2..k is pulled toward a tie with the top-1 motion, i.e. the ground truth is lifted: the
+    near misses that :func:`mine_pairs` skips are exactly the captions this loss trains on.
+    """
+    targets = official_targets(cosine.detach(), k, threshold)
+    n = cosine.shape[0]
+    rows = torch.arange(n, device=cosine.device)
+    logits = torch.stack([cosine[rows, targets.top1], cosine[rows, rows]], dim=1) / temperature / temperature
+    q = torch.zeros(n, 2, dtype=cosine.dtype, device=cosine.device)
+    q[targets.correct] = 0.5
+    q[~targets.correct, 1] = 1.0
+    log_p = F.log_softmax(logits, dim=1)
+    kl = (torch.xlogy(q, q) - q * log_p).sum(1)
+    return kl.mean(), targets

@@ -22,7 +22,7 @@ from ..errors import UserError
 from ..runtime import check_finite_loss
 from .metrics import batched_retrieval_metrics, retrieval_metrics
 from .retrieval import CaptionTokenizer, FrozenTextModel, Reward, RewardModelConfig, identical_captions, info_nce, noise_motion
-from .spl import mine_pairs, preference_kl, spl_loss
+from .spl import mine_pairs, official_spl_loss, preference_kl, spl_loss
 
 
 @dataclass
@@ -57,6 +57,25 @@ class SPLConfig:
     gallery: str = "train"           # "train": top-k among all train motions (re-embedded each epoch); "batch"
     dup_threshold: float = 0.98      # train gallery: a motion with a caption this close (cosine of the reward's
                                      # own text embeddings) to the query is a paraphrase match, not a wrong motion
+    mode: str = "ours"               # "ours": pairs mined beyond the top-k (spl.mine_pairs, spl_loss);
+                                     # "official": the authors' train_spm.py (spl.official_spl_loss): every
+                                     # caption, in-batch gallery, [top-1, ground truth] logits, (½,½) / (0,1) targets
+    threshold: float = 0.8           # official: a row cosine above this counts the caption as correct
+    temperature: float = 0.1         # official: logits are cosine / τ / τ, as in the released code
+
+
+
+SPL_MODES = ("ours", "official")
+
+
+def official_spl(spl: SPLConfig) -> SPLConfig:
+    """``spl`` switched to the authors' SPL (``train_spm.py`` fine-tuning and ``configs/spm_h3d.yaml`` of
+    github.com/wengwanjiang/EasyTune): the loss :func:`.spl.official_spl_loss` with weight 0.01 on top of the
+    retrieval loss, top-10 / cosine 0.8 correctness, τ = 0.1, in-batch gallery of 64 (the smoke profile's smaller
+    batch there), AdamW lr 1e-5 (their fine-tuning lr). The number of epochs stays the profile's."""
+    return dataclasses.replace(spl, mode="official", gallery="batch", batch_size=min(64, spl.batch_size), lr=1e-5,
+                               k=10, weight=0.01,
+                               threshold=0.8, temperature=0.1)
 
 
 def _model(**kw) -> RewardModelConfig:
@@ -319,6 +338,11 @@ def _spl_term(reward: Reward, batch: MotionBatch, positions: torch.Tensor, m: to
     its number of rows. The loss is 0 with no graph work when the weight is 0.
     """
     lo, hi = rows if rows is not None else (0, len(batch))
+    if spl.mode == "official":                                   # the authors' loss: every caption of the batch
+        if (lo, hi) != (0, len(batch)):
+            raise UserError("spl mode official: not available under torchrun (the released loss is per batch)")
+        loss, targets = official_spl_loss(c @ m.T, k=spl.k, threshold=spl.threshold, temperature=spl.temperature)
+        return (loss if spl.weight > 0 else loss.detach() * 0), len(targets)
     if gallery is None:                                          # in-batch gallery
         scores = scale * c @ m.T                                 # (texts, motions) reward matrix
         pairs = mine_pairs(scores.detach(), k=spl.k)
