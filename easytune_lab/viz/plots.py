@@ -189,6 +189,38 @@ def bar_chart(
     return fig
 
 
+def waterfall(rows: Sequence[dict], out_path: str | Path | None = None, title: str = "",
+              ylabel: str = "gap A − B", size: tuple[float, float] = (7.0, 3.6)):
+    """A waterfall of stages (rows of :func:`easytune_lab.analysis.forensics.waterfall_steps`): the first stage's
+    gap as a bar from 0, then each factor's change as a floating bar from the previous gap to the new one (green up,
+    red down), with the 95 % interval of each stage's gap as an error bar at its end; a dashed line at 0. Bars whose
+    change interval contains 0 are hatched ("no difference measured"). Returns the Figure."""
+    if not rows:
+        raise UserError("waterfall: no stages")
+    fig = new_figure(size)
+    ax = fig.add_subplot()
+    previous = 0.0
+    for i, row in enumerate(rows):
+        gap = row["gap"]["mean"]
+        bottom, height = min(previous, gap), abs(gap - previous)
+        colour = "#7f7f7f" if i == 0 else ("#2ca02c" if gap >= previous else "#d62728")
+        unclear = i > 0 and row.get("change_verdict") == "no difference measured"
+        ax.bar(i, height if height > 0 else 1e-9, bottom=bottom, color=colour, alpha=0.5 if unclear else 0.9,
+               hatch="//" if unclear else None, edgecolor="k", linewidth=0.5)
+        if row["gap"].get("ci95") is not None:
+            ax.errorbar(i, gap, yerr=row["gap"]["ci95"], color="k", capsize=3, lw=1)
+        ax.annotate(f"{gap:+.3g}", (i, gap), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+        previous = gap
+    ax.axhline(0, color="k", lw=0.8, ls="--")
+    labels = [row["stage"] for row in rows]
+    ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=7)
+    ax.set(title=title, ylabel=ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    if out_path is not None:
+        save_png(fig, out_path)
+    return fig
+
+
 def training_curves(run: str | Path, out_path: str | Path | None = None, columns: int = 3):
     """Every curve a run logged (loss, reward, lr, gradient norm, ... per step, iteration or epoch; see
     :func:`easytune_lab.runs.training_series`) in one figure, one panel each, titled with the run's name or folder,
