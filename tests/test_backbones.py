@@ -6,7 +6,7 @@ import torch
 from easytune_lab.diffusion.backbone import Condition, frame_mask
 from easytune_lab.diffusion.denoiser import MDMBackbone, mdm_profile
 from easytune_lab.diffusion.latent import MLDBackbone, mld_profile
-from easytune_lab.diffusion.sampling import sample
+from easytune_lab.diffusion.trajectory import sample
 from easytune_lab.diffusion.text_encoder import (TextConditioner, TextEncoderConfig, build_text_vocabulary,
                                                  tokenize)
 from easytune_lab.errors import UserError

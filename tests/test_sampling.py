@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from easytune_lab.diffusion.sampling import (Predictor, consistency_scalings, consistency_step, ddim_step, ddpm_step,
-                                             sample)
+from easytune_lab.diffusion.sampling import Predictor, consistency_scalings, consistency_step, ddim_step, ddpm_step
+from easytune_lab.diffusion.trajectory import sample
 from easytune_lab.diffusion.schedule import NoiseSchedule
 
 SCHED = NoiseSchedule(torch.tensor([0.1, 0.2, 0.5, 0.75], dtype=torch.float64))

@@ -16,13 +16,15 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..diffusion.trajectory import denoise
+
 
 def chain_coefficients(trajectory, v: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None,
                        generator: torch.Generator | None = None) -> np.ndarray:
     """Per-step norm of the vector–Jacobian product from x_0 back to the input x_t of each step.
 
     Args:
-        trajectory: a :class:`~easytune_lab.finetune.loop.Trajectory`.
+        trajectory: a :class:`~easytune_lab.diffusion.trajectory.Trajectory` (or any ``Steps``).
         v: the vector at x_0: a tensor, a function of x_0 (e.g. the reward gradient), or None for a random
            unit direction per sample.
     Returns:
@@ -31,10 +33,7 @@ def chain_coefficients(trajectory, v: torch.Tensor | Callable[[torch.Tensor], to
     x = trajectory.initial_noise(generator).detach().requires_grad_(True)
     inputs = []
     with torch.enable_grad():
-        for i in range(trajectory.num_steps):
-            inputs.append(x)
-            x, _ = trajectory.step(x, i, trajectory.draw_noise(i, x, generator), False)
-        x0 = x
+        x0, _ = denoise(trajectory, x, generator, callback=lambda record: inputs.append(record.x_t))
         if v is None:
             vec = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         elif callable(v):

@@ -28,6 +28,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ..diffusion.trajectory import StepRecord, denoise
+
 
 def _flat(grads: Sequence[torch.Tensor | None], params: Sequence[torch.nn.Parameter]) -> torch.Tensor:
     return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).to(torch.float64)
@@ -52,7 +54,7 @@ def gradient_alignment(trajectory, reward: Callable[[torch.Tensor, int], torch.T
     """Per-step true-gradient shares g*_i and EasyTune gradients g_i on one trajectory (i = 0: noisiest step).
 
     Args:
-        trajectory: a :class:`~easytune_lab.finetune.loop.Trajectory` (its noise is drawn once from
+        trajectory: a :class:`~easytune_lab.diffusion.trajectory.Trajectory` (its noise is drawn once from
             ``generator`` and reused, so every quantity refers to the same path).
         reward: ``reward(x, t) -> (B,)``; the final reward is the batch mean of ``reward(x̂0 of the last step, 0)``,
             EasyTune's per-step reward ``reward(x̂0_i, 0)`` (the loop's ``reward_on="x0_hat"``).
@@ -70,13 +72,14 @@ def gradient_alignment(trajectory, reward: Callable[[torch.Tensor, int], torch.T
     params = list(params)
     x = trajectory.initial_noise(generator)
     inputs, outputs, noises = [], [], []
+
+    def record(step: StepRecord) -> None:
+        inputs.append(step.x_t.detach())
+        noises.append(step.noise)
+        outputs.append(step.x_prev)
+
     with torch.enable_grad():
-        for i in range(trajectory.num_steps):
-            noise = trajectory.draw_noise(i, x, generator)
-            inputs.append(x.detach())
-            noises.append(noise)
-            x, x0_hat = trajectory.step(x, i, noise, False)
-            outputs.append(x)
+        x, x0_hat = denoise(trajectory, x, generator, callback=record)
         final = reward(x0_hat, 0).mean()
         grads = torch.autograd.grad(final, params + outputs[:-1] + [x0_hat], allow_unused=True)
     total = _flat(grads[:len(params)], params)
@@ -89,9 +92,9 @@ def gradient_alignment(trajectory, reward: Callable[[torch.Tensor, int], torch.T
     easy_sum = torch.zeros_like(total)
     share_sum = torch.zeros_like(total)
     last = trajectory.num_steps - 1
-    for i in range(trajectory.num_steps):
+    for i, (x_t, noise) in enumerate(zip(inputs, noises)):   # each recorded step again, on its own
         with torch.enable_grad():
-            x_prev, x0_hat = trajectory.step(inputs[i], i, noises[i], False)   # sg(x_t): θ at this step only
+            x_prev, x0_hat = trajectory.step(x_t, i, noise, False)   # sg(x_t): θ at this step only
             easy = _flat(torch.autograd.grad(reward(x0_hat, 0).mean(), params, retain_graph=True,
                                              allow_unused=True), params)
             pieces, cots = [], []

@@ -17,7 +17,7 @@ import torch
 from ..errors import UserError
 from ..runtime import resolve_device
 from .backbone import Backbone
-from .sampling import Hook, sample
+from .trajectory import BackboneTrajectory, Hook
 from .train import PretrainConfig, load_backbone
 
 
@@ -66,12 +66,10 @@ class MotionGenerator:
         lengths = self.check_lengths(lengths)
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            cond = self.backbone.condition(texts, lengths)
-            x = sample(self.backbone.predictor(), self.backbone.sample_shape(cond), self.backbone.schedule,
-                       steps or self.steps, cond, sampler or self.sampler,
-                       self.guidance if guidance is None else guidance, hook=hook, generator=generator,
-                       device=self.device)
-            return self.backbone.decode(x, cond)
+            trajectory = BackboneTrajectory(self.backbone, texts, lengths, sampler or self.sampler, steps or self.steps,
+                                            self.guidance if guidance is None else guidance)
+            x, _ = trajectory.run(generator, hook=hook)
+            return self.backbone.decode(x, trajectory.cond)
 
     def denormalise(self, x: np.ndarray) -> np.ndarray:
         return (x * self.std + self.mean).astype(np.float32)

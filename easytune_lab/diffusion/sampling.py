@@ -9,17 +9,21 @@ the clean sample x0 (MDM) or the noise ε (MLD), applies classifier-free guidanc
 each sampler works with either parameterisation. ``t`` and ``t_prev`` are integer timesteps of the training
 schedule (``t_prev = -1`` is clean data). Steps never switch gradients off: the fine-tuning loop calls them with
 or without a graph. ``noise`` (or a ``generator`` to draw it) is used by the stochastic steps only.
+
+Noise is drawn by one rule, :func:`normal_noise` (the steps' own draws and every trajectory's). The timesteps a
+sampler runs over and the loop that chains the steps are in :mod:`easytune_lab.diffusion.trajectory`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
+from ..distributed import ShardedRandom
 from ..errors import UserError
-from .schedule import NoiseSchedule, inference_timesteps, timestep_pairs
+from .schedule import NoiseSchedule
 
 PREDICTIONS = ("x0", "eps")
 
@@ -82,12 +86,24 @@ def as_predictor(model: Any, schedule: NoiseSchedule) -> Predictor:
     return model if isinstance(model, Predictor) else Predictor(model, schedule)
 
 
-def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal noise shaped like ``x``, drawn on the generator's device (reproducible across devices)."""
+def normal_noise(shape: Sequence[int], generator: torch.Generator | None = None, *,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                 rows: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    """The one noise rule: ε ~ N(0, I) of ``shape`` on ``device``.
+
+    With a ``generator`` the draw is made on the generator's device (reproducible across devices) and moved; with
+    ``rows = (rank, world)`` it is made for the global batch of ``shape[0] · world`` rows and this rank's rows are
+    kept (:class:`~easytune_lab.distributed.ShardedRandom`), so the ranks together see one process's noise.
+    Without a generator, torch's global generator draws on ``device``.
+    """
     if generator is None:
-        return torch.randn_like(x)
-    z = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype)
-    return z.to(x.device)
+        return torch.randn(tuple(shape), device=device, dtype=dtype)
+    z = ShardedRandom(generator, rows[0], rows[1]).randn(shape, dtype=dtype)
+    return z if device is None else z.to(device)
+
+
+def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return normal_noise(x.shape, generator, device=x.device, dtype=x.dtype)
 
 
 def ddpm_step(model: Predictor, x_t: torch.Tensor, t: int, t_prev: int, cond: Any, guidance: float = 1.0, *,
@@ -168,41 +184,11 @@ def consistency_step(model: Predictor, x_t: torch.Tensor, t: int, t_prev: int, c
 
 
 SAMPLERS: dict[str, Callable] = {"ddpm": ddpm_step, "ddim": ddim_step, "consistency": consistency_step}
-STOCHASTIC = {"ddpm", "consistency"}
+STOCHASTIC = {"ddpm", "consistency"}   # samplers that draw fresh noise at every step but the last
 DEFAULT_SPACING = {"ddpm": "leading", "ddim": "leading", "consistency": "trailing"}
-
-Hook = Callable[[int, int, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 
 def get_sampler(name: str) -> Callable:
     if name not in SAMPLERS:
         raise UserError(f"--sampler: unknown sampler '{name}' (choose {', '.join(SAMPLERS)})")
     return SAMPLERS[name]
-
-
-def sample(model: Any, shape: tuple[int, ...], schedule: NoiseSchedule, steps: int, cond: Any,
-           sampler: str = "ddim", guidance: float = 1.0, hook: Hook | None = None,
-           generator: torch.Generator | None = None, device: torch.device | str | None = None,
-           x_T: torch.Tensor | None = None, spacing: str | None = None) -> torch.Tensor:
-    """Run ``steps`` reverse steps from x_T ~ N(0, I) and return the final sample.
-
-    ``hook(i, t, x_t, x_prev, x0_hat)`` is called after every step ``i`` (0 = noisiest). Noise for stochastic
-    samplers is drawn from ``generator`` in step order, so a seed fixes the whole trajectory. Gradients are
-    not switched off here: wrap the call in ``torch.no_grad()`` for plain generation.
-    """
-    step = get_sampler(sampler)
-    predictor = as_predictor(model, schedule)
-    ts = inference_timesteps(schedule.num_train_steps, steps, spacing or DEFAULT_SPACING[sampler])
-    if x_T is None:
-        dev = torch.device(device) if device is not None else (generator.device if generator is not None
-                                                                 else torch.device("cpu"))
-        z = torch.randn(shape, generator=generator, device=generator.device if generator is not None else dev)
-        x_T = z.to(dev)
-    x = x_T
-    for i, (t, t_prev) in enumerate(timestep_pairs(ts)):
-        noise = _randn_like(x, generator) if sampler in STOCHASTIC and t_prev >= 0 else None
-        x_prev, x0_hat = step(predictor, x, t, t_prev, cond, guidance, noise=noise)
-        if hook is not None:
-            hook(i, t, x, x_prev, x0_hat)
-        x = x_prev
-    return x

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -123,3 +124,39 @@ def inference_timesteps(num_train_steps: int, num_steps: int, spacing: str = "le
 def timestep_pairs(timesteps: list[int]) -> list[tuple[int, int]]:
     """(t, t_prev) for each reverse step; the last step goes to t_prev = -1 (clean data)."""
     return [(t, timesteps[i + 1] if i + 1 < len(timesteps) else -1) for i, t in enumerate(timesteps)]
+
+
+@dataclass(frozen=True)
+class Timesteps:
+    """The decreasing timesteps t_0 > t_1 > ... > t_{T-1} of one sampling run, computed once.
+
+    A sampler takes the timesteps, not a count (the k-diffusion convention): T = ``len(timesteps)``, and reverse step
+    ``i`` goes from ``timesteps[i]`` to ``pairs[i][1]`` (the next timestep, or -1 = clean data after the last).
+    """
+
+    values: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        values = tuple(int(t) for t in self.values)
+        if not values or any(a <= b for a, b in zip(values, values[1:])) or values[-1] < 0:
+            raise UserError(f"timesteps: must be non-empty, decreasing and >= 0 (got {list(values)})")
+        object.__setattr__(self, "values", values)
+
+    @classmethod
+    def spaced(cls, num_train_steps: int, num_steps: int, spacing: str = "leading") -> "Timesteps":
+        """``num_steps`` timesteps of a schedule of ``num_train_steps`` (:func:`inference_timesteps`)."""
+        return cls(tuple(inference_timesteps(num_train_steps, num_steps, spacing)))
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.values)
+
+    def __getitem__(self, i: int) -> int:
+        return self.values[i]
+
+    @property
+    def pairs(self) -> list[tuple[int, int]]:
+        """(t, t_prev) of every reverse step (:func:`timestep_pairs`)."""
+        return timestep_pairs(list(self.values))

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..analysis.memory import memory_probe
+from ..diffusion.trajectory import denoise
 from .train import Finetuner, finetune_config
 
 
@@ -51,9 +52,7 @@ def _sampling_baseline(tuner: Finetuner, texts, lengths, num_steps: int) -> int:
     traj = tuner.trajectory(texts, lengths, num_steps)
     probe = memory_probe(tuner.device, tuner.params)
     with probe:
-        x = traj.initial_noise(torch.Generator().manual_seed(0))
-        for i in range(traj.num_steps):
-            x, _ = traj.step(x, i, traj.draw_noise(i, x, None), False)
+        denoise(traj, traj.initial_noise(torch.Generator().manual_seed(0)), None)
     return int(probe.peak_bytes)
 
 

@@ -11,8 +11,10 @@ updates cost one all-reduce each. With ``accumulate`` the per-step backward pass
 one denoiser call at a time) but their gradients accumulate locally and the trajectory ends with a single
 all-reduce and optimiser step.
 
-The loop talks to the backbone through a :class:`Trajectory` (how to draw x_T, run reverse step ``i`` and
-re-noise a clean sample) and to the reward through a callable ``reward(x, t) -> (B,)``:
+The loop talks to the backbone through a trajectory (:class:`~easytune_lab.diffusion.trajectory.Steps`: how to draw
+x_T, run reverse step ``i`` and re-noise a clean sample), whose steps it runs with the one denoising loop
+(:func:`~easytune_lab.diffusion.trajectory.denoise`, the policy deciding each step's grad/detach/checkpoint and what
+follows it), and to the reward through a callable ``reward(x, t) -> (B,)``:
 
 * ODE samplers (DDIM, consistency): the reward is taken on the step's predicted clean motion x̂0 with t = 0
   (paper Eq. 9, ``reward_on="x0_hat"``);
@@ -28,29 +30,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from ..diffusion.trajectory import StepRecord, Steps, denoise
 from .policy import Policy, StepPlan
 
-
-class Trajectory(Protocol):
-    """What the loop needs from a backbone + sampler + condition (see ``finetune.adapters``)."""
-
-    num_steps: int
-
-    def initial_noise(self, generator: torch.Generator | None) -> torch.Tensor: ...
-
-    def draw_noise(self, i: int, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor | None: ...
-
-    def step(self, x_t: torch.Tensor, i: int, noise: torch.Tensor | None, detach_input: bool
-             ) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-    def noise_level(self, i: int) -> int: ...
-
-    def renoise(self, x0: torch.Tensor, i: int, generator: torch.Generator | None) -> torch.Tensor: ...
+#: What the loop needs from a backbone + sampler + condition (kept under its old name).
+Trajectory = Steps
 
 
 RewardFn = Callable[[torch.Tensor, int], torch.Tensor]
@@ -166,18 +155,26 @@ def run_trajectory(
         if after_update is not None:
             after_update()
 
-    for i, plan in enumerate(plans):
+    step_input = x  # the x_t step i actually received (detached under detach="state")
+
+    def run_step(x_t: torch.Tensor, i: int, noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal step_input
+        plan = plans[i]
         if plan.detach == "state":
-            x = x.detach()
-        noise = trajectory.draw_noise(i, x, generator)
+            x_t = x_t.detach()
+        step_input = x_t
         start = clock.now()
         with torch.set_grad_enabled(plan.grad):
             if plan.grad and plan.checkpoint:
-                x_prev, x0_hat = checkpoint(trajectory.step, x, i, noise, plan.detach == "input",
-                                            use_reentrant=False)
+                out = checkpoint(trajectory.step, x_t, i, noise, plan.detach == "input", use_reentrant=False)
             else:
-                x_prev, x0_hat = trajectory.step(x, i, noise, plan.detach == "input")
+                out = trajectory.step(x_t, i, noise, plan.detach == "input")
         stats.time["sampling"] += clock.now() - start
+        return out
+
+    def after_step(record: StepRecord) -> bool:
+        nonlocal pending
+        i, plan, x_prev, x0_hat = record.i, plans[record.i], record.x_prev, record.x0_hat
         if plan.grad:
             stats.graph_calls.append(i)
 
@@ -190,7 +187,7 @@ def run_trajectory(
                 weight = plan.reward_weight * (plan.lr_scale if accumulate else 1.0)
                 loss = -weight * r.mean()
                 if regulariser is not None and config.reg_weight > 0:
-                    loss = loss + config.reg_weight * regulariser(x, i, x0_hat)
+                    loss = loss + config.reg_weight * regulariser(step_input, i, x0_hat)
                 stats.losses.append(float(loss.detach()))
                 pending.append(loss)
         if plan.update and pending:
@@ -199,9 +196,10 @@ def run_trajectory(
             backward(torch.stack(pending).sum())
             update(plan.lr_scale)
             pending = []
-        x = x_prev
-        if plan.stop:
-            break
+        return plan.stop or i == len(plans) - 1
+
+    if plans:
+        x, _ = denoise(trajectory, x, generator, step=run_step, callback=after_step)
     if pending:  # a policy that stopped before its update step
         backward(torch.stack(pending).sum())
         update()

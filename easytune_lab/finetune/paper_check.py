@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..analysis.memory import memory_probe
+from ..diffusion.trajectory import denoise
 from .train import Finetuner, finetune_config
 
 CHECK_STEPS = (10, 20, 50)
@@ -85,9 +86,7 @@ def _sampling_seconds(tuner: Finetuner, texts, lengths, steps: int) -> float:
     traj = tuner.trajectory(texts, lengths, steps)
     _sync(tuner.device)
     start = time.perf_counter()
-    x = traj.initial_noise(torch.Generator().manual_seed(0))
-    for i in range(traj.num_steps):
-        x, _ = traj.step(x, i, traj.draw_noise(i, x, None), False)
+    denoise(traj, traj.initial_noise(torch.Generator().manual_seed(0)), None)
     _sync(tuner.device)
     return time.perf_counter() - start
 

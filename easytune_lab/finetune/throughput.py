@@ -199,7 +199,7 @@ def throughput_benchmark(profile: str, device: torch.device, seed: int = 0, repe
         net = first.backbone.net
         x = torch.randn(first.backbone.sample_shape(traj.cond), generator=torch.Generator().manual_seed(seed)
                         ).to(device, traj.dtype)
-        tt = torch.full((x.shape[0],), traj.pairs[len(traj.pairs) // 2][0], dtype=torch.long, device=device)
+        tt = torch.full((x.shape[0],), traj.timesteps[len(traj.timesteps) // 2], dtype=torch.long, device=device)
 
         def forward():
             with torch.no_grad():

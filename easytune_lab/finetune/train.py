@@ -44,7 +44,8 @@ from ..runs import (check_resume_parents, checkpoint_writer, config_to_dict, dat
                     load_state_strict, load_tensors, make_manifest, read_manifest, read_state_json, save_tensors,
                     write_manifest)
 from ..runtime import check_profile
-from .adapters import BackboneTrajectory, reward_function
+from ..diffusion.trajectory import BackboneTrajectory
+from .adapters import reward_function
 from .loop import LoopConfig, TrajectoryStats, run_trajectory
 from .lora import LoraConfig, check_lora, save_weights, trainable_parameters
 from .policy import LAST_K, POLICIES, TRAIN_STEPS, PolicyConfig, make_policy
@@ -319,10 +320,7 @@ class Finetuner:
         rng = np.random.default_rng(seed)
         texts, lengths = self.eval_prompts.draw(self.cfg.eval_captions, rng)
         traj = self.trajectory(texts, lengths)
-        gen = torch.Generator().manual_seed(seed)
-        x = traj.initial_noise(gen)
-        for i in range(traj.num_steps):
-            x, x0_hat = traj.step(x, i, traj.draw_noise(i, x, gen), False)
+        _, x0_hat = traj.run(torch.Generator().manual_seed(seed))
         return float(reward_function(self.reward, traj)(x0_hat, 0).mean())
 
     # ---------------------------------------------------------------------------------------------- state
