@@ -429,3 +429,67 @@ def test_accumulated_step_weights_weight_the_losses():
     grads = torch.autograd.grad(total, list(ref.parameters()))
     for p0, g, p in zip(ToyNet().parameters(), grads, net.parameters()):
         torch.testing.assert_close(p.detach(), p0.detach() - 0.1 * g, rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------- gradients at the trajectory's start (LoopConfig.gradient_at)
+def _frozen_run(gradient_at: str, num_steps: int = 6, lr: float = 0.05, k: int = 0):
+    net = ToyNet()
+    traj = ToyTrajectory(net, num_steps)
+    cfg = PolicyConfig(train_steps="last", num_train_steps=k) if k else PolicyConfig()
+    policy = make_policy("easytune", cfg)
+    plans = policy.plan(num_steps, np.random.default_rng(0))
+    params = list(net.parameters())
+    opt = RecordingSGD(params, lr=lr)
+    stats = run_trajectory(traj, policy, plans, reward, opt, params,
+                           LoopConfig(grad_clip=0.0, gradient_at=gradient_at), generator=torch.Generator())
+    return net, opt, stats
+
+
+@pytest.mark.parametrize("k", [0, 3])
+def test_frozen_trajectory_gradients_are_taken_at_the_start_and_the_updates_compound(k):
+    """``gradient_at="start"`` (the authors' code): the trajectory is sampled and every per-step gradient taken at
+    the parameters the trajectory started with, each equal to that step's gradient computed on its own there, while
+    the SGD updates still add up on the live parameters, which are what the run holds at the end."""
+    num_steps, lr = 6, 0.05
+    net, opt, stats = _frozen_run("start", num_steps, lr, k)
+    trained = list(range(num_steps - k, num_steps)) if k else list(range(num_steps))
+    assert stats.optimizer_steps == len(trained) == len(opt.recorded)
+    reference = ToyNet()                                  # the start parameters (same seed), never updated
+    start = [p.detach().clone() for p in reference.parameters()]
+    traj = ToyTrajectory(reference, num_steps)
+    x = traj.initial_noise(None)
+    for i in range(num_steps):
+        x = x.detach()
+        reference.zero_grad()
+        x_prev, x0_hat = traj.step(x, i, None, False)
+        if i in trained:
+            (-reward(x0_hat, 0).mean()).backward()
+            for got, p in zip(opt.recorded[trained.index(i)], reference.parameters()):
+                torch.testing.assert_close(got, p.grad, rtol=1e-12, atol=1e-12)
+        x = x_prev
+    for j, (p, p0) in enumerate(zip(net.parameters(), start)):   # θ_end = θ_start − lr·Σ_i g_i(θ_start)
+        total = sum(step[j] for step in opt.recorded)
+        torch.testing.assert_close(p.detach(), p0 - lr * total, rtol=1e-12, atol=1e-12)
+    # live parameters (ours) take later gradients elsewhere: the two modes differ, so the test above can fail
+    _, live_opt, _ = _frozen_run("live", num_steps, lr, k)
+    assert not torch.allclose(live_opt.recorded[-1][0], opt.recorded[-1][0])
+    torch.testing.assert_close(live_opt.recorded[0][0], opt.recorded[0][0])   # the first step is the same
+
+
+def test_frozen_trajectory_keeps_one_buffer_per_run():
+    from easytune_lab.finetune.loop import StartParameters
+
+    net = ToyNet()
+    params = list(net.parameters())
+    frozen = StartParameters(params)
+    buffers = {b.data_ptr() for b in frozen.buffers()} | {p.data_ptr() for p in params}
+    policy = make_policy("easytune", PolicyConfig())
+    opt = torch.optim.SGD(params, lr=0.1)
+    for seed in range(3):   # three trajectories: the same two storages per tensor, no new copies
+        run_trajectory(ToyTrajectory(net, 4, seed=seed), policy, policy.plan(4, np.random.default_rng(seed)), reward,
+                       opt, params, LoopConfig(grad_clip=0.0, gradient_at="start"), start_parameters=frozen)
+        assert frozen.live_in_params
+        assert {b.data_ptr() for b in frozen.buffers()} | {p.data_ptr() for p in params} == buffers
+    with pytest.raises(ValueError, match="gradient_at"):
+        run_trajectory(ToyTrajectory(net, 4), policy, policy.plan(4, np.random.default_rng(0)), reward, opt, params,
+                       LoopConfig(gradient_at="frozen"))

@@ -15,8 +15,12 @@ from ..runtime import FAST_PATHS
 __all__ = ["BackboneTrajectory", "InputDetachedPredictor", "reward_function"]
 
 
-def reward_function(reward_model, trajectory: BackboneTrajectory):
+def reward_function(reward_model, trajectory: BackboneTrajectory, scale: str = "tau"):
     """``reward(x, t)``: R(decode(x), c) for t <= 0, R(x_t, t, c) for a noise-aware reward at t > 0.
+
+    ``scale``: ``"tau"`` gives the reward model's R = τ·cos(E_M(x), E_T(c)) with its learned τ (≈ 14 at quick, so
+    per-step gradient norms of 12–51 that clipping at 1 always rescales); ``"unit"`` the plain cosine (the authors'
+    −cos loss with λ = 1, ``configs/ft_mld_t2m.yaml`` ``lambda_reward: 1``).
 
     The reward model's own parameters are frozen; gradients flow into x (and through the decoder). The captions'
     embedding E_T(c) is computed once per trajectory when the text encoder is frozen (it was computed at every
@@ -29,9 +33,17 @@ def reward_function(reward_model, trajectory: BackboneTrajectory):
         with torch.no_grad():
             text = reward_model.embed_text(trajectory.texts)
 
+    if scale not in ("tau", "unit"):
+        raise ValueError(f"reward_scale: must be tau or unit (got '{scale}')")
+    unit = None
+    if scale == "unit":
+        with torch.no_grad():
+            unit = 1.0 / reward_model.logit_scale().detach()
+
     def reward(x: torch.Tensor, t: int) -> torch.Tensor:
         feats = trajectory.decode(x)
         level = int(t) if t and t > 0 else None
-        return reward_model.score(feats, trajectory.texts, lengths=lengths, t=level, text_emb=text)
+        r = reward_model.score(feats, trajectory.texts, lengths=lengths, t=level, text_emb=text)
+        return r if unit is None else r * unit
 
     return reward

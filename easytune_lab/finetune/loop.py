@@ -53,6 +53,65 @@ class LoopConfig:
     reward_on: str = "x0_hat"        # "x0_hat" (ODE samplers) or "x_t" (noise-aware reward)
     grad_clip: float = 1.0           # max global grad norm (0 = off)
     reg_weight: float = 0.0          # weight of the regulariser toward the frozen base model
+    gradient_at: str = "live"        # "live": each step's gradient at the parameters as updated so far in the
+                                     # trajectory; "start": the trajectory and every per-step gradient at the
+                                     # parameters the trajectory started with, the updates compounding on a
+                                     # separate copy that samples the next trajectory (the authors' code)
+    reward_scale: str = "tau"        # "tau": R = τ·cos(E_M, E_T) (the reward model's learned scale); "unit": cos
+
+
+GRADIENT_AT = ("live", "start")
+REWARD_SCALES = ("tau", "unit")
+
+
+class StartParameters:
+    """``LoopConfig.gradient_at = "start"`` without a copy of the model: one extra buffer per trainable tensor,
+    allocated once per run and refreshed at the start of each trajectory.
+
+    While the trajectory runs, the parameters hold θ_start (the values at its start), so the samples and every
+    per-step gradient g_i = ∇θ L_i(θ_start) are taken there; the buffer holds the live values θ. An update swaps
+    the two (O(1): the tensors' storages are exchanged, nothing is copied), lets the optimiser apply g_i to θ, and
+    swaps back, so the updates compound, θ ← θ − lr·u(g_i) step after step. :meth:`finish` leaves θ in the
+    parameters: the updated model samples the next trajectory.
+    """
+
+    def __init__(self, params: Sequence[torch.nn.Parameter]):
+        self.params = list(params)
+        self.other = [p.detach().clone() for p in self.params]
+        self.live_in_params = True
+
+    def buffers(self) -> list[torch.Tensor]:
+        """The extra storages (for memory probes that leave parameters out)."""
+        return list(self.other)
+
+    def _swap(self) -> None:
+        for i, p in enumerate(self.params):
+            held = p.data
+            p.data = self.other[i]
+            self.other[i] = held
+        self.live_in_params = not self.live_in_params
+
+    def begin(self) -> None:
+        """At a trajectory's start: the buffer becomes the live copy, the parameters stay at θ_start."""
+        if not self.live_in_params:
+            self._swap()
+        with torch.no_grad():
+            for p, o in zip(self.params, self.other):
+                o.copy_(p)
+        self.live_in_params = False       # the parameters now stand for θ_start, the buffer for θ
+
+    def update(self, step: Callable[[], None]) -> None:
+        """Run ``step`` (clip + optimiser step) on the live values with the gradients taken at θ_start."""
+        self._swap()
+        try:
+            step()
+        finally:
+            self._swap()
+
+    def finish(self) -> None:
+        """At a trajectory's end: the live values go back into the parameters."""
+        if not self.live_in_params:
+            self._swap()
 
 
 @dataclass
@@ -94,15 +153,24 @@ def run_trajectory(
     after_update: Callable[[], None] | None = None,
     sync_gradients: Callable[[], None] | None = None,
     accumulate: bool = False,
+    start_parameters: StartParameters | None = None,
 ) -> TrajectoryStats:
     """Run one denoising trajectory under ``plans`` and apply the policy's updates.
 
     ``probe`` is a memory probe from :mod:`easytune_lab.analysis.memory` already entered (its ``observe`` is
     called before every backward). ``sync_gradients`` runs before each optimiser step (the all-reduce of
     data-parallel training); ``after_update`` after it (LR scheduler). ``accumulate`` defers every update of the
-    trajectory to one optimiser step at its end.
+    trajectory to one optimiser step at its end. ``config.gradient_at == "start"``: the trajectory and its per-step
+    gradients are taken at the parameters it started with (:class:`StartParameters`; pass the run's own
+    ``start_parameters`` to reuse one buffer, else one is allocated for this trajectory).
     """
     config = config or LoopConfig()
+    if config.gradient_at not in GRADIENT_AT:
+        raise ValueError(f"gradient_at: must be one of {', '.join(GRADIENT_AT)} (got '{config.gradient_at}')")
+    frozen = None
+    if config.gradient_at == "start":
+        frozen = start_parameters or StartParameters(params)
+        frozen.begin()
     stats = TrajectoryStats()
     x = trajectory.initial_noise(generator)
     device = x.device
@@ -146,7 +214,10 @@ def run_trajectory(
         base_lrs = [group["lr"] for group in optimizer.param_groups]
         for group in optimizer.param_groups:   # this step's update only (StepPlan.lr_scale)
             group["lr"] = group["lr"] * lr_scale
-        optimizer.step()
+        if frozen is not None:                 # the gradient was taken at θ_start; the step moves the live θ
+            frozen.update(optimizer.step)
+        else:
+            optimizer.step()
         for group, lr in zip(optimizer.param_groups, base_lrs):   # the schedule's lr again
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
@@ -230,6 +301,8 @@ def run_trajectory(
     finishing = True
     if owed:
         update()
+    if frozen is not None:
+        frozen.finish()
     if probe is not None:
         stats.peak_bytes = int(max(probe.peak_bytes, probe.observe()))
     return stats

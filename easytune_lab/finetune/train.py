@@ -46,7 +46,7 @@ from ..runs import (check_resume_parents, checkpoint_writer, config_to_dict, dat
 from ..runtime import check_profile
 from ..diffusion.trajectory import BackboneTrajectory
 from .adapters import reward_function
-from .loop import LoopConfig, TrajectoryStats, run_trajectory
+from .loop import GRADIENT_AT, REWARD_SCALES, LoopConfig, StartParameters, TrajectoryStats, run_trajectory
 from .lora import LoraConfig, check_lora, save_weights, trainable_parameters
 from .policy import LAST_K, POLICIES, TRAIN_STEPS, PolicyConfig, make_policy
 
@@ -141,6 +141,10 @@ def validate(cfg: FinetuneConfig) -> None:
                         f"{cfg.policy.num_train_steps})")
     if cfg.policy.train_steps not in TRAIN_STEPS:
         raise UserError(f"--train-steps: unknown choice '{cfg.policy.train_steps}' (choose {', '.join(TRAIN_STEPS)})")
+    if cfg.loop.gradient_at not in GRADIENT_AT:
+        raise UserError(f"gradient_at: must be one of {', '.join(GRADIENT_AT)} (got '{cfg.loop.gradient_at}')")
+    if cfg.loop.reward_scale not in REWARD_SCALES:
+        raise UserError(f"reward_scale: must be one of {', '.join(REWARD_SCALES)} (got '{cfg.loop.reward_scale}')")
     if cfg.loop.reward_on not in ("x0_hat", "x_t"):
         raise UserError(f"--reward-on: must be x0_hat or x_t (got '{cfg.loop.reward_on}')")
     if cfg.lr_schedule not in ("constant", "cosine"):
@@ -238,7 +242,11 @@ class Finetuner:
             from ..runtime import compile_forward
 
             self.compiled = compile_forward(self.backbone.net, device)
+        # LoopConfig.gradient_at == "start": one buffer of the trainable weights for the whole run (never a model copy)
+        self.start_params = StartParameters(self.params) if cfg.loop.gradient_at == "start" else None
         self.net_params = list(self.backbone.net.parameters())  # not counted as saved activations by the probe
+        if self.start_params is not None:
+            self.net_params += self.start_params.buffers()
         self.reward = load_reward(reward_run, device)
         if dtype is not None:
             self.reward.to(dtype)
@@ -298,10 +306,12 @@ class Finetuner:
         plans = self.policy.plan(traj.num_steps, self.rng)
         probe = memory_probe(self.device, self.net_params, probe_kind or self.memory)
         with probe:
-            stats = run_trajectory(traj, self.policy, plans, reward_function(self.reward, traj), self.optimizer,
+            stats = run_trajectory(traj, self.policy, plans,
+                                   reward_function(self.reward, traj, self.cfg.loop.reward_scale), self.optimizer,
                                    self.params, self.cfg.loop, probe=probe, generator=self.noise,
                                    regulariser=self.regulariser(traj), after_update=self.scheduler.step,
-                                   sync_gradients=self.sync, accumulate=self.accumulate)
+                                   sync_gradients=self.sync, accumulate=self.accumulate,
+                                   start_parameters=self.start_params)
         stats.peak_bytes = int(probe.peak_bytes)
         if dist.world_size() > 1:  # the logged rewards/losses are means over the global batch
             n = len(stats.rewards)
@@ -529,6 +539,7 @@ def check_resumable(out: Path, cfg: FinetuneConfig, accumulate: bool, dtype: str
     if saved is None:
         raise UserError(f"--resume: {out} is a pretraining run, not a fine-tuning run")
     current = config_to_dict(cfg)
+    saved = _with_defaults(saved, config_to_dict(FinetuneConfig()))   # options added since the run started
     changed = sorted(k for k in set(saved) | set(current)
                      if k not in _RESUME_FREE and saved.get(k) != current.get(k))
     if "lora" in changed:
@@ -545,6 +556,18 @@ def check_resumable(out: Path, cfg: FinetuneConfig, accumulate: bool, dtype: str
         raise UserError(f"--accumulate: {out} was started {'with' if was else 'without'} it")
     if training.get("dtype", "float32") != dtype:
         raise UserError(f"--dtype {dtype}: {out} was started with {training.get('dtype', 'float32')}")
+
+
+def _with_defaults(saved: dict, defaults: dict) -> dict:
+    """``saved`` (a manifest's config) with the default of every option it does not name: a run started before an
+    option existed ran with its default, so resuming it with the default is not a change of settings."""
+    out = dict(saved)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = _with_defaults(out[key], value)
+    return out
 
 
 def _stop_nonfinite(out: Path, manifest: dict, exc: NonFiniteError, iteration: int):
