@@ -60,7 +60,7 @@ def test_every_evaluation_gets_t2m_metrics_and_oracle_without_changing_training(
 
 
 def test_eval_motions_below_one_r_precision_group_is_refused():
-    with pytest.raises(UserError, match="--eval-motions: must be 0"):
+    with pytest.raises(UserError, match="eval_motions: must be 0"):
         finetune_config("easytune", "smoke", eval_motions=16)
 
 

@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="pretrain a text-to-motion diffusion backbone (checkpoints, --resume)")
     p.add_argument("--backbone", default="mdm",
                    help=f"a registered backbone: {', '.join(BACKBONES.names())} (mdm: motion-space x0 transformer; "
-                        "mld: VAE + latent ε denoiser; lcm: consistency distillation of an mld run, --teacher)")
+                        "mld: VAE + latent ε denoiser; lcm: consistency distillation of a trained mld, see --teacher)")
     p.add_argument("--data", type=Path, required=True, help="HumanML3D-format directory (train split is used)")
     p.add_argument("--profile", default="smoke", help="smoke | quick | paper (model size and step count)")
     p.add_argument("--out", type=OutputPath(directory=True), required=True, help="run directory to create (or to resume)")
