@@ -5,6 +5,10 @@ User errors (:class:`easytune_lab.errors.UserError`) print one line and exit non
 Training commands take ``--name NAME``; every option that takes a run accepts such a name as well as a path
 (``easytune runs`` lists them; :func:`easytune_lab.runs.resolve_run`). Commands marked ``distributed`` (pretrain, reward train|spl, evaluator train, finetune) also run under ``torchrun``
 (:mod:`easytune_lab.distributed`); the others refuse to.
+
+The library's errors name its own parameters (``num_train_steps: must be in [1, 10]``); a command shows such a
+leading name as the option that sets it (``--num-train-steps: ...``, :func:`in_flag_terms`). Renamed options keep
+their old spelling as a deprecated alias (:mod:`easytune_lab.commands.options`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _leaf_parsers(parser: argparse.ArgumentParser):
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield parser
+    for action in subs:
+        for sub in dict.fromkeys(action.choices.values()):
+            yield from _leaf_parsers(sub)
+
+
+def in_flag_terms(message: str, flags: dict[str, str]) -> str:
+    """``message`` with a leading library parameter name (``name: ...``) replaced by the command's option for it."""
+    head, sep, rest = message.partition(":")
+    if sep and head in flags:
+        return f"{flags[head]}:{rest}"
+    return message
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="easytune", description="easytune_lab: differentiable-reward fine-tuning of text-to-motion diffusion models")
     from . import __version__
@@ -46,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"easytune_lab.commands.{name}")
         module.register(sub)
+    for leaf in _leaf_parsers(parser):   # library parameter name -> the option that sets it (error messages)
+        leaf.set_defaults(flag_names={a.dest: a.option_strings[0] for a in leaf._actions
+                                      if a.option_strings and not isinstance(a, argparse._HelpAction)})
     return parser
 
 
@@ -90,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 register_name(name, args.out)
     except UserError as exc:
         if _first_process():  # under torchrun every rank fails alike; one line is enough
-            print(f"easytune: error: {exc}", file=sys.stderr)
+            print(f"easytune: error: {in_flag_terms(str(exc), getattr(args, 'flag_names', {}))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("easytune: interrupted", file=sys.stderr)

@@ -42,7 +42,6 @@ from .runtime import check_profile
 PROCEDURAL_MOTIONS = {"smoke": 300, "quick": 4000, "paper": 4000}
 DATA_SEED = 0          # the procedural dataset is the same for every training seed
 EVAL_REPLICATIONS = {"smoke": 2, "quick": 1, "paper": 20}   # T2M uses 20; quick: one pass over the test split
-LOOP_KEYS = ("reward_on", "reg_weight", "grad_clip")   # finetune overrides that belong to LoopConfig
 
 
 def is_complete(run_dir: Path) -> bool:
@@ -185,13 +184,14 @@ class Workbench:
         return self._build("evaluator", key, build)
 
     def backbone(self, kind: str = "mdm") -> Path:
-        """A pretrained backbone run: ``mdm`` (motion space), ``mld`` (latent), ``lcm`` (distilled from ``mld``)."""
+        """A pretrained backbone run of a registered backbone (:mod:`easytune_lab.diffusion.registry`): ``mdm``
+        (motion space), ``mld`` (latent), ``lcm`` (distilled from its teacher backbone's run, ``mld``)."""
         from .commands.pretrain import load_training_data
-        from .diffusion.train import BACKBONES, pretrain, pretrain_config
+        from .diffusion.registry import backbone_spec
+        from .diffusion.train import pretrain, pretrain_config
 
-        if kind not in BACKBONES:
-            raise UserError(f"backbone: unknown backbone '{kind}' (choose {', '.join(BACKBONES)})")
-        teacher = self.backbone("mld") if kind == "lcm" else None
+        spec = backbone_spec(kind)
+        teacher = self.backbone(spec.teacher) if spec.teacher else None
         parents = {"teacher": teacher.name} if teacher else {}
         feature_dim = int(np.load(self.data / "Mean.npy", mmap_mode="r").shape[0])
         # the resolved config is part of the key: changing a profile retrains instead of reusing a stale run
@@ -200,13 +200,9 @@ class Workbench:
 
         def build(out: Path) -> None:
             data = load_training_data(self.data, self.seed)
-            config = pretrain_config(kind, self.profile, feature_dim, seed=self.seed)
-            init = None
-            if kind == "lcm":
-                from .diffusion.consistency import teacher_setup
-
-                config.teacher = str(teacher)
-                init = teacher_setup(config, data)
+            config = pretrain_config(kind, self.profile, feature_dim, seed=self.seed,
+                                     teacher=str(teacher) if teacher else None)
+            init = spec.setup(config, data) if spec.setup is not None else None
             pretrain(config, data, out, device=self.torch_device, progress=self.progress,
                      parents={"teacher": str(teacher)} if teacher else {}, init=init)
 
@@ -252,22 +248,20 @@ class Workbench:
 
     def finetune_config(self, method: str, **overrides):
         """The :class:`~easytune_lab.finetune.train.FinetuneConfig` that :meth:`finetune` trains with."""
+        import dataclasses
+
         from .finetune.train import finetune_config
 
-        loop = {k: overrides.pop(k) for k in LOOP_KEYS if k in overrides}
-        cfg = finetune_config(method, self.profile, seed=self.seed, **overrides)
+        cfg = finetune_config(method, self.profile, **{"seed": self.seed, **overrides})
         if cfg.policy.train_steps == "weighted" and cfg.policy.weighting == "uniform":
             # uniform step weights are all exactly 1 (StepPlan.lr_scale = 1.0): the same training as every step
             # unweighted, so the same cached run instead of a second, identical one (notebooks 04 and 06)
-            cfg.policy.train_steps = "all"
-        for k, v in loop.items():
-            setattr(cfg.loop, k, v)
+            cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, train_steps="all"))
         return cfg
 
     def finetune(self, method: str, backbone: str = "mdm", reward: str = "spl", **overrides) -> Path:
         """A fine-tuned backbone run (``reward``: ``plain`` | ``spl`` | ``noise-aware``); ``overrides`` go to
-        :func:`~easytune_lab.finetune.train.finetune_config` (and ``reward_on``/``reg_weight``/``grad_clip``
-        to its ``loop``)."""
+        :func:`~easytune_lab.finetune.train.finetune_config` (known fields of the config, its policy and its loop)."""
         from .finetune.train import run_finetune, validate
 
         rewards = {"plain": dict(), "spl": dict(spl=True), "noise-aware": dict(noise_aware=True)}
@@ -287,15 +281,16 @@ class Workbench:
         return self._build(f"finetune-{method}", key, build)
 
     def sampling(self, model: Path | str) -> tuple[str, int]:
-        """The (sampler, steps) a run is evaluated with: a fine-tuned run's own trajectory; for a base backbone the
-        trajectory its fine-tuning uses (DDIM with the profile's T; LCM: its consistency sampler and steps), so base
-        and fine-tuned models are compared under the same sampler."""
+        """The (sampler, sample_steps) a run is evaluated with: a fine-tuned run's own trajectory; for a base
+        backbone the trajectory its fine-tuning uses (DDIM with the profile's T; a backbone with a native sampler,
+        e.g. LCM: its own sampler and steps), so base and fine-tuned models are compared under the same sampler."""
+        from .diffusion.registry import backbone_spec
         from .runs import read_manifest
 
         manifest = read_manifest(model, kind="backbone")
         if manifest.get("finetune"):
             return manifest["finetune"]["sampler"], int(manifest["finetune"]["sample_steps"])
-        if manifest["config"]["backbone"] == "lcm":
+        if backbone_spec(manifest["config"]["backbone"]).native_sampler:
             diffusion = manifest["config"]["model"]["diffusion"]
             return diffusion["sampler"], int(diffusion["sample_steps"])
         cfg = self.finetune_config("easytune")

@@ -44,13 +44,13 @@ else
   DATA=$WORK/data BASE=$WORK/mdm REWARD=$WORK/reward
   easytune data synth --out "$DATA" --num-motions "$MOTIONS" --seed 0 --no-progress
   say "data ready"
-  easytune pretrain --backbone mdm --data "$DATA" --profile "$PROFILE" --steps "$PRETRAIN_STEPS" \
+  easytune pretrain --backbone mdm --data "$DATA" --profile "$PROFILE" --iterations "$PRETRAIN_STEPS" \
     --out "$BASE" --device "$DEVICE" --no-progress
   say "backbone ready"
   easytune reward train --data "$DATA" --profile "$PROFILE" --epochs 1 --out "$REWARD" --device "$DEVICE"
   say "reward ready"
 fi
 easytune bench paper --base "$BASE" --reward "$REWARD" --data "$DATA" --profile "$PROFILE" \
-  --device "$DEVICE" --steps "$STEPS" --batch-size "$BATCH" --length "$LENGTH" --curve-seconds "$CURVE_SECONDS" \
+  --device "$DEVICE" --sample-steps "$STEPS" --batch-size "$BATCH" --length "$LENGTH" --curve-seconds "$CURVE_SECONDS" \
   --out "$OUT" ${NO_PROGRESS:+--no-progress}
 say "done -> $OUT"

@@ -15,7 +15,7 @@ expect() {  # expect CODE TEXT -- command...
 }
 $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || fail "no CUDA device"
 $PY -m easytune_lab.cli data synth --out "$W/data" --num-motions 240 --seed 5 --no-progress >/dev/null || fail synth
-$PY -m easytune_lab.cli pretrain --data "$W/data" --profile smoke --steps 4 --checkpoint-every 2 --stop-after 2 \
+$PY -m easytune_lab.cli pretrain --data "$W/data" --profile smoke --iterations 4 --checkpoint-every 2 --stop-after 2 \
     --out "$W/mdm" --device cuda --no-progress >/dev/null || fail pretrain
 $PY -m easytune_lab.cli pretrain --data "$W/data" --out "$W/mdm" --resume --device cuda --no-progress >/dev/null \
     || fail "resume on cuda"
@@ -31,10 +31,10 @@ t[k] = t[k].clone().fill_(float("nan")); save_tensors(sys.argv[1], t, allow_nonf
 EOF
 expect 3 "NaN" -- $PY -m easytune_lab.cli sample --run "$W/nan" --text "a person walks" --device cuda --out "$W/nan.npy"
 [ ! -e "$W/nan.npy" ] || fail "NaN sample written"
-$PY -m easytune_lab.cli pretrain --data "$W/data" --profile smoke --steps 200 --out "$W/busy" --device cuda \
+$PY -m easytune_lab.cli pretrain --data "$W/data" --profile smoke --iterations 200 --out "$W/busy" --device cuda \
     --no-progress >/dev/null 2>&1 & first=$!
 for _ in $(seq 600); do [ -s "$W/.busy.lock" ] && break; sleep 0.1; done
-expect 4 "pid $first" -- $PY -m easytune_lab.cli pretrain --data "$W/data" --profile smoke --steps 200 \
+expect 4 "pid $first" -- $PY -m easytune_lab.cli pretrain --data "$W/data" --profile smoke --iterations 200 \
     --out "$W/busy" --device cuda --no-progress
 wait $first || fail "the first writer failed"
 echo "OK: fault handling on $($PY -c 'import torch; print(torch.cuda.get_device_name(0))') ($W)"

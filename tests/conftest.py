@@ -39,7 +39,7 @@ def smoke_runs(tmp_path_factory) -> dict:
     data, base, reward = root / "data", root / "mdm", root / "reward"
     for argv in (["data", "synth", "--out", str(data), "--num-motions", "240", "--seed", "5", "--workers", "1",
                   "--no-progress"],
-                 ["pretrain", "--backbone", "mdm", "--data", str(data), "--profile", "smoke", "--steps", "3",
+                 ["pretrain", "--backbone", "mdm", "--data", str(data), "--profile", "smoke", "--iterations", "3",
                   "--out", str(base), "--device", "cpu", "--no-progress"],
                  ["reward", "train", "--data", str(data), "--profile", "smoke", "--epochs", "1", "--out", str(reward),
                   "--device", "cpu"]):

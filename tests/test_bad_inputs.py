@@ -39,7 +39,7 @@ class Env:
 def env(smoke_runs, tmp_path_factory) -> Env:
     root = tmp_path_factory.mktemp("bad-inputs")
     unfinished = root / "unfinished"
-    assert main(["pretrain", "--data", str(smoke_runs["data"]), "--steps", "2", "--stop-after", "1", "--out",
+    assert main(["pretrain", "--data", str(smoke_runs["data"]), "--iterations", "2", "--stop-after", "1", "--out",
                  str(unfinished), "--device", "cpu", "--no-progress"]) == 0
     (root / "empty").mkdir()
     np.save(root / "features.npy", np.random.default_rng(0).normal(size=(40, 263)).astype(np.float32))
@@ -133,7 +133,7 @@ CASES = [
                                               "--profile", "smoke", "--out", _s(o), "--spl-weight", "-1"],
          "--spl-weight"),
     # pretrain
-    Case("pretrain-zero-steps", lambda e, o: pre(e, o, "--steps", "0"), "--steps"),
+    Case("pretrain-zero-steps", lambda e, o: pre(e, o, "--iterations", "0"), "--iterations"),
     Case("pretrain-dropout-out-of-range", lambda e, o: pre(e, o, "--dropout", "1.5"), "--dropout"),
     Case("pretrain-zero-accumulate", lambda e, o: pre(e, o, "--accumulate", "0"), "--accumulate"),
     Case("pretrain-lcm-without-teacher", lambda e, o: pre(e, o, "--backbone", "lcm"), "--teacher"),
@@ -143,7 +143,7 @@ CASES = [
     Case("pretrain-missing-data", lambda e, o: pre(e, o, data=e.empty / "nope"), "--data"),
     Case("pretrain-unknown-profile", lambda e, o: pre(e, o, "--profile", "huge"), "--profile"),
     Case("pretrain-out-not-empty", lambda e, o: pre(e, o), "--out", existing=True),
-    Case("pretrain-resume-other-steps", lambda e, o: pre(e, o, "--resume", "--steps", "7"), "--steps 7",
+    Case("pretrain-resume-other-steps", lambda e, o: pre(e, o, "--resume", "--iterations", "7"), "--iterations 7",
          existing=True),
     Case("pretrain-resume-other-data", lambda e, o: pre(e, o, "--resume", data=e.kit), "--data", existing=True),
     Case("pretrain-resume-other-dtype", lambda e, o: pre(e, o, "--resume", "--dtype", "float64"), "--dtype",
@@ -174,18 +174,18 @@ CASES = [
     Case("finetune-resume-a-pretraining-run", lambda e, o: ft(e, o, "--resume"), "not a fine-tuning run",
          existing=True),
     # bench
-    Case("bench-unknown-method", lambda e, o: bench(e, o, "memory", "--methods", "sgd", "--steps", "5"),
+    Case("bench-unknown-method", lambda e, o: bench(e, o, "memory", "--methods", "sgd", "--sample-steps", "5"),
          "--methods", suffix=".json"),
-    Case("bench-zero-steps", lambda e, o: bench(e, o, "memory", "--methods", "easytune", "--steps", "0,5"),
-         "--steps", suffix=".json"),
+    Case("bench-zero-steps", lambda e, o: bench(e, o, "memory", "--methods", "easytune", "--sample-steps", "0,5"),
+         "--sample-steps", suffix=".json"),
     Case("bench-zero-budget", lambda e, o: bench(e, o, "speed", "--methods", "easytune", "--budget-seconds", "0"),
          "--budget-seconds", suffix=".json"),
     Case("bench-lrs-other-method", lambda e, o: bench(e, o, "speed", "--methods", "easytune", "--budget-seconds", "1",
                                                       "--lrs", "draft=1e-5"), "--lrs", suffix=".json"),
     Case("bench-data-width", lambda e, o: ["bench", "memory", "--base", _s(e.base), "--reward", _s(e.reward),
-                                           "--data", _s(e.kit), "--methods", "easytune", "--steps", "5", "--out",
+                                           "--data", _s(e.kit), "--methods", "easytune", "--sample-steps", "5", "--out",
                                            _s(o)], "251-d", suffix=".json"),
-    Case("bench-output-not-json", lambda e, o: bench(e, o, "memory", "--methods", "easytune", "--steps", "5"),
+    Case("bench-output-not-json", lambda e, o: bench(e, o, "memory", "--methods", "easytune", "--sample-steps", "5"),
          "--out", suffix=".csv"),
     Case("bench-throughput-zero-repeats", lambda e, o: ["bench", "throughput", "--repeats", "0", "--out", _s(o)],
          "--repeats", suffix=".json"),

@@ -60,7 +60,7 @@ def run_and_kill(argv: list[str], checkpoint: Path, key: str, at_least: int, tim
 
 def test_pretraining_killed_mid_run_resumes_to_the_uninterrupted_weights(smoke_runs, tmp_path):
     common = ["pretrain", "--backbone", "mdm", "--data", str(smoke_runs["data"]), "--profile", "smoke",
-              "--steps", "12", "--checkpoint-every", "2", "--batch-size", "4", "--dtype", "float64", "--device",
+              "--iterations", "12", "--checkpoint-every", "2", "--batch-size", "4", "--dtype", "float64", "--device",
               "cpu", "--no-progress"]
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert main([*common, "--out", str(full)]) == 0
@@ -75,7 +75,7 @@ def test_pretraining_killed_mid_run_resumes_to_the_uninterrupted_weights(smoke_r
 
 def test_finetuning_killed_mid_run_resumes_to_the_uninterrupted_weights(smoke_runs, tmp_path):
     common = ["finetune", "--method", "easytune", "--base", str(smoke_runs["base"]), "--reward",
-              str(smoke_runs["reward"]), "--data", str(smoke_runs["data"]), "--profile", "smoke", "--steps", "8",
+              str(smoke_runs["reward"]), "--data", str(smoke_runs["data"]), "--profile", "smoke", "--iterations", "8",
               "--sample-steps", "4", "--batch-size", "2", "--checkpoint-every", "1", "--dtype", "float64",
               "--device", "cpu", "--no-progress"]
     full, cut = tmp_path / "full", tmp_path / "cut"
@@ -88,7 +88,7 @@ def test_finetuning_killed_mid_run_resumes_to_the_uninterrupted_weights(smoke_ru
 
 
 def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(smoke_runs, tmp_path):
-    common = ["pretrain", "--backbone", "mdm", "--data", str(smoke_runs["data"]), "--steps", "2", "--batch-size",
+    common = ["pretrain", "--backbone", "mdm", "--data", str(smoke_runs["data"]), "--iterations", "2", "--batch-size",
               "4", "--device", "cpu", "--no-progress"]
     assert main([*common, "--out", str(tmp_path / "full")]) == 0
     early = tmp_path / "early"
@@ -134,7 +134,7 @@ def test_pickle_checkpoints_are_refused_unless_allowed(smoke_runs, tmp_path, cap
     (run / "weights.safetensors").unlink()
     torch.save({"state_dict": state, "epoch": 3}, run / "weights.pt")
     out = tmp_path / "x.npy"
-    argv = ["sample", "--run", str(run), "--text", "a person walks", "--length", "40", "--steps", "2",
+    argv = ["sample", "--run", str(run), "--text", "a person walks", "--length", "40", "--sample-steps", "2",
             "--device", "cpu", "--out", str(out)]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -166,7 +166,7 @@ def test_a_text_model_directory_with_only_pickle_weights_is_refused(smoke_runs, 
 def test_a_nan_loss_stops_pretraining_and_keeps_the_last_good_checkpoint(smoke_runs, tmp_path, capsys, monkeypatch):
     from easytune_lab.diffusion.denoiser import MDMBackbone
 
-    common = ["pretrain", "--backbone", "mdm", "--data", str(smoke_runs["data"]), "--steps", "5",
+    common = ["pretrain", "--backbone", "mdm", "--data", str(smoke_runs["data"]), "--iterations", "5",
               "--checkpoint-every", "2", "--batch-size", "4", "--device", "cpu", "--no-progress"]
     real, calls = MDMBackbone.loss, []
 
@@ -204,7 +204,7 @@ def test_a_nan_reward_stops_finetuning_from_the_command_line(smoke_runs, tmp_pat
     monkeypatch.setattr(train, "reward_function", poisoned)
     run = tmp_path / "nan"
     argv = ["finetune", "--method", "easytune", "--base", str(smoke_runs["base"]), "--reward",
-            str(smoke_runs["reward"]), "--data", str(smoke_runs["data"]), "--steps", "3", "--sample-steps", "3",
+            str(smoke_runs["reward"]), "--data", str(smoke_runs["data"]), "--iterations", "3", "--sample-steps", "3",
             "--batch-size", "2", "--checkpoint-every", "1", "--out", str(run), "--device", "cpu", "--no-progress"]
     assert main(argv) == 3
     err = capsys.readouterr().err.strip().splitlines()

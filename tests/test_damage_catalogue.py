@@ -241,7 +241,7 @@ def inputs(smoke_runs, tmp_path_factory) -> Inputs:
     assert main(["evaluator", "train", "--data", str(roots["data"]), "--profile", "smoke", "--epochs", "1",
                  "--out", str(roots["evaluator"]), "--device", "cpu", "--no-progress"]) == 0
     roots["stopped"] = root / "stopped"
-    assert main(["pretrain", "--data", str(roots["data"]), "--profile", "smoke", "--steps", "2", "--stop-after", "1",
+    assert main(["pretrain", "--data", str(roots["data"]), "--profile", "smoke", "--iterations", "2", "--stop-after", "1",
                  "--out", str(roots["stopped"]), "--device", "cpu", "--no-progress"]) == 0
     roots["finetuned"] = root / "finetuned"
     assert main(FT(roots, roots["finetuned"])) == 0
@@ -250,7 +250,7 @@ def inputs(smoke_runs, tmp_path_factory) -> Inputs:
 
 def FT(r, out, *extra) -> list[str]:
     return ["finetune", "--method", "easytune", "--base", str(r["base"]), "--reward", str(r["reward"]), "--data",
-            str(r["data"]), "--profile", "smoke", "--steps", "1", "--checkpoint-every", "1", "--out", str(out),
+            str(r["data"]), "--profile", "smoke", "--iterations", "1", "--checkpoint-every", "1", "--out", str(out),
             "--device", "cpu", "--no-progress", *extra]
 
 
@@ -261,11 +261,11 @@ def first_id(r) -> str:
 # name -> (argv(roots, out), output suffix or "" for a run directory; None: the command's input is the output)
 COMMANDS: dict[str, tuple[Callable, str | None]] = {
     "sample": (lambda r, o: ["sample", "--run", str(r["base"]), "--text", "a person walks", "--length", "40",
-                             "--steps", "2", "--device", "cpu", "--out", str(o)], ".npy"),
+                             "--sample-steps", "2", "--device", "cpu", "--out", str(o)], ".npy"),
     "data show": (lambda r, o: ["data", "show", str(r["data"]), first_id(r), "--out", str(o)], ".html"),
     "export bvh": (lambda r, o: ["export", "bvh", "--data", str(r["data"]), "--id", first_id(r), "--out", str(o)],
                    ".bvh"),
-    "pretrain": (lambda r, o: ["pretrain", "--data", str(r["data"]), "--profile", "smoke", "--steps", "1", "--out",
+    "pretrain": (lambda r, o: ["pretrain", "--data", str(r["data"]), "--profile", "smoke", "--iterations", "1", "--out",
                                str(o), "--device", "cpu", "--no-progress"], ""),
     "pretrain --resume": (lambda r, o: ["pretrain", "--data", str(r["data"]), "--out", str(r["stopped"]),
                                         "--resume", "--stop-after", "1", "--device", "cpu", "--no-progress"], None),

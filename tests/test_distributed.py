@@ -46,7 +46,7 @@ def max_difference(a: Path, b: Path) -> float:
 
 def test_pretraining_on_two_processes_matches_one_process_on_the_combined_batch(smoke_runs, tmp_path):
     common = ["pretrain", "--backbone", "mdm", "--data", str(smoke_runs["data"]), "--profile", "smoke",
-              "--steps", "3", "--batch-size", "8", "--dropout", "0", "--dtype", "float64", "--device", "cpu",
+              "--iterations", "3", "--batch-size", "8", "--dropout", "0", "--dtype", "float64", "--device", "cpu",
               "--no-progress"]
     one, two = tmp_path / "one", tmp_path / "two"
     assert main([*common, "--out", str(one)]) == 0
@@ -67,7 +67,7 @@ def test_pretraining_on_two_processes_matches_one_process_on_the_combined_batch(
 
 def test_easytune_finetuning_on_two_processes_matches_one_process(smoke_runs, tmp_path):
     common = ["finetune", "--method", "easytune", "--base", str(smoke_runs["base"]), "--reward",
-              str(smoke_runs["reward"]), "--data", str(smoke_runs["data"]), "--profile", "smoke", "--steps", "2",
+              str(smoke_runs["reward"]), "--data", str(smoke_runs["data"]), "--profile", "smoke", "--iterations", "2",
               "--sample-steps", "5", "--batch-size", "4", "--dtype", "float64", "--device", "cpu", "--no-progress"]
     one, two = tmp_path / "one", tmp_path / "two"
     assert main([*common, "--out", str(one)]) == 0
@@ -122,7 +122,7 @@ def test_one_gradient_all_reduce_per_optimiser_step(smoke_runs, accumulate):
 
 def test_bad_input_under_torchrun_is_reported_once_and_writes_nothing(smoke_runs, tmp_path):
     out = tmp_path / "uneven"
-    proc = torchrun("pretrain", "--data", str(smoke_runs["data"]), "--steps", "2", "--batch-size", "5", "--out",
+    proc = torchrun("pretrain", "--data", str(smoke_runs["data"]), "--iterations", "2", "--batch-size", "5", "--out",
                     str(out), "--device", "cpu", "--no-progress")
     assert proc.returncode != 0
     ours = [line for line in proc.stderr.splitlines() if line.startswith("easytune: error:")]

@@ -175,8 +175,8 @@ def test_eval_rejects_non_generator_runs(smoke_run, tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path / "missing"), *args[1:]]) == 2
     assert main(["eval", "--model", "gt", "--multimodality", *args[1:]]) == 2
     assert "--multimodality" in capsys.readouterr().err
-    assert main(["eval", "--model", "gt", "--steps", "4", *args[1:]]) == 2  # baselines sample nothing
-    assert "--steps" in capsys.readouterr().err
+    assert main(["eval", "--model", "gt", "--sample-steps", "4", *args[1:]]) == 2  # baselines sample nothing
+    assert "--sample-steps" in capsys.readouterr().err
 
 
 def test_protocol_with_a_generator_and_multimodality(smoke_run):

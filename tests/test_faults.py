@@ -46,7 +46,7 @@ def test_a_second_writer_on_one_out_is_refused_within_a_second_and_the_first_com
     from easytune_lab.runs import lock_path
 
     out = tmp_path / "run"
-    argv = ["pretrain", "--data", str(smoke_runs["data"]), "--profile", "smoke", "--steps", "30", "--out", str(out),
+    argv = ["pretrain", "--data", str(smoke_runs["data"]), "--profile", "smoke", "--iterations", "30", "--out", str(out),
             "--device", "cpu", "--no-progress"]
     first = subprocess.Popen([sys.executable, "-m", "easytune_lab.cli", *argv], env=_env(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -114,7 +114,7 @@ def test_a_live_holder_is_named(tmp_path):
 def finetuned(smoke_runs, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("resume") / "ft"
     assert main(["finetune", "--method", "easytune", "--base", str(smoke_runs["base"]), "--reward",
-                 str(smoke_runs["reward"]), "--data", str(smoke_runs["data"]), "--profile", "smoke", "--steps", "1",
+                 str(smoke_runs["reward"]), "--data", str(smoke_runs["data"]), "--profile", "smoke", "--iterations", "1",
                  "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
     return out
 
@@ -122,7 +122,7 @@ def finetuned(smoke_runs, tmp_path_factory) -> Path:
 def _ft(smoke_runs, out, **override) -> list[str]:
     named = {"base": smoke_runs["base"], "reward": smoke_runs["reward"], "data": smoke_runs["data"], **override}
     return ["finetune", "--method", "easytune", "--base", str(named["base"]), "--reward", str(named["reward"]),
-            "--data", str(named["data"]), "--profile", "smoke", "--steps", "1", "--out", str(out), "--device",
+            "--data", str(named["data"]), "--profile", "smoke", "--iterations", "1", "--out", str(out), "--device",
             "cpu", "--no-progress", "--resume"]
 
 

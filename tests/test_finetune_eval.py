@@ -29,7 +29,7 @@ def runs(tmp_path_factory):
 def test_every_evaluation_gets_t2m_metrics_and_oracle_without_changing_training(runs, tmp_path, capsys):
     scored = tmp_path / "scored"
     assert main(["finetune", "--method", "easytune", "--base", str(runs["base"]), "--reward", str(runs["reward"]),
-                 "--data", str(runs["data"]), "--profile", "smoke", "--out", str(scored), "--steps", "2",
+                 "--data", str(runs["data"]), "--profile", "smoke", "--out", str(scored), "--iterations", "2",
                  "--sample-steps", "4", "--eval-every", "1", "--evaluator", str(runs["evaluator"]),
                  "--eval-motions", "32", "--no-progress"]) == 0
     assert "r_precision_top1" in capsys.readouterr().out
@@ -60,7 +60,7 @@ def test_every_evaluation_gets_t2m_metrics_and_oracle_without_changing_training(
 
 
 def test_eval_motions_below_one_r_precision_group_is_refused():
-    with pytest.raises(UserError, match="--eval-motions: must be 0"):
+    with pytest.raises(UserError, match="eval_motions: must be 0"):
         finetune_config("easytune", "smoke", eval_motions=16)
 
 

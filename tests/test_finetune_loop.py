@@ -152,7 +152,7 @@ def test_easytune_last_defaults_to_ten_steps_and_refuses_more_than_T():
     plans = make_policy("easytune", PolicyConfig(train_steps="last")).plan(50, np.random.default_rng(0))
     assert graph_steps(plans) == list(range(50 - LAST_K, 50)) and LAST_K == 10
     assert expected_updates(finetune_config("easytune", "quick", train_steps="last")) == LAST_K
-    with pytest.raises(UserError, match="num-train-steps"):
+    with pytest.raises(UserError, match="num_train_steps"):
         finetune_config("easytune", "smoke", train_steps="last", num_train_steps=11)
 
 

@@ -67,7 +67,7 @@ def test_lora_run_saves_merged_weights_that_sample_like_the_adapted_model(runs, 
     out = tmp_path / "lora"
     assert main(["finetune", "--method", "easytune", "--base", str(runs["base"]), "--reward", str(runs["reward"]),
                  "--data", str(runs["data"]), "--profile", "smoke", "--out", str(out), "--lora-rank", str(RANK),
-                 "--lora-alpha", "8", "--steps", "2", "--sample-steps", "4", "--no-progress"]) == 0
+                 "--lora-alpha", "8", "--iterations", "2", "--sample-steps", "4", "--no-progress"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["finetune"]["lora"]["rank"] == RANK and manifest["finetune"]["lora"]["alpha"] == 8
     base, merged = load_tensors(runs["base"] / "weights.safetensors"), load_tensors(out / "weights.safetensors")

@@ -101,7 +101,7 @@ def test_nonfinite_reward_stops_with_a_clear_error(runs, tmp_path, monkeypatch):
     (["--method", "sgd"], "--method: unknown method 'sgd'"),
     (["--method", "draft", "--k", "11"], "--k: must be in [1, 10]"),
     (["--method", "easytune", "--profile", "huge"], "--profile: unknown profile 'huge'"),
-    (["--method", "easytune", "--steps", "0"], "--steps: must be an integer in [1,"),
+    (["--method", "easytune", "--iterations", "0"], "--steps: must be an integer in [1,"),
 ])
 def test_bad_finetune_input_gives_one_line_error(runs, tmp_path, extra, message):
     out = tmp_path / "bad"

@@ -122,3 +122,46 @@ def test_catalogue_size(capsys):
         print(f"\nflag catalogue: {len(flags)} numeric flags x {len(VALUES)} values = {len(CASES)} cases "
               f"over {len(commands)} commands")
     assert len(CASES) == len(flags) * len(VALUES)
+
+
+# ------------------------------------------------------------------------------------------ renamed options
+# One name per concept (easytune_lab.commands.options): --sample-steps for T, --iterations for training iterations.
+# An old spelling is a deprecated alias: the same value, plus one deprecation line on stderr.
+
+def alias_cases():
+    from easytune_lab.commands.options import deprecated_aliases
+
+    return [pytest.param(words, action, old, id=f"{' '.join(words)} {old}")
+            for words, parser in LEAVES.items() for action in parser._actions
+            for old in deprecated_aliases(action)]
+
+
+ALIASES = alias_cases()
+
+
+def test_the_renamed_options():
+    found = {(" ".join(words), action.option_strings[0], old) for words, action, old in (c.values for c in ALIASES)}
+    assert found == {("pretrain", "--iterations", "--steps"), ("finetune", "--iterations", "--steps"),
+                     ("sample", "--sample-steps", "--steps"), ("eval", "--sample-steps", "--steps"),
+                     ("bench memory", "--sample-steps", "--steps"), ("bench paper", "--sample-steps", "--steps")}
+    # no option of any command is still spelled --steps or --num-steps on its own
+    names = {s for parser in LEAVES.values() for a in parser._actions for s in a.option_strings[:1]}
+    assert not names & {"--steps", "--num-steps"}
+
+
+@pytest.mark.parametrize("words,action,old", ALIASES)
+def test_a_deprecated_alias_gives_the_same_value_and_one_warning(words, action, old, tmp_path, capsys):
+    parser = LEAVES[words]
+    value = _valid_value(action, tmp_path)
+    argv = base_argv(words, parser, tmp_path, skip=action)
+    capsys.readouterr()
+    new = getattr(PARSER.parse_args(argv + [action.option_strings[0], value]), action.dest)
+    assert capsys.readouterr().err == ""                          # the option's own name: silent
+    aliased = getattr(PARSER.parse_args(argv + [old, value]), action.dest)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert aliased == new and str(new) == value
+    assert lines == [f"easytune: warning: {old} is deprecated, use {action.option_strings[0]}"]
+    # an out-of-range value given by the old spelling is refused naming the option, in one line
+    if isinstance(action.type, NumberRange):
+        code, err = run_cli(argv + [f"{old}=0"], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and action.option_strings[0] in err, err

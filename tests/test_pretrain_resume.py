@@ -47,7 +47,7 @@ def tiny_data(tmp_path_factory):
 
 def _pretrain(data, out, *extra):
     argv = ["pretrain", "--backbone", "mdm", "--data", str(data), "--profile", "smoke", "--out", str(out),
-            "--steps", "6", "--checkpoint-every", "2", "--batch-size", "4", "--device", "cpu", "--no-progress",
+            "--iterations", "6", "--checkpoint-every", "2", "--batch-size", "4", "--device", "cpu", "--no-progress",
             *extra]
     assert main(argv) == 0
 
@@ -89,7 +89,7 @@ def test_sample_command_writes_denormalised_features(tiny_data, tmp_path):
     _pretrain(tiny_data, run)
     out = tmp_path / "x.npy"
     assert main(["sample", "--run", str(run), "--text", "a person walks forward", "--text", "a person jumps",
-                 "--num", "2", "--length", "42", "--steps", "5", "--device", "cpu", "--out", str(out)]) == 0
+                 "--num", "2", "--length", "42", "--sample-steps", "5", "--device", "cpu", "--out", str(out)]) == 0
     x = np.load(out)
     assert x.shape == (4, 40, 263)  # 42 frames rounded down to a multiple of 4
     assert np.isfinite(x).all()
@@ -98,13 +98,13 @@ def test_sample_command_writes_denormalised_features(tiny_data, tmp_path):
     assert np.abs(x - np.load(tiny_data / "Mean.npy")).mean() < 20 * std.mean()
     again = tmp_path / "y.npy"
     main(["sample", "--run", str(run), "--text", "a person walks forward", "--text", "a person jumps",
-          "--num", "2", "--length", "42", "--steps", "5", "--device", "cpu", "--out", str(again)])
+          "--num", "2", "--length", "42", "--sample-steps", "5", "--device", "cpu", "--out", str(again)])
     assert np.array_equal(np.load(again), x)  # same seed, same samples
 
 
 @pytest.mark.parametrize("stop", [4, 5])  # at the VAE -> denoiser boundary, and inside the denoiser stage
 def test_mld_resume_across_stages(tiny_data, tmp_path, stop):
-    common = ["pretrain", "--backbone", "mld", "--data", str(tiny_data), "--profile", "smoke", "--steps", "8",
+    common = ["pretrain", "--backbone", "mld", "--data", str(tiny_data), "--profile", "smoke", "--iterations", "8",
               "--checkpoint-every", "3", "--batch-size", "4", "--device", "cpu", "--no-progress"]
     assert main([*common, "--out", str(tmp_path / "full")]) == 0
     assert main([*common, "--out", str(tmp_path / "cut"), "--stop-after", str(stop)]) == 0
@@ -120,9 +120,9 @@ def test_mld_resume_across_stages(tiny_data, tmp_path, stop):
 
 def test_lcm_distillation_resumes_exactly_and_samples_in_few_steps(tiny_data, tmp_path):
     teacher = tmp_path / "mld"
-    assert main(["pretrain", "--backbone", "mld", "--data", str(tiny_data), "--steps", "4", "--batch-size", "4",
+    assert main(["pretrain", "--backbone", "mld", "--data", str(tiny_data), "--iterations", "4", "--batch-size", "4",
                  "--device", "cpu", "--no-progress", "--out", str(teacher)]) == 0
-    common = ["pretrain", "--backbone", "lcm", "--teacher", str(teacher), "--data", str(tiny_data), "--steps", "4",
+    common = ["pretrain", "--backbone", "lcm", "--teacher", str(teacher), "--data", str(tiny_data), "--iterations", "4",
               "--checkpoint-every", "2", "--batch-size", "4", "--device", "cpu", "--no-progress"]
     assert main([*common, "--out", str(tmp_path / "full")]) == 0
     assert main([*common, "--out", str(tmp_path / "cut"), "--stop-after", "2"]) == 0
@@ -138,5 +138,5 @@ def test_lcm_distillation_resumes_exactly_and_samples_in_few_steps(tiny_data, tm
     for steps in ("1", "2", "4"):
         out = tmp_path / f"s{steps}.npy"
         assert main(["sample", "--run", str(tmp_path / "full"), "--text", "a person waves", "--length", "40",
-                     "--steps", steps, "--device", "cpu", "--out", str(out)]) == 0
+                     "--sample-steps", steps, "--device", "cpu", "--out", str(out)]) == 0
         assert np.load(out).shape == (1, 40, 263)

@@ -79,7 +79,7 @@ def test_named_runs_end_to_end(tmp_path, monkeypatch, capsys, smoke_runs):
     monkeypatch.setenv("EASYTUNE_CACHE", str(tmp_path / "cache"))
     data = str(smoke_runs["data"])
     base = tmp_path / "tiny"
-    assert main(["pretrain", "--backbone", "mdm", "--data", data, "--profile", "smoke", "--steps", "1", "--out",
+    assert main(["pretrain", "--backbone", "mdm", "--data", data, "--profile", "smoke", "--iterations", "1", "--out",
                  str(base), "--device", "cpu", "--no-progress", "--name", "tiny-mdm"]) == 0
     rows = {r["name"]: r for r in list_runs(tmp_path / "cache")}
     assert rows["tiny-mdm"]["stage"] == "backbone" and rows["tiny-mdm"]["what"] == "mdm"
@@ -100,10 +100,10 @@ def test_named_runs_end_to_end(tmp_path, monkeypatch, capsys, smoke_runs):
 
     # a name already taken by another run is refused before anything is made
     other = tmp_path / "other"
-    assert main(["pretrain", "--backbone", "mdm", "--data", data, "--profile", "smoke", "--steps", "1", "--out",
+    assert main(["pretrain", "--backbone", "mdm", "--data", data, "--profile", "smoke", "--iterations", "1", "--out",
                  str(other), "--device", "cpu", "--no-progress", "--name", "tiny-mdm"]) == 2
     assert "already names" in capsys.readouterr().err and not other.exists()
-    assert main(["pretrain", "--backbone", "mdm", "--data", data, "--profile", "smoke", "--steps", "1", "--out",
+    assert main(["pretrain", "--backbone", "mdm", "--data", data, "--profile", "smoke", "--iterations", "1", "--out",
                  str(other), "--device", "cpu", "--no-progress", "--name", "a/b"]) == 2
     assert not other.exists()
 

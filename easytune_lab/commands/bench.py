@@ -9,6 +9,7 @@ from ..errors import UserError
 from ..runtime import COUNT, OutputPath, SECONDS, SEED, integer
 from ..runs import add_allow_pickle, run_path
 from .finetune import check_inputs
+from .options import renamed
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -29,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     bsub.required = True
     m = bsub.add_parser("memory", help="peak training memory per method and number of denoising steps")
     _common(m)
-    m.add_argument("--steps", required=True, help="comma-separated numbers of denoising steps, e.g. 10,50,100")
+    m.add_argument("--sample-steps", "--steps", dest="sample_steps", required=True, action=renamed("--steps"),
+                   help="comma-separated numbers of denoising steps T, e.g. 10,50,100 (--steps: deprecated)")
     m.add_argument("--batch-size", type=integer(1, 100000), default=2)
     m.add_argument("--length", type=integer(4, 1000), default=None, help="frames of every motion (default: ground-truth lengths)")
     m.set_defaults(func=cmd_memory)
@@ -77,7 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                          ("--device", dict(default="auto")),
                          ("--out", dict(required=True, type=OutputPath(".json"), help="output JSON file"))):
         g.add_argument(flag, **kwargs)
-    g.add_argument("--steps", default="10,20,50", help="numbers of denoising steps T for the memory rows (10,20,50)")
+    g.add_argument("--sample-steps", "--steps", dest="sample_steps", default="10,20,50", action=renamed("--steps"),
+                   help="numbers of denoising steps T for the memory rows (10,20,50; --steps: deprecated)")
     g.add_argument("--batch-size", type=integer(1, 100000), default=8, help="captions per trajectory and training step (8)")
     g.add_argument("--length", type=integer(0, 1000), default=196,
                    help="frames of every motion (196, capped at the backbone's maximum; 0: ground-truth lengths)")
@@ -92,16 +95,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 def parse_methods(text: str, variants: bool = False) -> list[str]:
     """Comma-separated method names; with ``variants`` also ``METHOD+acc`` (updates accumulated per trajectory)."""
     from ..finetune.bench import ACCUMULATE_SUFFIX, split_variant
-    from ..finetune.policy import POLICIES
+    from ..finetune.methods import METHODS
 
     methods = [m.strip() for m in text.split(",") if m.strip()]
     if not methods:
         raise UserError("--methods: empty list")
     for m in methods:
         name = split_variant(m)[0] if variants else m
-        if name not in POLICIES:
+        if name not in METHODS:
             extra = f", each optionally with '{ACCUMULATE_SUFFIX}'" if variants else ""
-            raise UserError(f"--methods: unknown method '{m}' (choose from {', '.join(POLICIES)}{extra})")
+            raise UserError(f"--methods: unknown method '{m}' (choose from {', '.join(METHODS.names())}{extra})")
     if len(set(methods)) != len(methods):
         raise UserError(f"--methods: a method is listed twice in '{text}'")
     return methods
@@ -110,7 +113,7 @@ def parse_methods(text: str, variants: bool = False) -> list[str]:
 def parse_steps(text: str) -> list[int]:
     from ..runtime import parse_int_list
 
-    return parse_int_list(text, "--steps", 1, 1000)
+    return parse_int_list(text, "--sample-steps", 1, 1000)
 
 
 def parse_lrs(specs: list[str], methods: list[str]) -> dict[str, list[float]]:
@@ -138,7 +141,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
     from ..io import write_json
     from ..runtime import check_json_out, check_profile, resolve_device
 
-    methods, steps = parse_methods(args.methods), parse_steps(args.steps)
+    methods, steps = parse_methods(args.methods), parse_steps(args.sample_steps)
     check_profile(args.profile)
     check_json_out(args.out)
     check_inputs(args.base, args.reward, args.data)
@@ -153,7 +156,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
 
 
 def cmd_speed(args: argparse.Namespace) -> int:
-    from ..finetune.bench import speed_benchmark, speedup
+    from ..finetune.bench import SPEEDUP_PAIRS, speed_benchmark, speedup
     from ..io import write_json
     from ..runtime import check_json_out, check_profile, resolve_device
 
@@ -169,16 +172,14 @@ def cmd_speed(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     result = speed_benchmark(methods, args.budget_seconds, args.profile, args.base, args.reward, args.data, device,
                              seed=args.seed, lrs=lrs, eval_every=args.eval_every)
-    if "easytune" in methods and "draft" in methods:
-        result["easytune_vs_draft"] = speedup(result)
-        result["draft_vs_easytune"] = speedup(result, fast="draft", slow="easytune")  # the same, other way round
-    if "easytune+acc" in methods and "draft" in methods:
-        result["easytune+acc_vs_draft"] = speedup(result, fast="easytune+acc")
+    for fast, slow in SPEEDUP_PAIRS:
+        if fast in methods and slow in methods:
+            result[f"{fast}_vs_{slow}"] = speedup(result, fast=fast, slow=slow)
     write_json(args.out, result)
     for m, c in result["curves"].items():
         print(f"{m:>18s} (lr {c['lr']:g}) reward {c['reward'][0]:.4f} -> {c['reward'][-1]:.4f} "
               f"in {c['seconds'][-1]:.1f} s, {c['optimizer_steps'][-1]} optimiser steps")
-    for key in ("easytune_vs_draft", "draft_vs_easytune", "easytune+acc_vs_draft"):
+    for key in (f"{fast}_vs_{slow}" for fast, slow in SPEEDUP_PAIRS):
         if key in result:
             print(f"{key.replace('_', ' ')}: {result[key]}")
     return 0
@@ -190,7 +191,7 @@ def cmd_paper(args: argparse.Namespace) -> int:
 
     check_profile(args.profile)
     check_json_out(args.out)
-    steps = parse_steps(args.steps)
+    steps = parse_steps(args.sample_steps)
     if 0 < args.length < 4:
         raise UserError(f"--length: a motion needs at least 4 frames (got {args.length})")
     check_inputs(args.base, args.reward, args.data)

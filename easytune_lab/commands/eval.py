@@ -9,6 +9,7 @@ from ..errors import UserError
 from ..eval.metrics import PROTOCOLS
 from ..runtime import OutputPath, SEED, STEPS_T, integer, real
 from ..runs import add_allow_pickle, run_path
+from .options import renamed
 
 
 def model_argument(value: str) -> str:
@@ -41,8 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mm-texts", type=integer(1, 10**6), default=100, help="texts with several generations (T2M: 100)")
     p.add_argument("--mm-repeats", type=integer(2, 10000), default=30, help="generations per such text (T2M: 30)")
     p.add_argument("--sampler", default=None, help="generator runs: sampler (default: the run's, e.g. ddim)")
-    p.add_argument("--steps", type=STEPS_T, default=None,
-                   help="generator runs: sampling steps (default: the run's; e.g. 1, 2, 4 for an lcm run)")
+    p.add_argument("--sample-steps", "--steps", dest="sample_steps", type=STEPS_T, default=None,
+                   action=renamed("--steps"),
+                   help="generator runs: denoising steps T (default: the run's; e.g. 1, 2, 4 for an lcm run; "
+                        "--steps: deprecated)")
     p.add_argument("--guidance", type=real(0.0, 100.0), default=None, help="generator runs: guidance scale (default: the run's)")
     p.add_argument("--protocol", default=PROTOCOLS[0], choices=PROTOCOLS,
                    help="t2m: T2M's evaluation loader exactly (random-offset crops, one in three a unit shorter, "
@@ -73,11 +76,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.mm_texts < 1 or args.mm_repeats < 2:
         raise UserError("--mm-texts/--mm-repeats: need at least 1 text and 2 repeats")
     is_baseline = args.model in BASELINES
-    sampling = {"sampler": args.sampler, "steps": args.steps, "guidance": args.guidance}
+    sampling = {"sampler": args.sampler, "steps": args.sample_steps, "guidance": args.guidance}
     if is_baseline and any(v is not None for v in sampling.values()):
-        raise UserError(f"--sampler/--steps/--guidance: need a generator run (--model {args.model} samples nothing)")
-    if args.steps is not None and args.steps < 1:
-        raise UserError(f"--steps: must be at least 1 (got {args.steps})")
+        raise UserError(f"--sampler/--sample-steps/--guidance: need a generator run (--model {args.model} samples "
+                        "nothing)")
+    if args.sample_steps is not None and args.sample_steps < 1:
+        raise UserError(f"--sample-steps: must be at least 1 (got {args.sample_steps})")
     if args.multimodality and is_baseline:
         raise UserError(f"--multimodality: needs a generator run (--model {args.model} has one motion per text)")
     device = resolve_device(args.device)

@@ -8,13 +8,15 @@ from pathlib import Path
 from ..errors import UserError
 from ..runtime import COUNT, COUNT0, OutputPath, SEED, STEPS_T, integer, real
 from ..runs import add_allow_pickle, add_name_argument, run_path
+from .options import renamed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..finetune.policy import POLICIES, TRAIN_STEPS
+    from ..finetune.methods import METHODS
+    from ..finetune.policy import TRAIN_STEPS
 
     p = sub.add_parser("finetune", help="fine-tune a backbone run against a reward run")
-    p.add_argument("--method", required=True, help=f"one of: {', '.join(POLICIES)}")
+    p.add_argument("--method", required=True, help=f"a registered method: {', '.join(METHODS.names())}")
     p.add_argument("--base", required=True, type=run_path,
                    help="backbone run to fine-tune (easytune pretrain; path or name, see easytune runs)")
     p.add_argument("--reward", required=True, type=run_path,
@@ -23,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", default="smoke", help="smoke | quick | paper")
     p.add_argument("--out", required=True, type=OutputPath(directory=True), help="output run directory")
     p.add_argument("--k", type=STEPS_T, default=None, help="DRaFT-K's K / DRTune's number of trainable steps")
-    p.add_argument("--steps", type=COUNT, default=None, help="iterations (trajectories) to train")
+    p.add_argument("--iterations", "--steps", dest="iterations", type=COUNT, default=None, action=renamed("--steps"),
+                   help="training iterations (trajectories; --steps: deprecated)")
     p.add_argument("--sample-steps", type=STEPS_T, default=None, help="denoising steps T")
     p.add_argument("--sampler", choices=["ddim", "ddpm", "consistency"], default=None)
     p.add_argument("--reward-on", choices=["x0_hat", "x_t"], default=None,
@@ -97,20 +100,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from .. import distributed as dist
     from ..finetune.train import finetune_config, run_finetune
 
-    cfg = finetune_config(args.method, args.profile, iterations=args.steps, sample_steps=args.sample_steps,
+    cfg = finetune_config(args.method, args.profile, iterations=args.iterations, sample_steps=args.sample_steps,
                           sampler=args.sampler, k=args.k, train_steps=args.train_steps,
-                          num_train_steps=args.num_train_steps, weighting=args.weighting,
-                          lr=args.lr, batch_size=args.batch_size, seed=args.seed, lora_rank=args.lora_rank,
-                          lora_alpha=args.lora_alpha, eval_every=args.eval_every, eval_motions=args.eval_motions,
-                          checkpoint_every=args.checkpoint_every)
-    if args.reward_on:
-        cfg.loop.reward_on = args.reward_on
-    if args.reg_weight is not None:
-        if args.reg_weight < 0:
-            raise UserError(f"--reg-weight: must be >= 0 (got {args.reg_weight})")
-        cfg.loop.reg_weight = args.reg_weight
-    if args.checkpoint_every is not None and args.checkpoint_every < 0:
-        raise UserError(f"--checkpoint-every: must be >= 0 (got {args.checkpoint_every})")
+                          num_train_steps=args.num_train_steps, weighting=args.weighting, reward_on=args.reward_on,
+                          reg_weight=args.reg_weight, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                          lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, eval_every=args.eval_every,
+                          eval_motions=args.eval_motions, checkpoint_every=args.checkpoint_every)
     check_inputs(args.base, args.reward, args.data, args.evaluator)
     ctx, device = dist.setup(args.device)
     dist.check_divisible(cfg.batch_size, "--batch-size")

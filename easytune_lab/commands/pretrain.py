@@ -7,25 +7,28 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..runtime import COUNT, OutputPath, SEED, integer, real
+from ..diffusion.registry import BACKBONES
 from ..runs import add_allow_pickle, add_name_argument, run_path
+from .options import renamed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="pretrain a text-to-motion diffusion backbone (checkpoints, --resume)")
-    p.add_argument("--backbone", choices=["mdm", "mld", "lcm"], default="mdm",
-                   help="mdm: motion-space x0 transformer; mld: VAE + latent ε denoiser; lcm: consistency "
-                        "distillation of an mld run (--teacher)")
+    p.add_argument("--backbone", default="mdm",
+                   help=f"a registered backbone: {', '.join(BACKBONES.names())} (mdm: motion-space x0 transformer; "
+                        "mld: VAE + latent ε denoiser; lcm: consistency distillation of a trained mld, see --teacher)")
     p.add_argument("--data", type=Path, required=True, help="HumanML3D-format directory (train split is used)")
     p.add_argument("--profile", default="smoke", help="smoke | quick | paper (model size and step count)")
     p.add_argument("--out", type=OutputPath(directory=True), required=True, help="run directory to create (or to resume)")
     p.add_argument("--teacher", type=run_path, default=None,
-                   help="finished mld run to distil (--backbone lcm; path or name)")
+                   help="finished run to distil, for a backbone that has a teacher (lcm: an mld run; path or name)")
     p.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
-    p.add_argument("--steps", type=COUNT, default=None, help="optimiser steps (default: the profile's)")
+    p.add_argument("--iterations", "--steps", dest="iterations", type=COUNT, default=None, action=renamed("--steps"),
+                   help="training iterations, i.e. optimiser steps (default: the profile's; --steps: deprecated)")
     p.add_argument("--batch-size", type=integer(1, 100000), default=None, help="batch size (default: the profile's)")
-    p.add_argument("--checkpoint-every", type=COUNT, default=None, help="steps between checkpoints")
+    p.add_argument("--checkpoint-every", type=COUNT, default=None, help="iterations between checkpoints")
     p.add_argument("--stop-after", type=COUNT, default=None,
-                   help="stop after this many steps with a checkpoint, as an interruption would (for tests)")
+                   help="stop after this many iterations with a checkpoint, as an interruption would (for tests)")
     p.add_argument("--resume", action="store_true",
                    help="continue --out from its last checkpoint (from the start if it was killed before the "
                         "first); the saved configuration is kept")
@@ -81,17 +84,20 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from .. import distributed as dist
     from ..runs import check_resume_parents, manifest_config, never_started, read_manifest
     from ..runtime import check_profile
+    from ..diffusion.registry import backbone_spec
     from ..diffusion.train import check_world, config_from_dict, pretrain, pretrain_config
 
     check_profile(args.profile)
-    for name in ("steps", "batch_size", "checkpoint_every", "stop_after", "accumulate"):
+    spec = backbone_spec(args.backbone)
+    for name in ("iterations", "batch_size", "checkpoint_every", "stop_after", "accumulate"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')}: must be >= 1 (got {value})")
     if args.dropout is not None and not 0.0 <= args.dropout < 1.0:
         raise UserError(f"--dropout: must be in [0, 1) (got {args.dropout})")
-    if args.teacher is not None and args.backbone != "lcm":
-        raise UserError(f"--teacher: only --backbone lcm distils a teacher (got --backbone {args.backbone})")
+    if args.teacher is not None and spec.teacher is None:
+        raise UserError(f"--teacher: --backbone {args.backbone} distils no teacher (only a backbone that has one, "
+                        f"e.g. lcm)")
     if not args.data.is_dir():
         raise UserError(f"--data {args.data}: dataset directory not found")
     resume = args.resume and not never_started(args.out)  # killed before its manifest: start afresh
@@ -101,9 +107,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             config = config_from_dict(manifest["config"])
         if config.backbone != args.backbone:
             raise UserError(f"--backbone {args.backbone}: {args.out} is a '{config.backbone}' run")
-        if args.steps is not None and args.steps != config.steps:
-            raise UserError(f"--steps {args.steps}: {args.out} was started with {config.steps} steps; "
-                            "--resume continues the saved configuration")
+        if args.iterations is not None and args.iterations != config.steps:
+            raise UserError(f"--iterations {args.iterations}: {args.out} was started with {config.steps} "
+                            "iterations; --resume continues the saved configuration")
         check_resume_parents(args.out, manifest, {"data": args.data,
                                                   **({"teacher": args.teacher} if args.teacher is not None else {})})
         seed = config.seed
@@ -130,23 +136,22 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         if saved is not None and int(saved) != width:
             raise UserError(f"--data {args.data}: {width}-d features (Mean.npy), but {args.out} was trained on {saved}-d")
     else:
-        config = pretrain_config(args.backbone, args.profile, width, steps=args.steps,
-                                 batch_size=args.batch_size, checkpoint_every=args.checkpoint_every, seed=args.seed)
+        if spec.teacher is not None and args.teacher is None:
+            raise UserError(f"--teacher: --backbone {args.backbone} distils a finished {spec.teacher} run; name it "
+                            "with --teacher RUN")
+        config = pretrain_config(args.backbone, args.profile, width, steps=args.iterations,
+                                 batch_size=args.batch_size, checkpoint_every=args.checkpoint_every, seed=args.seed,
+                                 teacher=str(args.teacher) if args.teacher is not None else None)
         if args.dropout is not None:
             _set_dropout(config, args.dropout)
         if args.text_encoder is not None:
             config.model.text.kind = "pretrained"
             config.model.text.pretrained_path = str(args.text_encoder)
-        if args.backbone == "lcm":
-            if args.teacher is None:
-                raise UserError("--teacher: --backbone lcm distils a finished mld run; name it with --teacher RUN")
-            config.teacher = str(args.teacher)
     parents, init = {}, None
-    if config.backbone == "lcm":
-        from ..diffusion.consistency import teacher_setup
-
+    if spec.teacher is not None:
         parents["teacher"] = config.teacher
-        init = teacher_setup(config, data)
+    if spec.setup is not None:
+        init = spec.setup(config, data)
     check_world(config, len(data.dataset))
     metrics = pretrain(config, data, args.out, resume=resume, stop_after=args.stop_after, device=device,
                        progress=not args.no_progress, parents=parents, init=init,

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..runtime import OutputPath, SEED, STEPS_T, integer, real
 from ..runs import add_allow_pickle, run_path
+from .options import renamed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
     p.add_argument("--sampler", choices=["ddpm", "ddim", "consistency"], default=None,
                    help="default: the backbone's (mdm: ddpm, mld: ddim, lcm: consistency)")
-    p.add_argument("--steps", type=STEPS_T, default=None, help="denoising steps (default: the backbone's)")
+    p.add_argument("--sample-steps", "--steps", dest="sample_steps", type=STEPS_T, default=None,
+                   action=renamed("--steps"), help="denoising steps T (default: the backbone's; --steps: deprecated)")
     p.add_argument("--guidance", type=real(0.0, 100.0), default=None, help="classifier-free guidance scale")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--out", type=OutputPath(".npy", ".html", ".htm"), required=True,
@@ -56,13 +58,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise UserError(f"--out {args.out}: must end in .npy or .html")
     if args.num < 1:
         raise UserError(f"--num: must be >= 1 (got {args.num})")
-    if args.steps is not None and args.steps < 1:
-        raise UserError(f"--steps: must be >= 1 (got {args.steps})")
+    if args.sample_steps is not None and args.sample_steps < 1:
+        raise UserError(f"--sample-steps: must be >= 1 (got {args.sample_steps})")
     gen = load_generator(args.run, args.device)
     warn_unknown_words(gen.backbone, args.text)
     texts = [t for t in args.text for _ in range(args.num)]
     motions = gen.generate(texts, [args.length] * len(texts), seed=args.seed, sampler=args.sampler,
-                           steps=args.steps, guidance=args.guidance)
+                           steps=args.sample_steps, guidance=args.guidance)
     if suffix == ".npy":
         write_npy(args.out, np.stack(motions).astype(np.float32))
     else:

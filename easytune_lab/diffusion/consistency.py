@@ -28,6 +28,7 @@ from torch import nn
 from ..data.text import Vocabulary
 from ..errors import UserError
 from ..distributed import as_random
+from .registry import BackboneSpec, PretrainConfig
 from .backbone import Backbone, Condition, DiffusionConfig, keep_mask
 from .latent import LatentDenoiser, MLDConfig, MotionVAE
 from .sampling import Predictor, consistency_scalings
@@ -178,22 +179,23 @@ def teacher_setup(config, data):
     return init
 
 
-def lcm_profile(profile: str, feature_dim: int = 263):
-    """PretrainConfig of the distillation per profile (MotionLCM: lr 2e-4, w = 7.5... here fixed w, μ = 0.95).
+#: The distillation's profiles (MotionLCM: lr 2e-4, w = 7.5... here fixed w, μ = 0.95). ``quick``: 600 steps at lr
+#: 4e-4 (a few minutes on a 2-core CPU: every step also runs the VAE encoder and the teacher twice). The student's
+#: MLD config is the teacher's, copied by :func:`teacher_setup`.
+PROFILES = {
+    "smoke": PretrainConfig("lcm", "smoke", LCMConfig(), steps=20, batch_size=8, lr=2e-4, warmup=2,
+                            checkpoint_every=10, log_every=5),
+    "quick": PretrainConfig("lcm", "quick", LCMConfig(), steps=600, batch_size=32, lr=4e-4, warmup=50,
+                            checkpoint_every=200, log_every=25),
+    "paper": PretrainConfig("lcm", "paper", LCMConfig(), steps=30_000, batch_size=128, lr=2e-4, warmup=1000,
+                            checkpoint_every=2500, log_every=100),
+}
 
-    ``quick``: 600 steps at lr 4e-4 (a few minutes on a 2-core CPU: every step also runs the VAE encoder and the
-    teacher twice).
-    """
-    from ..runtime import check_profile
-    from .train import PretrainConfig
+SPEC = BackboneSpec("lcm", LCMConfig, LCMBackbone, PROFILES, native_sampler=True, teacher="mld",
+                    setup=teacher_setup, motion_space=False,
+                    description="consistency distillation of an mld run (MotionLCM)")
 
-    check_profile(profile)
-    model = LCMConfig(feature_dim=feature_dim)
-    if profile == "smoke":
-        return PretrainConfig("lcm", profile, model, steps=20, batch_size=8, lr=2e-4, warmup=2,
-                              checkpoint_every=10, log_every=5)
-    if profile == "quick":
-        return PretrainConfig("lcm", profile, model, steps=600, batch_size=32, lr=4e-4, warmup=50,
-                              checkpoint_every=200, log_every=25)
-    return PretrainConfig("lcm", profile, model, steps=30_000, batch_size=128, lr=2e-4, warmup=1000,
-                          checkpoint_every=2500, log_every=100)
+
+def lcm_profile(profile: str, feature_dim: int = 263) -> PretrainConfig:
+    """PretrainConfig of the distillation for ``profile`` (a fresh copy of its :data:`PROFILES` row)."""
+    return SPEC.profile(profile, feature_dim)

@@ -15,6 +15,7 @@ from torch import nn
 
 from .attention import TransformerEncoder
 from ..data.text import Vocabulary
+from .registry import BackboneSpec, PretrainConfig
 from .backbone import (Backbone, Condition, DiffusionConfig, TimestepEmbedding, keep_mask, masked_mse,
                        training_noise)
 from .schedule import NoiseSchedule
@@ -95,30 +96,31 @@ class MDMBackbone(Backbone):
         return masked_mse(self.denoiser(x_t, t, cond), x0, batch.mask, getattr(batch, "norm_frames", None))
 
 
-def mdm_profile(profile: str, feature_dim: int = 263):
-    """PretrainConfig of the MDM-style backbone per profile.
+#: MDM's profiles. ``paper``: 8 layers × 512, 4 heads, ff 1024, batch 64, cosine schedule, DDPM 1000 steps,
+#: guidance 2.5, lr 1e-4 (MDM's HumanML3D setting); ``quick``: 4 × 128 for a 2-core CPU; ``smoke``: 2 × 64, seconds.
+PROFILES = {
+    "smoke": PretrainConfig("mdm", "smoke",
+                            MDMConfig(d_model=64, layers=2, heads=4, ff=128, dropout=0.1,
+                                      text=TextEncoderConfig(dim=64, layers=1, heads=4, ff=128),
+                                      diffusion=DiffusionConfig(sample_steps=20)),
+                            steps=30, batch_size=8, lr=5e-4, warmup=5, checkpoint_every=10, log_every=5),
+    "quick": PretrainConfig("mdm", "quick",
+                            MDMConfig(d_model=128, layers=4, heads=4, ff=256, dropout=0.1,
+                                      text=TextEncoderConfig(dim=128, layers=2, heads=4, ff=256),
+                                      diffusion=DiffusionConfig(sample_steps=100)),
+                            steps=800, batch_size=32, lr=4e-4, warmup=80, checkpoint_every=100, log_every=25),
+    "paper": PretrainConfig("mdm", "paper",
+                            MDMConfig(d_model=512, layers=8, heads=4, ff=1024, dropout=0.1,
+                                      text=TextEncoderConfig(dim=256, layers=4, heads=4, ff=1024),
+                                      diffusion=DiffusionConfig(sample_steps=1000)),
+                            steps=200_000, batch_size=64, lr=1e-4, warmup=1000, checkpoint_every=5000,
+                            log_every=100),
+}
 
-    ``paper``: 8 layers × 512, 4 heads, ff 1024, batch 64, cosine schedule, DDPM 1000 steps, guidance 2.5, lr 1e-4
-    (MDM's HumanML3D setting); ``quick``: 4 × 128 for a 2-core CPU; ``smoke``: 2 × 64, seconds.
-    """
-    from ..runtime import check_profile
-    from .train import PretrainConfig
+SPEC = BackboneSpec("mdm", MDMConfig, MDMBackbone, PROFILES,
+                    description="motion-space x0 transformer (MDM)")
 
-    check_profile(profile)
-    if profile == "smoke":
-        model = MDMConfig(feature_dim=feature_dim, d_model=64, layers=2, heads=4, ff=128, dropout=0.1,
-                          text=TextEncoderConfig(dim=64, layers=1, heads=4, ff=128),
-                          diffusion=DiffusionConfig(sample_steps=20))
-        return PretrainConfig("mdm", profile, model, steps=30, batch_size=8, lr=5e-4, warmup=5,
-                              checkpoint_every=10, log_every=5)
-    if profile == "quick":
-        model = MDMConfig(feature_dim=feature_dim, d_model=128, layers=4, heads=4, ff=256, dropout=0.1,
-                          text=TextEncoderConfig(dim=128, layers=2, heads=4, ff=256),
-                          diffusion=DiffusionConfig(sample_steps=100))
-        return PretrainConfig("mdm", profile, model, steps=800, batch_size=32, lr=4e-4, warmup=80,
-                              checkpoint_every=100, log_every=25)
-    model = MDMConfig(feature_dim=feature_dim, d_model=512, layers=8, heads=4, ff=1024, dropout=0.1,
-                      text=TextEncoderConfig(dim=256, layers=4, heads=4, ff=1024),
-                      diffusion=DiffusionConfig(sample_steps=1000))
-    return PretrainConfig("mdm", profile, model, steps=200_000, batch_size=64, lr=1e-4, warmup=1000,
-                          checkpoint_every=5000, log_every=100)
+
+def mdm_profile(profile: str, feature_dim: int = 263) -> PretrainConfig:
+    """PretrainConfig of the MDM-style backbone for ``profile`` (a fresh copy of its :data:`PROFILES` row)."""
+    return SPEC.profile(profile, feature_dim)

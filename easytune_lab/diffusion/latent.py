@@ -29,6 +29,7 @@ from torch import nn
 from .attention import TransformerEncoder
 from ..data.text import Vocabulary
 from ..distributed import as_random
+from .registry import BackboneSpec, PretrainConfig
 from .backbone import (Backbone, Condition, DiffusionConfig, TimestepEmbedding, keep_mask, masked_mse,
                        training_noise)
 from .schedule import NoiseSchedule
@@ -221,32 +222,33 @@ class MLDBackbone(Backbone):
         return masked_mse(self.denoiser(z_t, t, cond), eps, None)
 
 
-def mld_profile(profile: str, feature_dim: int = 263):
-    """PretrainConfig of the MLD-style backbone per profile (VAE first: half the steps, a fifth for quick).
+#: MLD's profiles (VAE first: half the steps, a fifth for quick). ``paper``: latent 1 × 256, VAE and denoiser
+#: 9 layers × 256, batch 64, DDIM 50, guidance 7.5; ``quick`` (a 2-core CPU): latent 2 × 32, VAE 3 layers × 128 over
+#: 4-frame patches with z added to every decoder query and no dropout, denoiser 4 layers × 128; 800 VAE steps then
+#: 3200 cheap denoiser steps (its sequence is 4 tokens long), lr 1e-3; ``smoke``: tiny.
+PROFILES = {
+    "smoke": PretrainConfig("mld", "smoke",
+                            MLDConfig(vae=VAEConfig(latent_tokens=1, latent_dim=16, d_model=64, layers=1, ff=128),
+                                      d_model=64, layers=2, ff=128, text=TextEncoderConfig(dim=64, layers=1, ff=128),
+                                      diffusion=DiffusionConfig(beta_schedule="scaled_linear", sampler="ddim",
+                                                                sample_steps=10, guidance=7.5)),
+                            steps=40, batch_size=8, lr=5e-4, warmup=5, checkpoint_every=10, log_every=5,
+                            stage_fractions={"vae": 0.5}),
+    "quick": PretrainConfig("mld", "quick",
+                            MLDConfig(vae=VAEConfig(latent_tokens=2, latent_dim=32, d_model=128, layers=3, ff=256,
+                                                    dropout=0.0, patch=4, z_queries=True),
+                                      d_model=128, layers=4, ff=256, text=TextEncoderConfig(dim=128, layers=2, ff=256)),
+                            steps=4000, batch_size=32, lr=1e-3, warmup=80, checkpoint_every=200, log_every=25,
+                            stage_fractions={"vae": 0.2}),
+    "paper": PretrainConfig("mld", "paper", MLDConfig(text=TextEncoderConfig(dim=256, layers=4, ff=1024)),
+                            steps=300_000, batch_size=64, lr=1e-4, warmup=1000, checkpoint_every=5000, log_every=100,
+                            stage_fractions={"vae": 0.5}),
+}
 
-    ``paper``: latent 1 × 256, VAE and denoiser 9 layers × 256, batch 64, DDIM 50, guidance 7.5;
-    ``quick`` (a 2-core CPU): latent 2 × 32, VAE 3 layers × 128 over 4-frame patches with z added to every decoder
-    query and no dropout, denoiser 4 layers × 128; 800 VAE steps then 3200 cheap denoiser steps (its sequence is
-    4 tokens long), lr 1e-3; ``smoke``: tiny.
-    """
-    from ..runtime import check_profile
-    from .train import PretrainConfig
+SPEC = BackboneSpec("mld", MLDConfig, MLDBackbone, PROFILES, motion_space=False,
+                    description="VAE + latent epsilon denoiser (MLD)")
 
-    check_profile(profile)
-    if profile == "smoke":
-        model = MLDConfig(feature_dim=feature_dim,
-                          vae=VAEConfig(latent_tokens=1, latent_dim=16, d_model=64, layers=1, ff=128),
-                          d_model=64, layers=2, ff=128, text=TextEncoderConfig(dim=64, layers=1, ff=128))
-        model.diffusion.sample_steps = 10
-        return PretrainConfig("mld", profile, model, steps=40, batch_size=8, lr=5e-4, warmup=5,
-                              checkpoint_every=10, log_every=5, stage_fractions={"vae": 0.5})
-    if profile == "quick":
-        model = MLDConfig(feature_dim=feature_dim,
-                          vae=VAEConfig(latent_tokens=2, latent_dim=32, d_model=128, layers=3, ff=256, dropout=0.0,
-                                        patch=4, z_queries=True),
-                          d_model=128, layers=4, ff=256, text=TextEncoderConfig(dim=128, layers=2, ff=256))
-        return PretrainConfig("mld", profile, model, steps=4000, batch_size=32, lr=1e-3, warmup=80,
-                              checkpoint_every=200, log_every=25, stage_fractions={"vae": 0.2})
-    model = MLDConfig(feature_dim=feature_dim, text=TextEncoderConfig(dim=256, layers=4, ff=1024))
-    return PretrainConfig("mld", profile, model, steps=300_000, batch_size=64, lr=1e-4, warmup=1000,
-                          checkpoint_every=5000, log_every=100, stage_fractions={"vae": 0.5})
+
+def mld_profile(profile: str, feature_dim: int = 263) -> PretrainConfig:
+    """PretrainConfig of the MLD-style backbone for ``profile`` (a fresh copy of its :data:`PROFILES` row)."""
+    return SPEC.profile(profile, feature_dim)

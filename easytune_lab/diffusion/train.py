@@ -32,7 +32,7 @@ import math
 import random
 import time
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -47,65 +47,18 @@ from ..runs import (CHECKPOINT, checkpoint_writer, dataset_identity, find_checkp
                     manifest_config, read_manifest, read_state_json, save_tensors, weights_file, write_manifest,
                     WEIGHTS)
 from .backbone import Backbone
+from .registry import PretrainConfig, backbone_spec, replace_known
 
-BACKBONES = ("mdm", "mld", "lcm")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-@dataclass
-class PretrainConfig:
-    """One pretraining run. ``stage_fractions`` split ``steps`` between the backbone's stages (MLD: VAE first)."""
-
-    backbone: str = "mdm"
-    profile: str = "smoke"
-    model: Any = None
-    steps: int = 30
-    batch_size: int = 8
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup: int = 10
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    checkpoint_every: int = 10
-    log_every: int = 10
-    stage_fractions: dict = field(default_factory=dict)
-    teacher: str | None = None
-    seed: int = 0
 
 
 # ------------------------------------------------------------------------------------------------- configs
 
-def _model_class(backbone: str):
-    if backbone == "mdm":
-        from .denoiser import MDMConfig
-        return MDMConfig
-    if backbone == "mld":
-        from .latent import MLDConfig
-        return MLDConfig
-    if backbone == "lcm":
-        from .consistency import LCMConfig
-        return LCMConfig
-    raise UserError(f"--backbone: unknown backbone '{backbone}' (choose {', '.join(BACKBONES)})")
-
-
 def pretrain_config(backbone: str, profile: str, feature_dim: int = 263, **overrides) -> PretrainConfig:
-    """The profile's configuration (``smoke`` tiny, ``quick`` 2-core CPU, ``paper`` GPU sizes)."""
-    if backbone == "mdm":
-        from .denoiser import mdm_profile
-        config = mdm_profile(profile, feature_dim)
-    elif backbone == "mld":
-        from .latent import mld_profile
-        config = mld_profile(profile, feature_dim)
-    elif backbone == "lcm":
-        from .consistency import lcm_profile
-        config = lcm_profile(profile, feature_dim)
-    else:
-        _model_class(backbone)
-        raise AssertionError
-    for key, value in overrides.items():
-        if value is not None:
-            setattr(config, key, value)
-    return config
+    """The backbone's profile row (``smoke`` tiny, ``quick`` 2-core CPU, ``paper`` GPU sizes) with ``overrides``
+    replaced on known :class:`PretrainConfig` fields (``None`` keeps the row's value)."""
+    config = backbone_spec(backbone).profile(profile, feature_dim)
+    return replace_known(config, overrides, "pretrain")
 
 
 def _from_dict(cls, data: dict):
@@ -124,21 +77,12 @@ def _from_dict(cls, data: dict):
 
 def config_from_dict(data: dict) -> PretrainConfig:
     config = _from_dict(PretrainConfig, data)
-    config.model = _from_dict(_model_class(config.backbone), data["model"])
+    config.model = _from_dict(backbone_spec(config.backbone).config, data["model"])
     return config
 
 
 def build_backbone(config: PretrainConfig, vocab: Vocabulary) -> Backbone:
-    if config.backbone == "mdm":
-        from .denoiser import MDMBackbone
-        return MDMBackbone(config.model, vocab)
-    if config.backbone == "mld":
-        from .latent import MLDBackbone
-        return MLDBackbone(config.model, vocab)
-    if config.backbone == "lcm":
-        from .consistency import LCMBackbone
-        return LCMBackbone(config.model, vocab)
-    raise UserError(f"--backbone: unknown backbone '{config.backbone}'")
+    return backbone_spec(config.backbone).build(config, vocab)
 
 
 # ------------------------------------------------------------------------------------------------ schedule

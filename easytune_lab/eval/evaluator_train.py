@@ -21,6 +21,7 @@ decision is broadcast so that all ranks stop after the same epoch.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -62,20 +63,23 @@ class EvaluatorTrainConfig:
     max_text_len: int = 20
 
 
+#: The training config of each profile: ``smoke`` (seconds), ``quick`` (<= 10 min, 2 CPU cores), ``paper`` (GPU,
+#: T2M's sizes: conv 512, motion GRU 1024, text GRU 512, 512-d output).
+PROFILES: dict[str, EvaluatorTrainConfig] = {
+    "smoke": EvaluatorTrainConfig("smoke", EvaluatorConfig(movement_hidden=32, movement_latent=32, motion_hidden=48,
+                                                           word_dim=32, text_hidden=48, dropout=0.0),
+                                  batch_size=32, lr=3e-3, epochs=25, max_seconds=None),
+    "quick": EvaluatorTrainConfig("quick", EvaluatorConfig(movement_hidden=128, movement_latent=128, motion_hidden=192,
+                                                           word_dim=96, text_hidden=192, dropout=0.1),
+                                  batch_size=64, lr=1e-3, epochs=40, max_seconds=480.0),
+    "paper": EvaluatorTrainConfig("paper", EvaluatorConfig(), batch_size=32, lr=1e-4, epochs=300, max_seconds=None),
+}
+
+
 def profile_config(profile: str) -> EvaluatorTrainConfig:
-    """The training config of a profile: ``smoke`` (seconds), ``quick`` (<= 10 min, 2 CPU cores), ``paper`` (GPU,
-    T2M's sizes: conv 512, motion GRU 1024, text GRU 512, 512-d output)."""
+    """A fresh copy of the profile's :data:`PROFILES` row."""
     check_profile(profile)
-    if profile == "smoke":
-        model = EvaluatorConfig(movement_hidden=32, movement_latent=32, motion_hidden=48, word_dim=32,
-                                text_hidden=48, dropout=0.0)
-        return EvaluatorTrainConfig(profile, model, batch_size=32, lr=3e-3, epochs=25, max_seconds=None)
-    if profile == "quick":
-        model = EvaluatorConfig(movement_hidden=128, movement_latent=128, motion_hidden=192, word_dim=96,
-                                text_hidden=192, dropout=0.1)
-        return EvaluatorTrainConfig(profile, model, batch_size=64, lr=1e-3, epochs=40, max_seconds=480.0)
-    return EvaluatorTrainConfig(profile, EvaluatorConfig(), batch_size=32, lr=1e-4, epochs=300,
-                                max_seconds=None)
+    return copy.deepcopy(PROFILES[profile])
 
 
 # ------------------------------------------------------------------------------------------------------ losses

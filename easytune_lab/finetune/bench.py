@@ -26,10 +26,14 @@ import torch
 
 from ..analysis.memory import memory_probe
 from ..diffusion.trajectory import denoise
+from .methods import method_spec
 from .train import Finetuner, finetune_config
 
 
 ACCUMULATE_SUFFIX = "+acc"
+#: The (fast, slow) curve pairs ``easytune bench speed`` reports a speed-up for when both are run: the paper's claim
+#: (EasyTune vs DRaFT-50, Sec. 5), the same the other way round, and EasyTune with one update per trajectory.
+SPEEDUP_PAIRS = (("easytune", "draft"), ("draft", "easytune"), ("easytune+acc", "draft"))
 
 
 def split_variant(name: str) -> tuple[str, bool]:
@@ -69,7 +73,8 @@ def memory_benchmark(methods: Sequence[str], steps: Sequence[int], profile: str,
     rows = []
     combos = [(m, t) for t in steps for m in methods]
     for method, num_steps in tqdm(combos, desc="bench memory", disable=not progress):
-        k = num_steps if method == "draft" else min(5, num_steps)
+        spec = method_spec(split_variant(method)[0])
+        k = spec.default_k(num_steps) if spec.uses_k else None   # DRaFT at K = T; DRTune's k; None: no K
         tuner = _tuner(method, profile, base, reward, data, device, seed, sample_steps=num_steps,
                        batch_size=batch_size, lr=0.0, k=k)
         texts, lengths = tuner.prompts.draw(batch_size, np.random.default_rng(seed))
@@ -78,7 +83,7 @@ def memory_benchmark(methods: Sequence[str], steps: Sequence[int], profile: str,
         baseline = _sampling_baseline(tuner, texts, lengths, num_steps)
         start = time.perf_counter()
         stats = tuner.iteration(texts=texts, lengths=lengths)  # the same captions for every method
-        rows.append({"method": method, "steps": num_steps, "batch_size": batch_size, "lengths": lengths, "k": k if method in ("draft", "drtune") else None,
+        rows.append({"method": method, "steps": num_steps, "batch_size": batch_size, "lengths": lengths, "k": k,
                      "peak_bytes": stats.peak_bytes, "baseline_bytes": baseline,
                      "graph_calls": len(stats.graph_calls), "optimizer_steps": stats.optimizer_steps,
                      "seconds": time.perf_counter() - start, "device": str(device),

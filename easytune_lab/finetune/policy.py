@@ -89,6 +89,10 @@ class Policy:
     def plan(self, num_steps: int, rng: np.random.Generator) -> list[StepPlan]:
         raise NotImplementedError
 
+    def updates_per_trajectory(self, num_steps: int) -> int:
+        """Optimiser steps one trajectory of ``num_steps`` takes (what a schedule counted in updates needs)."""
+        return 1
+
 
 def step_weights(num_steps: int, weighting: str) -> np.ndarray:
     """Per-step loss weights over step index i (0 = noisiest), normalised to mean 1.
@@ -113,22 +117,35 @@ class EasyTune(Policy):
     name = "easytune"
     detach = "state"
 
+    def trained_steps(self, num_steps: int) -> int:
+        """How many of the ``num_steps`` steps carry a gradient (and an update): all of them, or
+        ``num_train_steps`` (default T // 5 for ``uniform``, the last 10 for ``last``)."""
+        cfg = self.config
+        if cfg.train_steps == "uniform":
+            m = cfg.num_train_steps or max(1, num_steps // 5)
+        elif cfg.train_steps == "last":
+            m = cfg.num_train_steps or min(LAST_K, num_steps)
+        else:
+            return num_steps
+        if not 1 <= m <= num_steps:
+            raise UserError(f"num_train_steps: must be in [1, {num_steps}] (got {m})")
+        return m
+
+    def updates_per_trajectory(self, num_steps: int) -> int:
+        return self.trained_steps(num_steps)
+
     def plan(self, num_steps: int, rng: np.random.Generator) -> list[StepPlan]:
         cfg = self.config
         if cfg.train_steps == "all":
             chosen = np.ones(num_steps, dtype=bool)
             weights = np.ones(num_steps)
         elif cfg.train_steps == "uniform":
-            m = cfg.num_train_steps or max(1, num_steps // 5)
-            if not 1 <= m <= num_steps:
-                raise UserError(f"num_train_steps: must be in [1, {num_steps}] (got {m})")
+            m = self.trained_steps(num_steps)
             chosen = np.zeros(num_steps, dtype=bool)
             chosen[rng.choice(num_steps, size=m, replace=False)] = True
             weights = np.ones(num_steps)
         elif cfg.train_steps == "last":
-            m = cfg.num_train_steps or min(LAST_K, num_steps)
-            if not 1 <= m <= num_steps:
-                raise UserError(f"num_train_steps: must be in [1, {num_steps}] (got {m})")
+            m = self.trained_steps(num_steps)
             chosen = np.arange(num_steps) >= num_steps - m
             weights = np.ones(num_steps)
         elif cfg.train_steps == "weighted":
@@ -150,6 +167,9 @@ class EasyTuneChain(EasyTune):
 
     name = "easytune-chain"
     detach = "none"
+
+    def updates_per_trajectory(self, num_steps: int) -> int:
+        return 1
 
     def plan(self, num_steps: int, rng: np.random.Generator) -> list[StepPlan]:
         plans = super().plan(num_steps, rng)     # one update per trajectory: the step weights weight the losses

@@ -25,6 +25,7 @@ writes.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import shutil
@@ -38,6 +39,7 @@ import torch
 
 from .. import distributed as dist
 from ..analysis.memory import memory_probe
+from ..diffusion.registry import backbone_spec
 from ..errors import NonFiniteError, UserError
 from ..io import write_json
 from ..runs import (check_resume_parents, checkpoint_writer, config_to_dict, dataset_identity, find_checkpoint,
@@ -48,7 +50,8 @@ from ..diffusion.trajectory import BackboneTrajectory
 from .adapters import reward_function
 from .loop import GRADIENT_AT, REWARD_SCALES, LoopConfig, StartParameters, TrajectoryStats, run_trajectory
 from .lora import LoraConfig, check_lora, save_weights, trainable_parameters
-from .policy import LAST_K, POLICIES, TRAIN_STEPS, PolicyConfig, make_policy
+from .methods import QUICK_LR_PER_TRAJECTORY, method_spec
+from .policy import TRAIN_STEPS, PolicyConfig
 
 CHECKPOINT = "checkpoint"
 
@@ -78,94 +81,99 @@ class FinetuneConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)  # rank 0: full fine-tuning of the denoiser
 
 
-#: Quick-profile learning rates, chosen by ``easytune bench speed --lrs`` on the quick MDM and SPL reward: the lr of
-#: each grid with the highest held-out reward after 60 s of training (results/quick/finetune/speed_quick.json).
-#: EasyTune (one AdamW step per denoising step) from {1e-7, 3e-7, 1e-6}; DRaFT-50 (one per trajectory) from
-#: {2e-6, 2e-5, 6e-5}. The other methods, which also step once per trajectory, take DRaFT's (not tuned on their own).
-QUICK_LR = {"easytune": 3e-7}
-QUICK_LR_PER_TRAJECTORY = 6e-5
+#: The profiles, one row each (the method's own policy defaults and tuned lr are set from its
+#: :class:`~easytune_lab.finetune.methods.MethodSpec`): ``smoke`` (seconds), ``quick`` (a 2-core CPU: 16 trajectories
+#: of 8 captions, T = 50, a few minutes per run; lr: DRaFT's best of a grid, EasyTune its own, see
+#: :data:`~easytune_lab.finetune.methods.QUICK_LR_PER_STEP`), ``paper`` (GPU).
+PROFILES: dict[str, FinetuneConfig] = {
+    "smoke": FinetuneConfig(profile="smoke", iterations=4, batch_size=4, sample_steps=10, lr=1e-4, eval_captions=8,
+                            eval_motions=32),
+    "quick": FinetuneConfig(profile="quick", iterations=16, batch_size=8, sample_steps=50, lr=QUICK_LR_PER_TRAJECTORY,
+                            eval_every=8, eval_captions=32, checkpoint_every=8),
+    "paper": FinetuneConfig(profile="paper", iterations=1000, batch_size=32, sample_steps=50, lr=1e-5, warmup=100,
+                            lr_schedule="cosine", eval_every=100, eval_captions=256, eval_motions=1024,
+                            checkpoint_every=100),
+}
+
+#: Where each override key of :func:`finetune_config` goes: (section of FinetuneConfig or None, field).
+_NOT_OVERRIDES = ("method", "profile")
+OVERRIDES: dict[str, tuple[str | None, str]] = {
+    **{f.name: (None, f.name) for f in dataclasses.fields(FinetuneConfig) if f.name not in _NOT_OVERRIDES},
+    **{f.name: ("policy", f.name) for f in dataclasses.fields(PolicyConfig)},
+    **{f.name: ("loop", f.name) for f in dataclasses.fields(LoopConfig)},
+    **{f"lora_{f.name}": ("lora", f.name) for f in dataclasses.fields(LoraConfig)},
+}
 
 
-def quick_lr(method: str) -> float:
-    """The quick profile's learning rate for ``method`` (see QUICK_LR)."""
-    return QUICK_LR.get(method, QUICK_LR_PER_TRAJECTORY)
+def with_overrides(cfg: FinetuneConfig, overrides: dict) -> FinetuneConfig:
+    """``cfg`` with ``overrides`` replaced (``dataclasses.replace``) on known fields: FinetuneConfig's own, its
+    ``policy``'s and ``loop``'s by their names, its ``lora``'s as ``lora_<field>``; ``None`` keeps the value. An
+    unknown key is one line listing the valid ones."""
+    unknown = [k for k in overrides if k not in OVERRIDES]
+    if unknown:
+        raise UserError(f"finetune: unknown option{'s' if len(unknown) > 1 else ''} "
+                        f"{', '.join(repr(k) for k in unknown)} (valid: {', '.join(OVERRIDES)})")
+    top: dict = {}
+    sections: dict[str, dict] = {}
+    for key, value in overrides.items():
+        if value is not None:
+            section, name = OVERRIDES[key]
+            (top if section is None else sections.setdefault(section, {}))[name] = value
+    cfg = dataclasses.replace(cfg, **top) if top else cfg
+    parts = {name: dataclasses.replace(getattr(cfg, name), **values) for name, values in sections.items()}
+    return dataclasses.replace(cfg, **parts) if parts else cfg
 
 
 def finetune_config(method: str, profile: str, **overrides) -> FinetuneConfig:
-    """The profile's configuration: ``smoke`` (seconds), ``quick`` (a 2-core CPU), ``paper`` (GPU)."""
+    """The profile's row for ``method`` (its policy defaults and tuned lr from its MethodSpec) with ``overrides``
+    (:func:`with_overrides`), validated."""
     check_profile(profile)
-    if method not in POLICIES:
-        raise UserError(f"--method: unknown method '{method}' (choose from {', '.join(POLICIES)})")
-    if profile == "smoke":
-        cfg = FinetuneConfig(method, profile, iterations=4, batch_size=4, sample_steps=10, lr=1e-4,
-                             policy=PolicyConfig(k=10 if method == "draft" else 1), eval_captions=8,
-                             eval_motions=32)
-    elif profile == "quick":
-        # sized so that one run takes a few minutes on a 2-core CPU: 16 trajectories of 8 captions, T = 50.
-        # lr: each method at its best of a grid (QUICK_LR, measured on held-out captions, not the test split)
-        cfg = FinetuneConfig(method, profile, iterations=16, batch_size=8, sample_steps=50, lr=quick_lr(method),
-                             eval_every=8, eval_captions=32, checkpoint_every=8,
-                             policy=PolicyConfig(k=50 if method == "draft" else 1))
-    else:
-        cfg = FinetuneConfig(method, profile, iterations=1000, batch_size=32, sample_steps=50, lr=1e-5,
-                             warmup=100, lr_schedule="cosine", eval_every=100, eval_captions=256, eval_motions=1024,
-                             checkpoint_every=100, policy=PolicyConfig(k=50 if method == "draft" else 1))
-    if method == "drtune":
-        cfg.policy.k = 5
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if key.startswith("lora_") and hasattr(cfg.lora, key[len("lora_"):]):
-            setattr(cfg.lora, key[len("lora_"):], value)
-        elif hasattr(cfg.policy, key) and not hasattr(cfg, key):
-            setattr(cfg.policy, key, value)
-        elif hasattr(cfg, key):
-            setattr(cfg, key, value)
-        else:
-            raise UserError(f"finetune: unknown option '{key}'")
+    spec = method_spec(method)
+    row = PROFILES[profile]
+    cfg = dataclasses.replace(row, method=method, lr=spec.lr.get(profile, row.lr),
+                              policy=spec.policy_config(row.sample_steps), loop=LoopConfig(), lora=LoraConfig())
+    cfg = with_overrides(cfg, overrides)
     validate(cfg)
     return cfg
 
 
 def validate(cfg: FinetuneConfig) -> None:
     if cfg.iterations < 1:
-        raise UserError(f"--steps: must be at least 1 (got {cfg.iterations})")
+        raise UserError(f"iterations: must be at least 1 (got {cfg.iterations})")
     if cfg.batch_size < 1:
-        raise UserError(f"--batch-size: must be at least 1 (got {cfg.batch_size})")
+        raise UserError(f"batch_size: must be at least 1 (got {cfg.batch_size})")
     if not 1 <= cfg.sample_steps <= 1000:
-        raise UserError(f"--sample-steps: must be in [1, 1000] (got {cfg.sample_steps})")
-    if cfg.method in ("draft", "drtune") and not 1 <= cfg.policy.k <= cfg.sample_steps:
-        raise UserError(f"--k: must be in [1, {cfg.sample_steps}] for {cfg.method} (got {cfg.policy.k})")
+        raise UserError(f"sample_steps: must be in [1, 1000] (got {cfg.sample_steps})")
+    if method_spec(cfg.method).uses_k and not 1 <= cfg.policy.k <= cfg.sample_steps:
+        raise UserError(f"k: must be in [1, {cfg.sample_steps}] for {cfg.method} (got {cfg.policy.k})")
     if not 0 <= cfg.policy.num_train_steps <= cfg.sample_steps:
-        raise UserError(f"--num-train-steps: must be in [1, {cfg.sample_steps}] (or 0 for the default; got "
+        raise UserError(f"num_train_steps: must be in [1, {cfg.sample_steps}] (or 0 for the default; got "
                         f"{cfg.policy.num_train_steps})")
     if cfg.policy.train_steps not in TRAIN_STEPS:
-        raise UserError(f"--train-steps: unknown choice '{cfg.policy.train_steps}' (choose {', '.join(TRAIN_STEPS)})")
+        raise UserError(f"train_steps: unknown choice '{cfg.policy.train_steps}' (choose {', '.join(TRAIN_STEPS)})")
     if cfg.loop.gradient_at not in GRADIENT_AT:
         raise UserError(f"gradient_at: must be one of {', '.join(GRADIENT_AT)} (got '{cfg.loop.gradient_at}')")
     if cfg.loop.reward_scale not in REWARD_SCALES:
         raise UserError(f"reward_scale: must be one of {', '.join(REWARD_SCALES)} (got '{cfg.loop.reward_scale}')")
     if cfg.loop.reward_on not in ("x0_hat", "x_t"):
-        raise UserError(f"--reward-on: must be x0_hat or x_t (got '{cfg.loop.reward_on}')")
+        raise UserError(f"reward_on: must be x0_hat or x_t (got '{cfg.loop.reward_on}')")
+    if cfg.loop.reg_weight < 0:
+        raise UserError(f"reg_weight: must be >= 0 (got {cfg.loop.reg_weight})")
     if cfg.lr_schedule not in ("constant", "cosine"):
         raise UserError(f"lr_schedule: must be constant or cosine (got '{cfg.lr_schedule}')")
     if cfg.eval_every < 0:
-        raise UserError(f"--eval-every: must be >= 0 (0 = at the end only; got {cfg.eval_every})")
+        raise UserError(f"eval_every: must be >= 0 (0 = at the end only; got {cfg.eval_every})")
+    if cfg.checkpoint_every < 0:
+        raise UserError(f"checkpoint_every: must be >= 0 (0 = at the end only; got {cfg.checkpoint_every})")
     if cfg.eval_motions and cfg.eval_motions < 32:
-        raise UserError(f"--eval-motions: must be 0 (the whole test split) or at least 32, one R-Precision group "
+        raise UserError(f"eval_motions: must be 0 (the whole test split) or at least 32, one R-Precision group "
                         f"(got {cfg.eval_motions})")
     check_lora(cfg.lora)
 
 
 def expected_updates(cfg: FinetuneConfig) -> int:
-    """Optimiser steps per trajectory (EasyTune updates at every trained step; the others once)."""
-    if cfg.method == "easytune":
-        if cfg.policy.train_steps == "uniform":
-            return cfg.policy.num_train_steps or max(1, cfg.sample_steps // 5)
-        if cfg.policy.train_steps == "last":
-            return cfg.policy.num_train_steps or min(LAST_K, cfg.sample_steps)
-        return cfg.sample_steps
-    return 1
+    """Optimiser steps per trajectory, as the method's policy takes them (:meth:`MethodSpec.updates_per_trajectory`)."""
+    return method_spec(cfg.method).updates_per_trajectory(cfg.policy, cfg.sample_steps)
 
 
 def lr_lambda(cfg: FinetuneConfig, total_updates: int) -> Callable[[int], float]:
@@ -255,13 +263,13 @@ class Finetuner:
             if not self.reward.cfg.noise_aware:
                 raise UserError(f"--reward {reward_run}: --reward-on x_t needs a noise-aware reward "
                                 "(easytune reward train --noise-aware)")
-            if self.backbone.kind != "mdm":
+            if not backbone_spec(self.backbone.kind).motion_space:
                 raise UserError("--reward-on x_t: a noise-aware reward scores motions, so it needs a motion-space "
-                                f"backbone (mdm), not '{self.backbone.kind}'")
+                                f"backbone (e.g. mdm), not '{self.backbone.kind}'")
         self.base_net = None
         if cfg.loop.reg_weight > 0:  # one frozen copy for the whole run, never per batch
             self.base_net = copy.deepcopy(self.backbone.net).requires_grad_(False)
-        self.policy = make_policy(cfg.method, cfg.policy)
+        self.policy = method_spec(cfg.method).make_policy(cfg.policy)
         self.optimizer = adamw(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.accumulate = accumulate
         self.sync = dist.GradientSync(self.params)  # a no-op in a single process
