@@ -493,3 +493,45 @@ def test_frozen_trajectory_keeps_one_buffer_per_run():
     with pytest.raises(ValueError, match="gradient_at"):
         run_trajectory(ToyTrajectory(net, 4), policy, policy.plan(4, np.random.default_rng(0)), reward, opt, params,
                        LoopConfig(gradient_at="frozen"))
+
+
+# --------------------------------------------------------------- the LR schedule's clock (FinetuneConfig.schedule_clock)
+@pytest.mark.parametrize("method,updates", [("draft", 1), ("easytune", 10)])
+@pytest.mark.parametrize("clock", ["updates", "trajectories"])
+def test_schedule_clock_gives_the_documented_lr_sequence(method, updates, clock):
+    """Warm-up 2 then cosine, 3 trajectories of T = 10: counted in optimiser steps, EasyTune's 10 updates per
+    trajectory run the schedule 10× faster than DRaFT's one; counted in trajectories, both get the same lr per
+    trajectory, every update of trajectory j at lr(j)."""
+    import math
+
+    from easytune_lab.finetune.train import finetune_config, make_scheduler
+
+    iterations, warmup, base = 3, 2, 0.1
+    cfg = finetune_config(method, "smoke", iterations=iterations, sample_steps=10, warmup=warmup, lr=base,
+                          lr_schedule="cosine", schedule_clock=clock, k=10)
+    net = ToyNet()
+    params = list(net.parameters())
+    opt = torch.optim.SGD(params, lr=base)
+    scheduler, per_update = make_scheduler(cfg, opt)
+    policy = make_policy(method, cfg.policy)
+    seen = []   # the lr of every optimiser step
+    opt.step = (lambda step: (lambda *a, **k: (seen.append(opt.param_groups[0]["lr"]), step(*a, **k))[1]))(opt.step)
+    for j in range(iterations):
+        run_trajectory(ToyTrajectory(net, 10, seed=j), policy, policy.plan(10, np.random.default_rng(j)), reward, opt,
+                       params, LoopConfig(grad_clip=0.0), after_update=scheduler.step if per_update else None)
+        if not per_update:
+            scheduler.step()
+
+    def lr(step, total):
+        if step < warmup:
+            return base * (step + 1) / warmup
+        return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / (total - warmup))))
+
+    if clock == "updates":
+        total = iterations * updates
+        expected = [lr(s, total) for s in range(total)]
+    else:
+        expected = [lr(j, iterations) for j in range(iterations) for _ in range(updates)]
+    assert seen == pytest.approx(expected, rel=1e-12)
+    if method == "easytune" and clock == "updates":
+        assert seen[warmup] == pytest.approx(base)      # EasyTune leaves warm-up within its first trajectory

@@ -69,8 +69,11 @@ class FinetuneConfig:
     guidance: float = 2.5
     lr: float = 1e-5
     weight_decay: float = 0.0
-    warmup: int = 0                   # optimiser steps
-    lr_schedule: str = "constant"     # constant | cosine (over the expected optimiser steps)
+    warmup: int = 0                   # warm-up length, in units of schedule_clock
+    lr_schedule: str = "constant"     # constant | cosine (over the run's length in units of schedule_clock)
+    schedule_clock: str = "updates"   # what the schedule counts: "updates" (optimiser steps: EasyTune, with one
+                                      # per trained step, moves through warm-up T× faster than a one-update method)
+                                      # or "trajectories" (the same clock for every method)
     seed: int = 0
     eval_every: int = 0               # iterations between reward evaluations on held-out captions (0 = end only)
     eval_captions: int = 16
@@ -159,6 +162,8 @@ def validate(cfg: FinetuneConfig) -> None:
         raise UserError(f"reward_on: must be x0_hat or x_t (got '{cfg.loop.reward_on}')")
     if cfg.loop.reg_weight < 0:
         raise UserError(f"reg_weight: must be >= 0 (got {cfg.loop.reg_weight})")
+    if cfg.schedule_clock not in SCHEDULE_CLOCKS:
+        raise UserError(f"schedule_clock: must be one of {', '.join(SCHEDULE_CLOCKS)} (got '{cfg.schedule_clock}')")
     if cfg.lr_schedule not in ("constant", "cosine"):
         raise UserError(f"lr_schedule: must be constant or cosine (got '{cfg.lr_schedule}')")
     if cfg.eval_every < 0:
@@ -174,6 +179,25 @@ def validate(cfg: FinetuneConfig) -> None:
 def expected_updates(cfg: FinetuneConfig) -> int:
     """Optimiser steps per trajectory, as the method's policy takes them (:meth:`MethodSpec.updates_per_trajectory`)."""
     return method_spec(cfg.method).updates_per_trajectory(cfg.policy, cfg.sample_steps)
+
+
+SCHEDULE_CLOCKS = ("updates", "trajectories")
+
+
+def schedule_length(cfg: FinetuneConfig, accumulate: bool = False) -> int:
+    """The run's length in the schedule's unit (``cfg.schedule_clock``): its trajectories, or its optimiser steps
+    (trajectories × the method's updates per trajectory; one with ``accumulate``)."""
+    if cfg.schedule_clock == "trajectories":
+        return cfg.iterations
+    return cfg.iterations * (1 if accumulate else expected_updates(cfg))
+
+
+def make_scheduler(cfg: FinetuneConfig, optimizer: torch.optim.Optimizer, accumulate: bool = False):
+    """(the LR scheduler, whether it advances after every optimiser step): with ``schedule_clock="updates"`` the
+    trainer steps it after each optimiser step, with ``"trajectories"`` once after each trajectory, so warm-up and
+    cosine run over :func:`schedule_length` units of that clock."""
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, schedule_length(cfg, accumulate)))
+    return scheduler, cfg.schedule_clock == "updates"
 
 
 def lr_lambda(cfg: FinetuneConfig, total_updates: int) -> Callable[[int], float]:
@@ -273,8 +297,7 @@ class Finetuner:
         self.optimizer = adamw(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.accumulate = accumulate
         self.sync = dist.GradientSync(self.params)  # a no-op in a single process
-        total = cfg.iterations * (1 if accumulate else expected_updates(cfg))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, total))
+        self.scheduler, self.per_update = make_scheduler(cfg, self.optimizer, accumulate)
         self.prompts = Prompts.from_split(data, "train", self.generator.max_frames)
         self.eval_prompts = Prompts.from_split(data, "val", self.generator.max_frames)
         self.rng = np.random.default_rng(cfg.seed)
@@ -317,9 +340,12 @@ class Finetuner:
             stats = run_trajectory(traj, self.policy, plans,
                                    reward_function(self.reward, traj, self.cfg.loop.reward_scale), self.optimizer,
                                    self.params, self.cfg.loop, probe=probe, generator=self.noise,
-                                   regulariser=self.regulariser(traj), after_update=self.scheduler.step,
+                                   regulariser=self.regulariser(traj),
+                                   after_update=self.scheduler.step if self.per_update else None,
                                    sync_gradients=self.sync, accumulate=self.accumulate,
                                    start_parameters=self.start_params)
+        if not self.per_update:
+            self.scheduler.step()
         stats.peak_bytes = int(probe.peak_bytes)
         if dist.world_size() > 1:  # the logged rewards/losses are means over the global batch
             n = len(stats.rewards)
