@@ -208,15 +208,20 @@ class Workbench:
 
         return self._build(f"backbone-{kind}", key, build)
 
-    def reward(self, noise_aware: bool = False, spl: bool = False) -> Path:
-        """A retrieval reward run (paper Sec. 3.3); ``spl`` refines the plain one with SPL (Sec. 3.4).
+    def reward(self, noise_aware: bool = False, spl: bool = False, spl_mode: str = "ours") -> Path:
+        """A retrieval reward run (paper Sec. 3.3); ``spl`` refines the plain one with SPL (Sec. 3.4), ``spl_mode``
+        ``ours`` or ``official`` (the authors' loss and settings, :func:`easytune_lab.reward.train.official_spl`).
 
         ``noise_aware``: R(x_t, t, c), started from the plain reward run and trained on for the profile's epochs on
         noised and clean motions (:func:`easytune_lab.reward.train.warm_start`)."""
         from .reward.pipeline import spl_run, train_run
-        from .reward.train import profile_configs
+        from .reward.train import SPL_MODES, official_spl, profile_configs
 
+        if spl_mode not in SPL_MODES:
+            raise UserError(f"spl_mode: unknown mode '{spl_mode}' (choose {', '.join(SPL_MODES)})")
         spl_cfg = profile_configs(self.profile, noise_aware=noise_aware)[1]
+        if spl_mode == "official":
+            spl_cfg = official_spl(spl_cfg)
         quiet = self.log if self.progress else (lambda _msg: None)
         if spl:
             parent = self.reward(noise_aware=noise_aware, spl=False)
@@ -224,7 +229,7 @@ class Workbench:
 
             def build(out: Path) -> None:
                 spl_run(parent, self.data, out, self.profile, self.seed, str(self.torch_device), log=quiet,
-                        progress=self.progress)
+                        progress=self.progress, mode=spl_mode)
                 _mark_manifest(out)
 
             return self._build("reward-spl", key, build)
@@ -259,12 +264,18 @@ class Workbench:
             cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, train_steps="all"))
         return cfg
 
-    def finetune(self, method: str, backbone: str = "mdm", reward: str = "spl", **overrides) -> Path:
-        """A fine-tuned backbone run (``reward``: ``plain`` | ``spl`` | ``noise-aware``); ``overrides`` go to
-        :func:`~easytune_lab.finetune.train.finetune_config` (known fields of the config, its policy and its loop)."""
+    def finetune(self, method: str, backbone: str = "mdm", reward: str | None = None, **overrides) -> Path:
+        """A fine-tuned backbone run (``reward``: ``plain`` | ``spl`` | ``spl-official`` | ``noise-aware``; default:
+        the ``preset``'s reward if one is given, else ``spl``); ``overrides`` go to
+        :func:`~easytune_lab.finetune.train.finetune_config` (``preset`` and known fields of the config, its policy
+        and its loop)."""
+        from .finetune.presets import preset as find_preset
         from .finetune.train import run_finetune, validate
 
-        rewards = {"plain": dict(), "spl": dict(spl=True), "noise-aware": dict(noise_aware=True)}
+        rewards = {"plain": dict(), "spl": dict(spl=True), "spl-official": dict(spl=True, spl_mode="official"),
+                   "noise-aware": dict(noise_aware=True)}
+        if reward is None:
+            reward = find_preset(overrides["preset"]).reward if overrides.get("preset") else "spl"
         if reward not in rewards:
             raise UserError(f"reward: unknown reward '{reward}' (choose {', '.join(rewards)})")
         cfg = self.finetune_config(method, **dict(overrides))

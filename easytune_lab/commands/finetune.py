@@ -12,8 +12,10 @@ from .options import renamed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..finetune.choices import GRADIENT_AT, REWARD_SCALES, SCHEDULE_CLOCKS
     from ..finetune.methods import METHODS
     from ..finetune.policy import TRAIN_STEPS
+    from ..finetune.presets import PRESETS
 
     p = sub.add_parser("finetune", help="fine-tune a backbone run against a reward run")
     p.add_argument("--method", required=True, help=f"a registered method: {', '.join(METHODS.names())}")
@@ -37,6 +39,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="EasyTune with --train-steps uniform|last: how many steps carry a gradient")
     p.add_argument("--weighting", choices=["uniform", "early", "late"], default=None)
     p.add_argument("--reg-weight", type=real(0.0, 1e6), default=None, help="regulariser toward the frozen base model")
+    p.add_argument("--preset", choices=list(PRESETS.names()), default=None,
+                   help="a whole configuration (finetune/presets.py): official = the authors' scripts, fair = equal "
+                        "trajectories, schedule in trajectories, each method's tuned lr; flags given override it")
+    p.add_argument("--gradient-at", choices=list(GRADIENT_AT), default=None,
+                   help="per-step gradients at the live parameters (ours) or at the trajectory's start (authors')")
+    p.add_argument("--reward-scale", choices=list(REWARD_SCALES), default=None,
+                   help="reward tau*cos (the reward model's scale) or the plain cosine (authors')")
+    p.add_argument("--schedule-clock", choices=list(SCHEDULE_CLOCKS), default=None,
+                   help="what the LR schedule counts: optimiser steps or trajectories")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None)
+    p.add_argument("--warmup", type=integer(0, 10**7), default=None, help="warm-up length, in units of the schedule clock")
+    p.add_argument("--guidance", type=real(0.0, 100.0), default=None,
+                   help="classifier-free guidance scale inside the fine-tuning trajectories")
     p.add_argument("--lr", type=real(0.0, 1.0, low_open=True), default=None)
     p.add_argument("--batch-size", type=integer(1, 100000), default=None)
     p.add_argument("--seed", type=SEED, default=0)
@@ -100,7 +115,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from .. import distributed as dist
     from ..finetune.train import finetune_config, run_finetune
 
-    cfg = finetune_config(args.method, args.profile, iterations=args.iterations, sample_steps=args.sample_steps,
+    cfg = finetune_config(args.method, args.profile, preset=args.preset, gradient_at=args.gradient_at,
+                          reward_scale=args.reward_scale, schedule_clock=args.schedule_clock,
+                          lr_schedule=args.lr_schedule, warmup=args.warmup, guidance=args.guidance,
+                          iterations=args.iterations, sample_steps=args.sample_steps,
                           sampler=args.sampler, k=args.k, train_steps=args.train_steps,
                           num_train_steps=args.num_train_steps, weighting=args.weighting, reward_on=args.reward_on,
                           reg_weight=args.reg_weight, lr=args.lr, batch_size=args.batch_size, seed=args.seed,

@@ -36,6 +36,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..diffusion.trajectory import StepRecord, Steps, denoise
+from .choices import GRADIENT_AT, REWARD_SCALES
 from .policy import Policy, StepPlan
 
 #: What the loop needs from a backbone + sampler + condition (kept under its old name).
@@ -60,8 +61,6 @@ class LoopConfig:
     reward_scale: str = "tau"        # "tau": R = τ·cos(E_M, E_T) (the reward model's learned scale); "unit": cos
 
 
-GRADIENT_AT = ("live", "start")
-REWARD_SCALES = ("tau", "unit")
 
 
 class StartParameters:

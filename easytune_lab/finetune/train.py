@@ -48,7 +48,8 @@ from ..runs import (check_resume_parents, checkpoint_writer, config_to_dict, dat
 from ..runtime import check_profile
 from ..diffusion.trajectory import BackboneTrajectory
 from .adapters import reward_function
-from .loop import GRADIENT_AT, REWARD_SCALES, LoopConfig, StartParameters, TrajectoryStats, run_trajectory
+from .choices import GRADIENT_AT, REWARD_SCALES, SCHEDULE_CLOCKS
+from .loop import LoopConfig, StartParameters, TrajectoryStats, run_trajectory
 from .lora import LoraConfig, check_lora, save_weights, trainable_parameters
 from .methods import QUICK_LR_PER_TRAJECTORY, method_spec
 from .policy import TRAIN_STEPS, PolicyConfig
@@ -79,6 +80,7 @@ class FinetuneConfig:
     eval_captions: int = 16
     eval_motions: int = 128           # test-split clips scored with the T2M evaluator + oracle (--evaluator; 0 = all)
     checkpoint_every: int = 0         # iterations (0 = only at the end)
+    preset: str = ""                  # the preset the options came from (finetune/presets.py), "" for none
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)  # rank 0: full fine-tuning of the denoiser
@@ -99,7 +101,7 @@ PROFILES: dict[str, FinetuneConfig] = {
 }
 
 #: Where each override key of :func:`finetune_config` goes: (section of FinetuneConfig or None, field).
-_NOT_OVERRIDES = ("method", "profile")
+_NOT_OVERRIDES = ("method", "profile", "preset")
 OVERRIDES: dict[str, tuple[str | None, str]] = {
     **{f.name: (None, f.name) for f in dataclasses.fields(FinetuneConfig) if f.name not in _NOT_OVERRIDES},
     **{f.name: ("policy", f.name) for f in dataclasses.fields(PolicyConfig)},
@@ -127,14 +129,19 @@ def with_overrides(cfg: FinetuneConfig, overrides: dict) -> FinetuneConfig:
     return dataclasses.replace(cfg, **parts) if parts else cfg
 
 
-def finetune_config(method: str, profile: str, **overrides) -> FinetuneConfig:
-    """The profile's row for ``method`` (its policy defaults and tuned lr from its MethodSpec) with ``overrides``
-    (:func:`with_overrides`), validated."""
+def finetune_config(method: str, profile: str, preset: str | None = None, **overrides) -> FinetuneConfig:
+    """The profile's row for ``method`` (its policy defaults and tuned lr from its MethodSpec), then the ``preset``'s
+    overrides for the method and profile (:mod:`easytune_lab.finetune.presets`; its name is kept in
+    ``FinetuneConfig.preset``), then ``overrides`` (:func:`with_overrides`), validated."""
     check_profile(profile)
     spec = method_spec(method)
     row = PROFILES[profile]
     cfg = dataclasses.replace(row, method=method, lr=spec.lr.get(profile, row.lr),
                               policy=spec.policy_config(row.sample_steps), loop=LoopConfig(), lora=LoraConfig())
+    if preset:
+        from .presets import preset as find_preset
+
+        cfg = dataclasses.replace(with_overrides(cfg, find_preset(preset).overrides(method, profile)), preset=preset)
     cfg = with_overrides(cfg, overrides)
     validate(cfg)
     return cfg
@@ -179,9 +186,6 @@ def validate(cfg: FinetuneConfig) -> None:
 def expected_updates(cfg: FinetuneConfig) -> int:
     """Optimiser steps per trajectory, as the method's policy takes them (:meth:`MethodSpec.updates_per_trajectory`)."""
     return method_spec(cfg.method).updates_per_trajectory(cfg.policy, cfg.sample_steps)
-
-
-SCHEDULE_CLOCKS = ("updates", "trajectories")
 
 
 def schedule_length(cfg: FinetuneConfig, accumulate: bool = False) -> int:
