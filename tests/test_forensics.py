@@ -51,3 +51,46 @@ def test_waterfall_figure(tmp_path):
     rows = waterfall_steps([("official", [-0.5, -0.4, -0.6]), ("clock", [-0.3, -0.2, -0.4])])
     waterfall(rows, tmp_path / "w.png", title="t")
     assert (tmp_path / "w.png").stat().st_size > 1000
+
+
+def test_the_stages_walk_from_official_to_fair_one_factor_at_a_time():
+    """Stage 0 is the official preset; the last stage resolves, for every method and profile, to exactly the fair
+    preset's configuration; every stage in between changes something for EasyTune or DRaFT."""
+    import dataclasses
+
+    from easytune_lab.analysis.forensics import STAGES, stage_options
+    from easytune_lab.finetune.presets import preset
+    from easytune_lab.finetune.train import finetune_config
+
+    def resolved(i, method, profile):
+        overrides, reward = stage_options(i, method, profile)
+        cfg = finetune_config(method, profile, preset="official", **overrides)
+        return dataclasses.replace(cfg, preset=""), reward
+
+    for profile in ("smoke", "quick"):
+        for method in ("easytune", "draft"):
+            first, reward0 = resolved(0, method, profile)
+            assert first == dataclasses.replace(finetune_config(method, profile, preset="official"), preset="")
+            assert reward0 == "spl-official"
+            last, reward = resolved(len(STAGES) - 1, method, profile)
+            assert last == dataclasses.replace(finetune_config(method, profile, preset="fair"), preset="")
+            assert reward == preset("fair").reward
+    for i in range(1, len(STAGES)):   # each factor moves at least one of the two methods' runs (at quick)
+        before = [resolved(i - 1, m, "quick") for m in ("easytune", "draft")]
+        after = [resolved(i, m, "quick") for m in ("easytune", "draft")]
+        assert before != after, STAGES[i].name
+
+
+def test_the_paper_table_names_its_source_and_matches_the_shared_copy():
+    from pathlib import Path
+
+    import pandas as pd
+
+    from easytune_lab.reference import paper_table
+
+    table = paper_table("table1")
+    assert set(table.source) == {"paper (arXiv 2602.07967, HumanML3D, MLD)"}
+    assert table.set_index("method").loc["EasyTune (step)", "mm_dist"] == 2.637
+    shared = Path(__file__).resolve().parents[2] / "shared" / "paper" / "table1_humanml3d_mld.csv"
+    if shared.is_file():                        # the packaged copy is the shared reference, number for number
+        pd.testing.assert_frame_equal(table.drop(columns="source"), pd.read_csv(shared))

@@ -14,8 +14,11 @@ switched at a time) into the change each factor made to the gap, the numbers beh
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from ..finetune.presets import preset
+from ..finetune.train import finetune_config
 from ..stats import interval, verdict
 
 AXES = ("iteration", "seconds")
@@ -77,3 +80,51 @@ def waterfall_steps(stages: Sequence[tuple[str, Sequence[float]]]) -> list[dict]
         rows.append(row)
         previous = gaps
     return rows
+
+
+# ----------------------------------------------------------------------------- the stages of notebook 08
+@dataclass(frozen=True)
+class Stage:
+    """One factor switched from the authors' configuration toward the fair one. ``changes`` are finetune_config
+    overrides for every method (a callable of (method, profile) where they depend on them); ``reward`` switches the
+    reward the methods fine-tune against. Stages are cumulative: stage i carries the changes of stages 1..i."""
+
+    name: str
+    changes: Mapping[str, Any] | Callable[[str, str], Mapping[str, Any]] = field(default_factory=dict)
+    reward: str | None = None
+
+    def resolve(self, method: str, profile: str) -> dict:
+        return dict(self.changes(method, profile) if callable(self.changes) else self.changes)
+
+
+def _fair(method: str, profile: str, *keys: str) -> dict:
+    """The values the fair preset resolves to for ``keys`` (top-level FinetuneConfig fields)."""
+    cfg = finetune_config(method, profile, preset="fair")
+    return {k: getattr(cfg, k) for k in keys}
+
+
+#: From ``official`` (stage 0) to ``fair`` (the last stage), one factor at a time (the order of issue 16).
+STAGES: tuple[Stage, ...] = (
+    Stage("official (authors' code)"),
+    Stage("schedule counted in trajectories", {"schedule_clock": "trajectories"}),
+    Stage("equal budgets", lambda m, p: _fair(m, p, "iterations")),
+    Stage("each method's tuned lr", lambda m, p: _fair(m, p, "lr")),
+    Stage("our captions per trajectory", lambda m, p: _fair(m, p, "batch_size")),
+    Stage("our guidance in fine-tuning", lambda m, p: _fair(m, p, "guidance")),
+    Stage("all steps (not the last 10)", {"train_steps": "all", "num_train_steps": 0}),
+    Stage("live parameters (not frozen)", {"gradient_at": "live"}),
+    Stage("τ-scaled reward (not unit cosine)", {"reward_scale": "tau"}),
+    Stage("our SPL (not the authors')", reward="spl"),
+    Stage("our schedule (fair)", lambda m, p: _fair(m, p, "lr_schedule", "warmup")),
+)
+
+
+def stage_options(stage: int, method: str, profile: str, stages: Sequence[Stage] = STAGES) -> tuple[dict, str]:
+    """(finetune_config overrides on top of ``preset="official"``, reward) of ``stages[stage]`` for ``method``:
+    the changes of stages 1..``stage`` in order."""
+    overrides: dict = {}
+    reward = preset("official").reward
+    for s in stages[1:stage + 1]:
+        overrides.update(s.resolve(method, profile))
+        reward = s.reward or reward
+    return overrides, reward
