@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..analysis.memory import memory_probe
+from ..memory import memory_probe
 from .train import Finetuner, finetune_config
 
 
