@@ -14,10 +14,14 @@ their old spelling as a deprecated alias (:mod:`easytune_lab.commands.options`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
 
+from . import __version__, distributed
 from .errors import UserError
+from .runs import check_name, pickle_allowed, register_name, run_lock, write_tensorboard
 
 # Command modules, in the order their groups appear in ``easytune --help``.
 COMMAND_MODULES = [
@@ -59,8 +63,6 @@ def in_flag_terms(message: str, flags: dict[str, str]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="easytune", description="easytune_lab: differentiable-reward fine-tuning of text-to-motion diffusion models")
-    from . import __version__
-
     parser.add_argument("--version", action="version", version=f"easytune_lab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -75,18 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _first_process() -> bool:
     """Rank 0 of a torchrun launch (by its environment, whether or not it joined the group yet), or a plain run."""
-    import os
-
     return os.environ.get("RANK", "0").strip() in ("0", "")
 
 
 def _locked(args: argparse.Namespace):
     """The exclusive lock on the run directory a command writes (``set_defaults(lock="out")`` names the option),
     held by the first process only (under torchrun the others write nothing there)."""
-    import contextlib
-
-    from .runs import run_lock
-
     name = getattr(args, "lock", None)
     if not name or getattr(args, name, None) is None or not _first_process():
         return contextlib.nullcontext()
@@ -94,9 +90,6 @@ def _locked(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import distributed
-    from .runs import check_name, pickle_allowed, register_name, write_tensorboard
-
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

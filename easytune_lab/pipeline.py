@@ -28,7 +28,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -36,6 +36,7 @@ from .errors import UserError
 from .runs import (MANIFEST, config_hash, config_to_dict, project_root, read_manifest, write_manifest,
                    write_tensorboard)
 from .runtime import check_profile
+from .viz.plots import run_label
 
 # Size of the procedural dataset per profile. 15 % of it is the test split (see motion.synth.split_ids), and the
 # T2M protocol needs at least one R-Precision group of 32 test rows: 300 motions -> 45 test motions.
@@ -186,9 +187,9 @@ class Workbench:
     def backbone(self, kind: str = "mdm") -> Path:
         """A pretrained backbone run of a registered backbone (:mod:`easytune_lab.diffusion.registry`): ``mdm``
         (motion space), ``mld`` (latent), ``lcm`` (distilled from its teacher backbone's run, ``mld``)."""
-        from .commands.pretrain import load_training_data
         from .diffusion.registry import backbone_spec
         from .diffusion.train import pretrain, pretrain_config
+        from .diffusion.training_data import load_training_data
 
         spec = backbone_spec(kind)
         teacher = self.backbone(spec.teacher) if spec.teacher else None
@@ -409,3 +410,27 @@ def notebook_workbench(profile: str, *, seed: int = 0, device: str = "auto", cac
     out.mkdir(parents=True, exist_ok=True)
     print(f"data {wb.data} | device {wb.torch_device} | profile {profile}, seed {seed} | results -> {out}")
     return wb, out
+
+
+class NotebookSetup(NamedTuple):
+    """What a claim notebook's setup cell binds: the workbench, the output folder and the label of its figures."""
+
+    wb: Workbench
+    out: Path
+    figure_label: str
+
+
+def notebook_setup(name: str, profile: str, *, seed: int = 0, device: str = "auto", cache: str | Path = ".cache",
+                   data: str | Path = "", out_dir: str | None = None, progress: bool = True) -> NotebookSetup:
+    """The setup cell of every claim notebook, after ``from easytune_lab.notebook import *``::
+
+        wb, out, figure_label = notebook_setup("02_chain_coefficients", profile, seed=seed, device=device,
+                                               cache=cache, data=data, out_dir=out_dir)
+
+    :func:`notebook_workbench` for the parameters cell's values (``out_dir`` defaults to
+    ``results/{profile}/<name>``), and the label every figure of notebook ``name`` carries
+    (:func:`easytune_lab.viz.plots.run_label`: profile, seed and notebook)."""
+    wb, out = notebook_workbench(profile, seed=seed, device=device, cache=cache, data=data,
+                                 out_dir=f"results/{{profile}}/{name}" if out_dir is None else out_dir,
+                                 progress=progress)
+    return NotebookSetup(wb, out, run_label(profile, seed, name))

@@ -7,16 +7,21 @@ config dataclass per profile; this module only validates the name.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import math
 import os
 import random
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm import tqdm as text_bar
 
-from .errors import UserError
+from .errors import NonFiniteError, UserError
 
 PROFILES = ("smoke", "quick", "paper")
 
@@ -29,8 +34,6 @@ def check_profile(profile: str) -> str:
 
 def resolve_device(device: str = "auto"):
     """``auto`` -> ``cuda`` when available, else ``cpu``; ``cuda`` without a GPU is a user error."""
-    import torch
-
     if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -42,8 +45,6 @@ def resolve_device(device: str = "auto"):
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
-    import torch
-
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -103,8 +104,6 @@ def reference_path():
 def compile_unavailable(device) -> str | None:
     """Why ``torch.compile`` cannot run here (None if it can): inductor needs a C compiler for CPU code and a
     Python version dynamo supports."""
-    import torch
-
     if not hasattr(torch, "compile"):
         return f"torch {torch.__version__} has no torch.compile"
     try:
@@ -126,8 +125,6 @@ def compile_forward(module, device) -> bool:
     Where compiling is not possible (:func:`compile_unavailable`), or the compiled call fails the first time it
     runs, the module stays eager after one warning line on stderr. Returns whether the compiled forward is used.
     """
-    import torch
-
     reason = compile_unavailable(device)
     if reason is not None:
         print(f"warning: --compile: {reason}; running eager", file=sys.stderr)
@@ -160,10 +157,10 @@ def progress_bar(iterable=None, **kwargs):
     saved output, where a widget would be stored at its first state. ``EASYTUNE_PROGRESS=text|widget`` overrides."""
     choice = os.environ.get("EASYTUNE_PROGRESS", "auto")
     if choice == "widget" or (choice == "auto" and os.environ.get("JPY_SESSION_NAME")):
-        from tqdm.auto import tqdm
-    else:
-        from tqdm import tqdm
-    return tqdm(iterable, **kwargs)
+        from tqdm.auto import tqdm as widget_bar  # imports ipywidgets
+
+        return widget_bar(iterable, **kwargs)
+    return text_bar(iterable, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------ numeric options
@@ -184,8 +181,6 @@ class NumberRange:
         self.__name__ = kind.__name__  # argparse names the type in its messages
 
     def contains(self, value: float) -> bool:
-        import math
-
         if isinstance(value, float) and not math.isfinite(value):
             return False
         if self.kind is int and float(value) != int(value):
@@ -210,9 +205,6 @@ class NumberRange:
         return "a finite number"
 
     def __call__(self, text: str):
-        import argparse
-        import math
-
         try:
             value = int(text, 10) if self.kind is int else float(text)
         except (TypeError, ValueError):
@@ -252,10 +244,6 @@ SECONDS = real(0.0, 10**7, low_open=True)
 def check_finite_loss(loss, stage: str, step: int) -> None:
     """Stop a trainer whose loss became NaN/Inf (:class:`~easytune_lab.errors.NonFiniteError`, exit 3); every
     rank computes the same all-gathered loss, so every rank stops alike."""
-    import math
-
-    from .errors import NonFiniteError
-
     value = float(loss.detach()) if hasattr(loss, "detach") else float(loss)
     if not math.isfinite(value):
         raise NonFiniteError(f"{stage}: the loss became {value} at step {step}; stopped before updating the "
@@ -275,8 +263,6 @@ def _nearest_existing(path: Path) -> Path:
 def probe_writable(directory: Path) -> None:
     """Create and remove a temporary file in ``directory``: the OS's own answer to "can I write here?"
     (permissions, read-only mounts, a full disk for new inodes), which ``os.access`` does not give for root."""
-    import tempfile
-
     fd, tmp = tempfile.mkstemp(prefix=".easytune-probe-", dir=directory)
     os.close(fd)
     os.unlink(tmp)
@@ -315,8 +301,6 @@ class OutputPath:
         self.__name__ = "directory" if directory else "file"
 
     def __call__(self, text: str) -> Path:
-        import argparse
-
         try:
             return check_output(text, self.directory, self.suffixes)
         except ValueError as exc:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from easytune_lab.analysis.memory import SavedTensorMeter
+from easytune_lab.memory import SavedTensorMeter
 from easytune_lab.finetune.loop import LoopConfig, run_trajectory
 from easytune_lab.finetune.policy import POLICIES, PolicyConfig, graph_steps, make_policy
 

@@ -49,7 +49,8 @@ def test_every_figure_is_shown_and_every_table_names_its_run(path):
         if csv != "paper_reference_claims.csv":   # the paper's claims, not our numbers
             assert re.search(r'write_table\(\w+, out / "%s", profile, seed' % re.escape(csv), source), \
                 f"{path.name}: {csv} is not written with write_table"
-    assert f'figure_label = run_label(profile, seed, "{path.stem}")' in source
+    # notebook_setup labels the figures with run_label(profile, seed, <notebook>) (tests/test_notebook_setup.py)
+    assert f'wb, out, figure_label = notebook_setup("{path.stem}", profile, seed=seed,' in source
     # assigned once, never rebound by a loop or a later cell (a figure would name something else)
     assert len(re.findall(r"\bfigure_label\s*=[^=]|\bfigure_label\s*,[^\n]*=", source)) == 1, path.name
     assert not re.search(r"^\s*for\b[^\n]*\bfigure_label\b", source, re.M), path.name

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..data.check import check_dataset
+from ..data.humanml import read_motion
 from ..errors import UserError
+from ..motion.synth import generate_dataset
 from ..runtime import OutputPath, SEED, integer
+from ..viz.playback import write_motion_html
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,8 +39,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from ..motion.synth import generate_dataset
-
     if args.num_motions < 20:
         raise UserError(f"--num-motions: must be at least 20 (got {args.num_motions})")
     if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
@@ -48,8 +50,6 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from ..data.check import check_dataset
-
     report = check_dataset(args.dir, skeleton=args.skeleton)
     if report.problems:
         for line in report.problems:
@@ -61,9 +61,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from ..data.humanml import read_motion
-    from ..viz.playback import write_motion_html
-
     if args.out.suffix.lower() not in {".html", ".htm"}:
         raise UserError(f"--out {args.out}: must end in .html")
     features, captions = read_motion(args.dir, args.id)

@@ -7,22 +7,22 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..eval.metrics import PROTOCOLS
-from ..runtime import OutputPath, SEED, STEPS_T, integer, real
-from ..runs import add_allow_pickle, run_path
+from ..eval.protocol import (BASELINES, GroundTruth, ProtocolConfig, evaluate, generated_source, generator_source,
+                             load_actions, noise_source, oracle_function, repeat_source, shuffled_source)
+from ..eval.t2m import parse_evaluator_spec, resolve_evaluator
+from ..io import write_json
+from ..runs import add_allow_pickle, make_manifest, run_path
+from ..runtime import OutputPath, SEED, STEPS_T, check_json_out, integer, real, resolve_device
 from .options import renamed
 
 
 def model_argument(value: str) -> str:
     """``--model``: a baseline word as it is, else a generator run (a path or a name, :func:`run_path`)."""
-    from ..eval.protocol import BASELINES
-
     return value if value in BASELINES else str(run_path(value))
 
 
 def evaluator_argument(value: str) -> str:
     """``--evaluator``: ``t2m:DIR`` / ``kit:DIR`` as it is, else an evaluator run (a path or a name)."""
-    from ..eval.t2m import parse_evaluator_spec
-
     return value if parse_evaluator_spec(value) is not None else str(run_path(value))
 
 
@@ -60,14 +60,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..eval.protocol import (BASELINES, GroundTruth, ProtocolConfig, evaluate, generator_source,
-                                 generated_source, load_actions, noise_source, oracle_function,
-                                 repeat_source, shuffled_source)
-    from ..eval.t2m import resolve_evaluator
-    from ..io import write_json
-    from ..runs import make_manifest
-    from ..runtime import check_json_out, resolve_device
-
     if args.replications < 1:
         raise UserError(f"--replications: must be at least 1 (got {args.replications})")
     check_json_out(args.out)

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 from pathlib import Path
 
+import torch
+
+from .. import distributed as dist
 from ..errors import UserError
-from ..runtime import COUNT, OutputPath, SECONDS, SEED
+from ..eval.evaluator_train import EVALUATOR_SEED, profile_config, train_evaluator
 from ..runs import add_name_argument
+from ..runtime import COUNT, OutputPath, SECONDS, SEED, check_profile, default_threads
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,15 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import dataclasses
-    import os
-
-    import torch
-
-    from .. import distributed as dist
-    from ..eval.evaluator_train import EVALUATOR_SEED, profile_config, train_evaluator
-    from ..runtime import check_profile, default_threads
-
     check_profile(args.profile)
     if not args.data.is_dir():
         raise UserError(f"--data {args.data}: dataset directory not found")

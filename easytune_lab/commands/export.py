@@ -15,8 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.humanml import load_npy, read_motion
 from ..errors import UserError
+from ..motion.bvh import write_bvh
 from ..runtime import OutputPath, integer, real
+from ..viz.gif import write_gif
+from ..viz.playback import write_motion_html
 
 SKELETON_BY_WIDTH = {263: "t2m", 251: "kit", 22: "t2m", 21: "kit"}  # feature width or joint count
 
@@ -75,8 +79,6 @@ def _add_view_options(p: argparse.ArgumentParser) -> None:
 
 def load_motions(args: argparse.Namespace) -> tuple[list[np.ndarray], list[str]]:
     """Motions (features or joints) and default captions named by ``--data/--id`` or ``--features``."""
-    from ..data.humanml import load_npy, read_motion
-
     ids = args.ids if isinstance(args.ids, list) or args.ids is None else [args.ids]
     files = args.features if isinstance(args.features, list) or args.features is None else [args.features]
     if files and (ids or args.data is not None):
@@ -136,8 +138,6 @@ def _infer_skeleton(motion: np.ndarray) -> str:
 
 
 def cmd_bvh(args: argparse.Namespace) -> int:
-    from ..motion.bvh import write_bvh
-
     if args.out.suffix.lower() != ".bvh":
         raise UserError(f"--out {args.out}: must end in .bvh")
     if args.scale <= 0:
@@ -151,8 +151,6 @@ def cmd_bvh(args: argparse.Namespace) -> int:
 
 
 def cmd_gif(args: argparse.Namespace) -> int:
-    from ..viz.gif import write_gif
-
     motions, captions = load_motions(args)
     write_gif(motions, _captions(args, captions), args.out, fps=args.fps, follow=args.follow,
               trace=not args.no_trace, title=args.title)
@@ -161,8 +159,6 @@ def cmd_gif(args: argparse.Namespace) -> int:
 
 
 def cmd_html(args: argparse.Namespace) -> int:
-    from ..viz.playback import write_motion_html
-
     if args.out.suffix.lower() not in (".html", ".htm"):
         raise UserError(f"--out {args.out}: must end in .html")
     motions, captions = load_motions(args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..diffusion.training_data import load_training_data
 from ..errors import UserError
 from ..runtime import COUNT, OutputPath, SEED, integer, real
 from ..diffusion.registry import BACKBONES
@@ -48,19 +49,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_allow_pickle(p)
     add_name_argument(p)
     p.set_defaults(func=cmd_pretrain, distributed=True, lock="out")
-
-
-def load_training_data(root: Path, seed: int):
-    """The train split of ``root`` as :class:`~easytune_lab.diffusion.train.PretrainData`."""
-    from ..data.humanml import HumanMLDataset, collate_motions
-    from ..diffusion.text_encoder import build_text_vocabulary
-    from ..diffusion.train import PretrainData
-
-    if not root.is_dir():
-        raise UserError(f"--data {root}: dataset directory not found")
-    ds = HumanMLDataset(root, split="train", mode="train", seed=seed)
-    vocab = build_text_vocabulary(c.text for clip in ds.clips for c in clip.captions)
-    return PretrainData(ds, collate_motions, vocab, ds.mean, ds.std, source=str(root))
 
 
 def _set_dropout(config, dropout: float) -> None:

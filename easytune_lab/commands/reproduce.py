@@ -23,9 +23,13 @@ import os
 import time
 from pathlib import Path
 
+from ..data.check import check_dataset
+from ..data.humanml import read_motion
 from ..errors import UserError
+from ..io import write_json, write_text
+from ..pipeline import workbench
 from ..runtime import OutputPath, SEED, check_profile, integer
-from ..io import write_json
+from ..viz.playback import write_motion_html
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 MAIN_TABLE = Path("04_main_results") / "main_table.csv"
@@ -215,8 +219,6 @@ def main_table_markdown(csv_path: Path) -> str:
 
 def print_main_table(results: Path) -> None:
     """Print the main table and write it as Markdown beside the CSV (``main_table.md``, what the README shows)."""
-    from ..io import write_text
-
     path = results / MAIN_TABLE
     if not path.is_file():
         print(f"[main table] {path} not written")
@@ -228,11 +230,6 @@ def print_main_table(results: Path) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from ..data.check import check_dataset
-    from ..data.humanml import read_motion
-    from ..pipeline import workbench
-    from ..viz.playback import write_motion_html
-
     check_profile(args.profile)
     notebooks = select_notebooks(args.notebooks)
     wb = workbench(args.profile, seed=args.seed, device=args.device, cache=args.cache, data=args.data,

@@ -11,8 +11,11 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
-from ..runtime import COUNT, OutputPath, SEED, integer, real
+from ..io import write_json
+from ..pipeline import results_dir
+from ..reward import pipeline as stages  # called as stages.<name>, so that tests can replace a stage
 from ..runs import add_allow_pickle, add_name_argument, run_path
+from ..runtime import COUNT, OutputPath, SEED, check_json_out, integer, real
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -88,53 +91,41 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..reward.pipeline import train_run
-
-    train_run(args.data, args.out, args.profile, args.seed, args.device, noise_aware=args.noise_aware,
-              epochs=args.epochs, schedule=args.schedule, text_model=args.text_model, init=args.init, progress=True)
+    stages.train_run(args.data, args.out, args.profile, args.seed, args.device, noise_aware=args.noise_aware,
+                     epochs=args.epochs, schedule=args.schedule, text_model=args.text_model, init=args.init,
+                     progress=True)
     return 0
 
 
 def cmd_spl(args: argparse.Namespace) -> int:
-    from ..reward.pipeline import spl_run
-
-    spl_run(args.reward, args.data, args.out, args.profile, args.seed, args.device, k=args.k,
-            weight=args.spl_weight, epochs=args.epochs, progress=True, mode=args.spl_mode)
+    stages.spl_run(args.reward, args.data, args.out, args.profile, args.seed, args.device, k=args.k,
+                   weight=args.spl_weight, epochs=args.epochs, progress=True, mode=args.spl_mode)
     return 0
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from ..reward.pipeline import study, summarise
-
     if not args.seeds or not args.noise_seeds:
         raise UserError("--seeds/--noise-seeds: give at least one seed each")
     if args.results is None:
-        from ..pipeline import results_dir
-
         args.results = results_dir(args.profile) / "reward"
     if args.summarise_only:
-        summarise(args.runs, args.results)
+        stages.summarise(args.runs, args.results)
     else:
-        study(args.data, args.runs, args.results, args.profile, args.seeds, args.noise_seeds, args.device)
+        stages.study(args.data, args.runs, args.results, args.profile, args.seeds, args.noise_seeds, args.device)
     print(f"wrote {args.results / 'spl.json'} and {args.results / 'noise_aware.json'}")
     return 0
 
 
 def _json_out(path: Path) -> None:
-    from ..runtime import check_json_out
-
     check_json_out(path)
     if not path.parent.is_dir():
         raise UserError(f"--out {path}: directory {path.parent} does not exist")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..io import write_json
-    from ..reward.pipeline import eval_run, parse_timesteps
-
-    timesteps = parse_timesteps(args.timesteps)
+    timesteps = stages.parse_timesteps(args.timesteps)
     _json_out(args.out)
-    retrieval = eval_run(args.reward, args.data, timesteps, args.device)
+    retrieval = stages.eval_run(args.reward, args.data, timesteps, args.device)
     write_json(args.out, {"reward": str(args.reward), "data": str(args.data), "retrieval": retrieval})
     for t in timesteps:
         print(f"t={t}: {_r1_line(retrieval[f't={t}'])}")
@@ -146,11 +137,9 @@ def _r1_line(metrics: dict) -> str:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from ..reward.pipeline import noise_sweep, parse_timesteps
-
-    timesteps = parse_timesteps(args.timesteps)
+    timesteps = stages.parse_timesteps(args.timesteps)
     _json_out(args.out)
-    summary = noise_sweep(args.runs, args.data, timesteps, args.out, args.device)
+    summary = stages.noise_sweep(args.runs, args.data, timesteps, args.out, args.device)
     for protocol in [k for k in summary if k.startswith("batch") or k == "all"]:
         for t in timesteps:
             row = summary[protocol][f"t={t}"]

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
+from ..runs import cache_root, list_runs, write_tensorboard
 
 COLUMNS = ("name", "stage", "what", "profile", "seed", "options", "status", "age", "path")
 HEADERS = {"what": "backbone/method"}
@@ -37,8 +38,6 @@ def format_table(rows: list[dict]) -> str:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from ..runs import cache_root, list_runs, write_tensorboard
-
     cache = args.cache or cache_root()
     rows = list_runs(cache)
     if args.stage:

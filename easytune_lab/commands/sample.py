@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+import numpy as np
+
+from ..diffusion.generate import load_generator
+from ..diffusion.text_encoder import TextConditioner
 from ..errors import UserError
-from ..runtime import OutputPath, SEED, STEPS_T, integer, real
+from ..io import write_npy
 from ..runs import add_allow_pickle, run_path
+from ..runtime import OutputPath, SEED, STEPS_T, integer, real
+from ..viz.playback import write_motion_html
 from .options import renamed
 
 
@@ -34,10 +41,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def warn_unknown_words(backbone, texts: list[str]) -> list[str]:
     """One warning (stderr) naming the caption words the backbone's text encoder does not know: each is read as
     ``<unk>``, so the motion ignores it. Returns those words."""
-    import sys
-
-    from ..diffusion.text_encoder import TextConditioner
-
     encoders = [m for m in backbone.modules() if isinstance(m, TextConditioner)]
     unknown = encoders[0].unknown_words(texts) if encoders else []
     if unknown:
@@ -48,11 +51,6 @@ def warn_unknown_words(backbone, texts: list[str]) -> list[str]:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from ..diffusion.generate import load_generator
-    from ..io import write_npy
-
     suffix = args.out.suffix.lower()
     if suffix not in {".npy", ".html", ".htm"}:
         raise UserError(f"--out {args.out}: must end in .npy or .html")
@@ -68,8 +66,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if suffix == ".npy":
         write_npy(args.out, np.stack(motions).astype(np.float32))
     else:
-        from ..viz.playback import write_motion_html
-
         write_motion_html(motions, texts, args.out, title=f"{args.run.name}: {gen.config.backbone}")
     print(f"wrote {len(motions)} motion(s) of {motions[0].shape[0]} frames to {args.out}")
     return 0

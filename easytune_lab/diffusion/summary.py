@@ -56,34 +56,3 @@ def write_summary(path: str | Path, summary: dict) -> None:
     from ..io import write_json
 
     write_json(path, summary)
-
-
-def oracle_check(run_dir: str | Path, data_dir: str | Path, num: int = 24, split: str = "test", seed: int = 0,
-                 device: str = "cpu") -> dict:
-    """Rule-based oracle accuracy (:func:`easytune_lab.eval.oracle.oracle_accuracy`) of generations for the
-    first ``num`` motions of a procedural ``split`` (first caption, ground-truth length rounded down to a
-    multiple of 4), next to the same score of the ground-truth motions themselves."""
-    from ..data.humanml import read_motion, read_split
-    from ..eval.oracle import oracle_accuracy
-    from ..eval.protocol import features_to_joints, load_actions
-
-    actions = load_actions(data_dir)
-    if actions is None:
-        raise FileNotFoundError(f"{data_dir}: no attributes.jsonl (not procedural data)")
-    gen = load_generator(run_dir, device)
-    ids = [m for m in read_split(data_dir, split) if m in actions][:num]
-    texts, lengths, gt = [], [], []
-    for motion_id in ids:
-        feats, captions = read_motion(data_dir, motion_id)
-        n = min(feats.shape[0], gen.max_frames) // 4 * 4
-        texts.append(captions[0])
-        lengths.append(n)
-        gt.append(features_to_joints(feats[:n]))
-    start = time.perf_counter()
-    motions = gen.generate(texts, lengths, seed=seed)
-    seconds = time.perf_counter() - start
-    claims = [actions[m] for m in ids]
-    return {"split": split, "motions": len(ids), "seconds": round(seconds, 1),
-            "generated": oracle_accuracy([features_to_joints(m) for m in motions], claims),
-            "ground_truth": oracle_accuracy(gt, claims),
-            "shuffled_claims": oracle_accuracy([features_to_joints(m) for m in motions], claims[1:] + claims[:1])}

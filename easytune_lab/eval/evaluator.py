@@ -28,6 +28,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from ..data.text import NUM_POS, Vocabulary, parse_caption_line, plain_tokens
 from ..errors import UserError
+from ..io import atomic_path
 from ..runs import load_state_strict, load_tensors, manifest_config, read_manifest, read_normalisation, weights_file
 
 EVALUATOR_KIND = "evaluator"
@@ -167,8 +168,6 @@ def load_evaluator(run_dir: str | Path, device: str | torch.device = "cpu") -> L
 
 
 def save_normalisation(path: str | Path, mean: np.ndarray, std: np.ndarray) -> None:
-    from ..io import atomic_path
-
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, mean=np.asarray(mean, np.float32), std=np.asarray(std, np.float32))

@@ -27,8 +27,8 @@ Replications are summarised as mean ± 1.96·std/√n (:func:`easytune_lab.eval.
 
 from __future__ import annotations
 
-import importlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -36,10 +36,15 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..data.humanml import HumanMLDataset
+from ..data.humanml import HumanMLDataset, read_motion, read_split
+from ..diffusion.generate import load_generator
 from ..errors import UserError
+from ..motion.features import recover_from_ric
+from ..runs import read_manifest
+from ..runtime import progress_bar as tqdm
 from . import metrics as M
 from .evaluator import LoadedEvaluator, embed_motions, embed_text_tensors
+from .oracle import oracle_accuracy
 
 # A motion source: (captions, lengths, rows) -> raw (un-normalised) features, one (length_i, D) array per row.
 MotionSource = Callable[[list[str], np.ndarray, "EvalRows"], Sequence[np.ndarray]]
@@ -207,23 +212,14 @@ def generator_source(run_dir: str | Path, device: torch.device | str = "cpu", **
 
     ``sampling`` (``sampler``, ``steps``, ``guidance``; None keeps the run's default) is passed to every call.
 
-    Uses the diffusion module's ``load_generator(run, device).generate(texts, lengths, seed)``. Raises UserError
-    when ``run_dir`` is not a run, is a run of a non-generating kind, or the diffusion module is unavailable.
+    Uses :func:`easytune_lab.diffusion.generate.load_generator` ``(run, device).generate(texts, lengths, seed)``.
+    Raises UserError when ``run_dir`` is not a run or is a run of a non-generating kind.
     """
-    from ..runs import read_manifest
-
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     kind = manifest.get("kind")
     if kind in ("evaluator", "reward", "eval"):
         raise UserError(f"--model {run_dir}: is a '{kind}' run, not a generator (a backbone or fine-tuned run)")
-    try:
-        module = importlib.import_module("easytune_lab.diffusion.generate")
-        load_generator = getattr(module, "load_generator")
-    except (ImportError, AttributeError):
-        raise UserError(f"--model {run_dir}: evaluating generator runs needs "
-                        f"easytune_lab.diffusion.generate.load_generator, which is not available "
-                        f"(use --model gt)") from None
     model = load_generator(run_dir, torch.device(device))
     options = {k: v for k, v in sampling.items() if v is not None}
     return lambda texts, lengths, seed: model.generate(list(texts), [int(n) for n in lengths], seed=int(seed),
@@ -273,18 +269,39 @@ def _valid_actions(actions) -> bool:
 
 
 def oracle_function():
-    """``easytune_lab.eval.oracle.oracle_accuracy`` when that module exists, else None."""
-    try:
-        module = importlib.import_module("easytune_lab.eval.oracle")
-    except ImportError:
-        return None
-    return getattr(module, "oracle_accuracy", None)
+    """The rule-based judge of procedural motions, :func:`easytune_lab.eval.oracle.oracle_accuracy`."""
+    return oracle_accuracy
 
 
 def features_to_joints(features: np.ndarray) -> np.ndarray:
-    from ..motion.features import recover_from_ric
-
     return np.asarray(recover_from_ric(np.asarray(features, dtype=np.float32)))
+
+
+def oracle_check(run_dir: str | Path, data_dir: str | Path, num: int = 24, split: str = "test", seed: int = 0,
+                 device: str = "cpu") -> dict:
+    """Rule-based oracle accuracy (:func:`easytune_lab.eval.oracle.oracle_accuracy`) of generations for the
+    first ``num`` motions of a procedural ``split`` (first caption, ground-truth length rounded down to a
+    multiple of 4), next to the same score of the ground-truth motions themselves."""
+    actions = load_actions(data_dir)
+    if actions is None:
+        raise FileNotFoundError(f"{data_dir}: no attributes.jsonl (not procedural data)")
+    gen = load_generator(run_dir, device)
+    ids = [m for m in read_split(data_dir, split) if m in actions][:num]
+    texts, lengths, gt = [], [], []
+    for motion_id in ids:
+        feats, captions = read_motion(data_dir, motion_id)
+        n = min(feats.shape[0], gen.max_frames) // 4 * 4
+        texts.append(captions[0])
+        lengths.append(n)
+        gt.append(features_to_joints(feats[:n]))
+    start = time.perf_counter()
+    motions = gen.generate(texts, lengths, seed=seed)
+    seconds = time.perf_counter() - start
+    claims = [actions[m] for m in ids]
+    return {"split": split, "motions": len(ids), "seconds": round(seconds, 1),
+            "generated": oracle_accuracy([features_to_joints(m) for m in motions], claims),
+            "ground_truth": oracle_accuracy(gt, claims),
+            "shuffled_claims": oracle_accuracy([features_to_joints(m) for m in motions], claims[1:] + claims[:1])}
 
 
 # ------------------------------------------------------------------------------------------------------ protocol
@@ -330,8 +347,6 @@ def evaluate(ev: LoadedEvaluator, gt: GroundTruth, source: MotionSource, config:
     Returns ``{metric: {"mean", "ci95"}}`` for :data:`METRIC_KEYS`, plus ``multimodality`` when ``mm_generate``
     is given and ``oracle_accuracy`` when ``actions`` and ``oracle`` are, and ``per_replication`` values.
     """
-    from ..runtime import progress_bar as tqdm
-
     if len(gt.motions) < config.group_size:
         raise UserError(f"--split {config.split}: {len(gt.motions)} clips, fewer than one R-Precision group of "
                         f"{config.group_size}")

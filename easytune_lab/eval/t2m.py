@@ -47,7 +47,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from ..data.text import NUM_POS, SPECIALS, Vocabulary
 from ..errors import UserError
-from .evaluator import UNIT_LENGTH, EvaluatorConfig, LoadedEvaluator
+from .evaluator import EvaluatorConfig, LoadedEvaluator, UNIT_LENGTH, load_evaluator
 
 
 @dataclass(frozen=True)
@@ -333,6 +333,5 @@ def resolve_evaluator(spec: str | Path, device: str | torch.device = "cpu",
     """``--evaluator``: ``t2m:DIR`` / ``kit:DIR`` (the published evaluator) or a run of ``easytune evaluator train``."""
     if parse_evaluator_spec(str(spec)) is not None:
         return load_t2m_evaluator(str(spec), device, allow_pickle)
-    from .evaluator import load_evaluator
 
     return load_evaluator(spec, device)

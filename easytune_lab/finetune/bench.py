@@ -24,8 +24,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..analysis.memory import memory_probe
 from ..diffusion.trajectory import denoise
+from ..memory import memory_probe
 from .methods import method_spec
 from .train import Finetuner, finetune_config
 

@@ -7,7 +7,7 @@ A researcher with a GPU for a few minutes gets, in one JSON file naming the devi
   (K = min(50, T)), AlignProp and DRTune. On CUDA ``peak_bytes`` is ``torch.cuda.max_memory_allocated`` above
   what was allocated when the trajectory began and ``peak_allocated_bytes`` the absolute peak (both after
   ``reset_peak_memory_stats``); on CPU it is the autograd graph's saved bytes
-  (:mod:`easytune_lab.analysis.memory`), so the same command runs in CI.
+  (:mod:`easytune_lab.memory`), so the same command runs in CI.
 * **time**: each method's wall time for one training trajectory (a second, warm trajectory, synchronised), the
   same trajectory sampled without gradient, and a plain supervised training step of the backbone (the pretraining
   loss, backward, optimiser step) at the same batch size.
@@ -31,8 +31,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..analysis.memory import memory_probe
 from ..diffusion.trajectory import denoise
+from ..memory import memory_probe
 from .train import Finetuner, finetune_config
 
 CHECK_STEPS = (10, 20, 50)

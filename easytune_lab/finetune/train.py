@@ -38,8 +38,8 @@ import numpy as np
 import torch
 
 from .. import distributed as dist
-from ..analysis.memory import memory_probe
 from ..diffusion.registry import backbone_spec
+from ..memory import memory_probe
 from ..errors import NonFiniteError, UserError
 from ..io import write_json
 from ..runs import (check_resume_parents, checkpoint_writer, config_to_dict, dataset_identity, find_checkpoint,

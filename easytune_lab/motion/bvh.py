@@ -30,10 +30,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 from ..errors import UserError
 from ..io import write_text
+from .features import feature_layout, joints_num_for_dim, recover_root_rot_pos, to_joints
+from .quaternion import cont6d_to_quat
+from .skeleton import forward_kinematics, get_skeleton
 
 ROOT_CHANNELS = ("Xposition", "Yposition", "Zposition", "Zrotation", "Yrotation", "Xrotation")
 JOINT_CHANNELS = ("Zrotation", "Yrotation", "Xrotation")
@@ -214,6 +216,8 @@ def joints_to_bvh(
     scale: float = 1.0,
 ) -> BvhMotion:
     """Build a :class:`BvhMotion` (hierarchy + ZYX Euler channels) reproducing ``joints`` (T, J, 3)."""
+    from scipy.spatial.transform import Rotation  # heavy import, needed only when a BVH file is written
+
     joints = np.asarray(joints, dtype=np.float64) * scale
     num = joints.shape[1]
     parents = parents_from_chains(chains, num)
@@ -415,7 +419,6 @@ def motion_joints(features_or_joints: Any, skeleton: str = "t2m", source: str = 
         raise UserError(f"motion: expected features (T, D) or joints (T, J, 3), got shape {arr.shape}")
     if source == "rot6d":
         return rot6d_joints(arr, skeleton)
-    from ..viz.playback import to_joints
 
     return to_joints(arr)
 
@@ -427,10 +430,6 @@ def rot6d_joints(features: np.ndarray, skeleton: str = "t2m") -> np.ndarray:
     ``recover_from_rot``); joint j's 6-D rotation (``feature_layout['rot6d']``, joints 1..J-1) is the local
     rotation of the bone ending at j, as in HumanML3D's forward kinematics.
     """
-    from .features import feature_layout, joints_num_for_dim, recover_root_rot_pos
-    from .quaternion import cont6d_to_quat
-    from .skeleton import forward_kinematics, get_skeleton
-
     skel = get_skeleton(skeleton)
     num = joints_num_for_dim(features.shape[1])
     if num != skel.num_joints:
@@ -458,8 +457,6 @@ def write_bvh(
     :func:`bvh_forward_kinematics` returns the positions (exactly, up to printing, for a rigid skeleton).
     Returns the :class:`BvhMotion` written.
     """
-    from .skeleton import get_skeleton
-
     if fps <= 0:
         raise UserError(f"--fps: must be positive (got {fps})")
     if skeleton not in ("t2m", "kit"):

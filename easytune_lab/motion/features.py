@@ -297,3 +297,37 @@ def recover_from_rot(features: Array, skeleton: Skeleton | str = "t2m") -> Array
     d6 = d6.reshape(tuple(d6.shape[:-1]) + (skel.num_joints - 1, 6))
     quats = _cat([r_rot_quat[..., None, :], cont6d_to_quat(d6)], axis=-2)
     return forward_kinematics(quats, r_pos, skel)
+
+
+# Flattened joint positions (J * 3) for t2m / KIT, accepted by :func:`to_joints` next to features and joints.
+JOINTS_BY_DIM = {66: 22, 63: 21}
+
+
+def to_joints(motion: Any) -> np.ndarray:
+    """Joint positions ``(T, J, 3)`` (float64 NumPy) of a motion given as features ``(T, D)``, flat joints
+    ``(T, J*3)`` or joints ``(T, J, 3)``, as a NumPy array or a torch tensor.
+
+    Features of width 263 (HumanML3D, 22 joints) or 251 (KIT-ML, 21 joints) are decoded with
+    :func:`recover_from_ric` (rotation-invariant coordinates + root integration).
+    """
+    arr = _float64(motion)
+    if arr.ndim == 3 and arr.shape[-1] == 3:
+        joints = arr
+    elif arr.ndim == 2 and arr.shape[1] in JOINTS_BY_DIM:
+        joints = arr.reshape(arr.shape[0], JOINTS_BY_DIM[arr.shape[1]], 3)
+    elif arr.ndim == 2:
+        num_joints = joints_num_for_dim(arr.shape[1])  # UserError unless 12 J - 1 (263 HumanML3D, 251 KIT)
+        joints = _float64(recover_from_ric(arr.astype(np.float32), num_joints))
+    else:
+        raise UserError(f"motion: expected features (T, D) or joints (T, J, 3), got shape {tuple(arr.shape)}")
+    if joints.shape[0] == 0:
+        raise UserError("motion: has no frames")
+    if not np.all(np.isfinite(joints)):
+        raise UserError("motion: joint positions contain NaN or Inf")
+    return joints
+
+
+def _float64(motion: Any) -> np.ndarray:
+    if hasattr(motion, "detach"):  # torch tensor
+        motion = motion.detach().cpu().numpy()
+    return np.asarray(motion, dtype=np.float64)

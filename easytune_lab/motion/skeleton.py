@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.ndimage import gaussian_filter1d
 
 from ..errors import UserError
 from .quaternion import is_torch, qbetween, qinv, qmul, qrot, stack
@@ -255,6 +254,8 @@ def facing_direction(joints: np.ndarray, skeleton: Skeleton | str, smooth_sigma:
     across = across / np.linalg.norm(across, axis=-1, keepdims=True)
     forward = np.cross(np.array([0.0, 1.0, 0.0]), across)
     if smooth_sigma > 0:
+        from scipy.ndimage import gaussian_filter1d  # scipy.ndimage takes ~0.5 s to import; only IK needs it
+
         forward = gaussian_filter1d(forward, smooth_sigma, axis=-2, mode="nearest")
     return forward / np.linalg.norm(forward, axis=-1, keepdims=True)
 

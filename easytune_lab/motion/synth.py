@@ -25,12 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import gaussian_filter1d
+import torch
 
 from ..errors import UserError
 from ..io import write_json, write_npy, write_text
+from ..runtime import progress_bar as tqdm
 from .actions import FAMILIES, FOOT_JOINTS, FPS, POSE_KEYS, animate, concatenate, pose_to_local_quats
 from .captions import make_captions, texts_file
+from .features import feature_layout, joints_to_features, recover_from_ric
+from .quaternion import quat_about_y
+from .skeleton import T2M, forward_kinematics
 
 GENERATOR_VERSION = "1.1"
 # joint frames per motion: the features (one frame fewer) then have 40..196 frames, HumanML3D's range
@@ -140,6 +144,8 @@ class Motion:
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], scale: float, sigma: float = 6.0) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter1d  # heavy import (~0.5 s); only generation needs it
+
     noise = gaussian_filter1d(rng.standard_normal(shape), sigma, axis=0, mode="nearest")
     return scale * noise / max(float(noise.std()), 1e-9)
 
@@ -150,9 +156,6 @@ def synthesize(plan: list[dict], rng: np.random.Generator) -> Motion:
     The root height keeps the lowest foot joint on the ground (plus each clip's flight ``lift``); the root
     moves with the clips' heading-frame velocities and turns with their yaw rates from a random facing.
     """
-    from .quaternion import quat_about_y
-    from .skeleton import T2M, forward_kinematics
-
     clips = [animate(a["family"], a["attributes"], a["frames"], rng) for a in plan]
     clip = concatenate(clips)
     n = clip.num_frames
@@ -191,8 +194,6 @@ def _moments(x: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
 def make_motion(seed: int, index: int, out_dir: Path | None = None) -> dict:
     """Generate motion ``index``: features, processed joints, captions; write them under ``out_dir``
     (HumanML3D layout) if given. Returns its record (id, frames, actions, captions, moments)."""
-    from .features import joints_to_features, recover_from_ric
-
     plan, base = motion_plan(seed, index)
     motion = synthesize(plan, _rng(seed, index, _ANIM))
     features = joints_to_features(motion.joints).astype(np.float32)
@@ -225,8 +226,6 @@ def split_ids(ids: list[str], seed: int) -> dict[str, list[str]]:
 def block_std(std: np.ndarray, joints_num: int = 22) -> np.ndarray:
     """HumanML3D ``mean_variance``: replace the Std of each feature block (root rot vel, root lin vel,
     root y, ric, rot6d, local vel, foot contacts) by the block's average (all divided by 1.0 there)."""
-    from .features import feature_layout
-
     out = np.array(std, dtype=np.float64)
     for sl in feature_layout(joints_num).values():
         out[sl] = out[sl].mean()
@@ -249,12 +248,7 @@ def combine_moments(moments: list[tuple[int, np.ndarray, np.ndarray]]) -> tuple[
 
 
 def _worker_init() -> None:
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:  # pragma: no cover
-        pass
+    torch.set_num_threads(1)
 
 
 def _job(args: tuple[int, int, str]) -> dict:
@@ -310,8 +304,6 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
 
 
 def _run_jobs(seed: int, num_motions: int, tmp: Path, workers: int, progress: bool) -> list[dict]:
-    from ..runtime import progress_bar as tqdm
-
     jobs = [(seed, i, str(tmp)) for i in range(num_motions)]
     bar = tqdm(total=num_motions, desc="synth", unit="motion", disable=not progress)
     records: list[dict] = []

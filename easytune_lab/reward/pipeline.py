@@ -8,21 +8,27 @@ control (same extra epochs) over several seeds, and plain vs noise-aware reward 
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
+import torch
+
+from .. import distributed as dist
 from ..errors import UserError
+from ..io import write_json
+from ..runs import check_model_dir, make_manifest, read_manifest, write_manifest
+from ..runtime import check_profile, default_threads, parse_int_list, resolve_device, seed_everything
 from ..stats import interval, verdict
+from .retrieval import load_reward, save_reward
+from .train import (SPL_MODES, evaluate_reward, load_splits, official_spl, profile_configs, refine_spl,
+                    train_reward)
 
 
 def _prepare(data: Path, out: Path, profile: str, device: str, seed: int):
-    import torch
-
-    from .. import distributed as dist
-    from ..runtime import check_profile, default_threads, seed_everything
-
     check_profile(profile)
     if not Path(data).is_dir():
         raise UserError(f"--data {data}: dataset directory not found")
@@ -38,8 +44,6 @@ def _prepare(data: Path, out: Path, profile: str, device: str, seed: int):
 
 def _feature_width(data: Path) -> int | None:
     """The feature width of a dataset (its Mean.npy), or None when it has none (the loader reports that)."""
-    import numpy as np
-
     try:
         return int(np.load(Path(data) / "Mean.npy", mmap_mode="r", allow_pickle=False).shape[0])
     except (OSError, ValueError, IndexError):
@@ -55,8 +59,6 @@ def _check_width(data: Path, reward, flag: str, run: Path) -> None:
 
 def _check_sizes(data: Path, cfg, batch_size: int, train_idx, test_idx) -> None:
     """Up front, before any training: the batches and the retrieval protocol fit the data and the processes."""
-    from .. import distributed as dist
-
     effective = min(batch_size, len(train_idx))
     if len(train_idx) < 2:
         raise UserError(f"--data {data}/train.txt: needs at least 2 usable motions, got {len(train_idx)}")
@@ -70,11 +72,6 @@ def _check_sizes(data: Path, cfg, batch_size: int, train_idx, test_idx) -> None:
 
 
 def _write_run(out: Path, kind: str, config, reward, metrics: dict, seed: int, device, parents=None) -> None:
-    from .. import distributed as dist
-    from ..io import write_json
-    from ..runs import make_manifest, write_manifest
-    from .retrieval import save_reward
-
     if not dist.is_main():                      # rank 0 writes; the others wait for it
         dist.barrier()
         return
@@ -88,14 +85,10 @@ def _write_run(out: Path, kind: str, config, reward, metrics: dict, seed: int, d
 
 def _evaluate(reward, test, test_idx, device, timesteps, eval_batch) -> dict | None:
     """Test-split retrieval metrics, measured on rank 0 only (None elsewhere)."""
-    from .. import distributed as dist
-    from .train import evaluate_reward
-
     if not dist.is_main():
         return None
     if dist.world_size() == 1:
         return evaluate_reward(reward, test, test_idx, device, timesteps, eval_batch, seed=0)
-    import torch
 
     with torch.random.fork_rng(devices=[]):  # the global generator must advance alike on every rank
         return evaluate_reward(reward, test, test_idx, device, timesteps, eval_batch, seed=0)
@@ -116,9 +109,6 @@ def train_run(data: Path, out: Path, profile: str = "quick", seed: int = 0, devi
     ``init``: a reward run to start from instead of a fresh reward (:func:`.train.warm_start`): a plain run that the
     noise-aware R(x_t, t, c) starts from, or the run to continue for the profile's epochs.
     """
-    from .retrieval import load_reward
-    from .train import load_splits, profile_configs, train_reward
-
     data, out = Path(data), Path(out)
     dev = _prepare(data, out, profile, device, seed)
     cfg, _ = profile_configs(profile, noise_aware=noise_aware)
@@ -131,8 +121,6 @@ def train_run(data: Path, out: Path, profile: str = "quick", seed: int = 0, devi
     if text_model is not None:
         if not Path(text_model).is_dir():
             raise UserError(f"--text-model {text_model}: local model directory not found (models are never downloaded)")
-        from ..runs import check_model_dir
-
         check_model_dir(text_model, "--text-model")
         cfg.model = dataclasses.replace(cfg.model, text_model_path=str(Path(text_model).resolve()))
     start_from = None
@@ -163,9 +151,6 @@ def spl_run(reward_dir: Path, data: Path, out: Path, profile: str = "quick", see
     """``easytune reward spl``: refine a reward run; ``weight=0`` is the no-SPL control (same extra epochs).
     ``mode``: ``ours`` (the profile's SPL) or ``official`` (the authors' loss and settings,
     :func:`~easytune_lab.reward.train.official_spl`); ``k``/``weight``/``epochs`` then override either."""
-    from .retrieval import load_reward
-    from .train import SPL_MODES, evaluate_reward, load_splits, official_spl, profile_configs, refine_spl
-
     if mode not in SPL_MODES:
         raise UserError(f"spl mode: unknown mode '{mode}' (choose {', '.join(SPL_MODES)})")
 
@@ -252,8 +237,6 @@ def study(data: Path, runs_dir: Path, results_dir: Path, profile: str = "quick",
 
 
 def _read_runs(runs_dir: Path, prefix: str) -> dict[int, dict]:
-    import json
-
     out = {}
     for path in sorted(runs_dir.glob(f"{prefix}-s*/metrics.json")):
         out[int(path.parent.name.rsplit("-s", 1)[1])] = json.loads(path.read_text())
@@ -261,8 +244,6 @@ def _read_runs(runs_dir: Path, prefix: str) -> dict[int, dict]:
 
 
 def _schedule_of(run_dir: Path) -> str:
-    from ..runs import read_manifest
-
     return read_manifest(run_dir)["config"]["model"]["schedule"]
 
 
@@ -273,8 +254,6 @@ def summarise(runs_dir: Path, results_dir: Path) -> dict:
     and spread over seeds), ``results_dir/noise_aware.json`` (R@1 at each noise level, plain vs noise-aware,
     batch-of-32 and whole test split) and ``results_dir/runs.json`` (every run's metrics file).
     """
-    from ..io import write_json
-
     runs_dir, results_dir = Path(runs_dir), Path(results_dir)
     plain, spl, control, aware = (_read_runs(runs_dir, p) for p in ("plain", "spl", "control", "noise-aware"))
     seeds = sorted(set(plain) & set(spl) & set(control))
@@ -353,19 +332,12 @@ def summarise(runs_dir: Path, results_dir: Path) -> dict:
 def parse_timesteps(text: str, flag: str = "--timesteps") -> list[int]:
     """``"0,500,900"`` -> ``[0, 500, 900]``; every level in [0, 999] (the training schedule's indices), repeats
     dropped."""
-    from ..runtime import parse_int_list
-
     return list(dict.fromkeys(parse_int_list(text, flag, 0, 999, what="noise level")))
 
 
 def eval_run(reward_dir: Path, data: Path, timesteps: Sequence[int], device: str = "auto") -> dict:
     """Test-split retrieval of a finished reward run at each noise level in ``timesteps`` (its own split seed and
     test-item limit; fixed noise), ``{"t=<t>": {"all": ..., "batch<B>": ...}}`` as in the run's metrics."""
-    from ..runs import read_manifest
-    from ..runtime import resolve_device
-    from .retrieval import load_reward
-    from .train import evaluate_reward, load_splits
-
     reward_dir, data = Path(reward_dir), Path(data)
     if not (reward_dir / "manifest.json").is_file():
         raise UserError(f"--reward {reward_dir}: not a reward run (no manifest.json)")
@@ -384,8 +356,6 @@ def noise_sweep(runs_dir: Path, data: Path, timesteps: Sequence[int], out: Path,
                 log: Callable[[str], None] = print) -> dict:
     """Text→motion R@1 against noise level for the plain, noise-aware and plain-continued runs of a :func:`study`
     (every seed found), mean and spread over seeds, whole test split and batches; written to ``out`` (JSON)."""
-    from ..io import write_json
-
     runs_dir = Path(runs_dir)
     groups = {"plain": "plain", "noise_aware": "noise-aware", "plain_continued": "continued"}
     found = {key: sorted(runs_dir.glob(f"{prefix}-s*/metrics.json")) for key, prefix in groups.items()}

@@ -22,7 +22,9 @@ and passed through a transformer encoder; the summary token's output is projecte
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -31,8 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.text import Vocabulary, plain_tokens
 from ..diffusion.attention import TransformerEncoder
+from ..diffusion.backbone import frame_mask as lengths_mask
+from ..diffusion.schedule import NoiseSchedule
 from ..errors import UserError
+from ..runs import (WEIGHTS, check_model_dir, hf_pickle_kwargs, load_state_strict, load_tensors, manifest_config,
+                    read_manifest, save_tensors, weights_file)
 
 PAD_ID = 0   # data.text.Vocabulary's <pad>
 
@@ -67,8 +74,6 @@ class RewardModelConfig:
 def alphas_cumprod_for(schedule: str, num_train_timesteps: int = 1000) -> torch.Tensor:
     """ᾱ_t for t = 0..T−1 of the backbone's schedule (:class:`easytune_lab.diffusion.schedule.NoiseSchedule`:
     DDPM linear, latent-diffusion scaled_linear, or the cosine schedule of Nichol & Dhariwal 2021)."""
-    from ..diffusion.schedule import NoiseSchedule
-
     return NoiseSchedule.create(schedule, num_train_timesteps).alphas_cumprod.float()
 
 
@@ -100,10 +105,6 @@ class CaptionTokenizer:
 
     @classmethod
     def from_captions(cls, captions: Sequence[str], max_words: int = 30, min_count: int = 1) -> "CaptionTokenizer":
-        from collections import Counter
-
-        from ..data.text import Vocabulary, plain_tokens
-
         counts = Counter(t.word for c in captions for t in plain_tokens(c))
         words = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
         return cls(Vocabulary(words), max_words)
@@ -113,8 +114,6 @@ class CaptionTokenizer:
 
     def batch(self, texts: Sequence[str], device=None) -> torch.Tensor:
         """(B, L) int64 word ids, L = the longest framed caption of the batch."""
-        from ..data.text import plain_tokens
-
         rows, used = [], []
         for text in texts:
             ids, _, n = self.vocab.encode(plain_tokens(text), self.max_words)
@@ -217,7 +216,6 @@ class FrozenTextModel(nn.Module):
             from transformers import AutoModel, AutoTokenizer  # type: ignore
         except ImportError:
             raise UserError(f"--text-model {path}: the 'transformers' package is not installed") from None
-        from ..runs import check_model_dir, hf_pickle_kwargs
 
         check_model_dir(path, "--text-model")
         try:
@@ -346,8 +344,6 @@ class Reward(nn.Module):
 
 def frame_mask(features: torch.Tensor, mask: torch.Tensor | None = None, lengths=None) -> torch.Tensor:
     """Bool (B, T) mask of real frames from an explicit mask, from lengths, or all True."""
-    from ..diffusion.backbone import frame_mask as lengths_mask
-
     B, T = features.shape[:2]
     if mask is not None:
         return mask.to(features.device).bool()
@@ -369,8 +365,6 @@ def save_reward(reward: Reward, run_dir) -> None:
     The manifest (written by the caller with :func:`easytune_lab.runs.make_manifest`) must hold the model
     config under ``config["model"]``. A frozen HF text model is not copied; its path is in the config.
     """
-    from ..runs import WEIGHTS, save_tensors
-
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if reward.tokenizer is not None:
@@ -384,11 +378,6 @@ def load_reward(run_dir, device="cpu", trainable: bool = False) -> Reward:
     By default its parameters are frozen (``requires_grad=False``): fine-tuning back-propagates through the
     reward into the motion only. ``trainable=True`` is for further reward training (SPL).
     """
-    import dataclasses
-
-    from ..data.text import Vocabulary
-    from ..runs import load_state_strict, load_tensors, manifest_config, read_manifest, weights_file
-
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     if manifest.get("kind") not in REWARD_KINDS:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import tempfile
 import textwrap
@@ -29,10 +30,11 @@ import numpy as np
 
 from ..errors import UserError
 from ..io import write_text
+from ..motion.features import JOINTS_BY_DIM, to_joints  # noqa: F401 - re-exported (tests, notebooks)
+from ..motion.skeleton import forward_kinematics, get_skeleton
 
 # Colours of successive motions (skeleton lines); the root trajectory reuses them, lighter.
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
-JOINTS_BY_DIM = {66: 22, 63: 21}  # flattened joint positions (J * 3) for t2m / KIT
 
 
 @dataclass(frozen=True)
@@ -57,35 +59,8 @@ def _to_numpy(motion: Any) -> np.ndarray:
     return np.asarray(motion, dtype=np.float64)
 
 
-def to_joints(motion: Any) -> np.ndarray:
-    """Joint positions ``(T, J, 3)`` of a motion given as features ``(T, D)``, flat joints ``(T, J*3)`` or joints.
-
-    Features of width 263 (HumanML3D, 22 joints) or 251 (KIT-ML, 21 joints) are decoded with
-    ``easytune_lab.motion.features.recover_from_ric`` (rotation-invariant coordinates + root integration).
-    """
-    arr = _to_numpy(motion)
-    if arr.ndim == 3 and arr.shape[-1] == 3:
-        joints = arr
-    elif arr.ndim == 2 and arr.shape[1] in JOINTS_BY_DIM:
-        joints = arr.reshape(arr.shape[0], JOINTS_BY_DIM[arr.shape[1]], 3)
-    elif arr.ndim == 2:
-        from ..motion.features import joints_num_for_dim, recover_from_ric
-
-        num_joints = joints_num_for_dim(arr.shape[1])  # UserError unless 12 J - 1 (263 HumanML3D, 251 KIT)
-        joints = _to_numpy(recover_from_ric(arr.astype(np.float32), num_joints))
-    else:
-        raise UserError(f"motion: expected features (T, D) or joints (T, J, 3), got shape {tuple(arr.shape)}")
-    if joints.shape[0] == 0:
-        raise UserError("motion: has no frames")
-    if not np.all(np.isfinite(joints)):
-        raise UserError("motion: joint positions contain NaN or Inf")
-    return joints
-
-
 def kinematic_chains(num_joints: int) -> list[list[int]]:
     """The skeleton's chains (lists of joint indices from a root outwards) for 22 (t2m) or 21 (KIT) joints."""
-    from ..motion.skeleton import get_skeleton
-
     names = {22: "t2m", 21: "kit"}
     if num_joints not in names:
         raise UserError(f"motion: {num_joints} joints matches neither t2m (22) nor KIT (21)")
@@ -340,8 +315,6 @@ def write_motion_html(
 
 def demo_joints(num_frames: int = 196, seed: int = 0, skeleton: str = "t2m") -> np.ndarray:
     """A walking-and-waving t2m/KIT motion ``(T, J, 3)`` built by forward kinematics (for benchmarks and demos)."""
-    from ..motion.skeleton import forward_kinematics, get_skeleton
-
     skel = get_skeleton(skeleton)
     rng = np.random.default_rng(seed)
     t = np.arange(num_frames) / 20.0
@@ -398,8 +371,6 @@ def bench(num_motions: int = 4, num_frames: int = 196, out_dir: Path | None = No
 
 def external_scripts(html: str) -> list[str]:
     """``src`` of every ``<script>`` tag that loads code from elsewhere (an offline playback has none)."""
-    import re
-
     return re.findall(r"<script[^>]*\bsrc\s*=\s*[\"']([^\"']+)", html)
 
 

@@ -7,6 +7,8 @@ Confidence intervals over seeds are Student-t intervals of the mean: ``mean +- t
 
 from __future__ import annotations
 
+import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,6 +17,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..io import atomic_path, write_csv
+from ..runs import MANIFEST, describe_run, resolve_run, training_series
 
 
 @dataclass
@@ -52,8 +55,6 @@ def mean_ci(samples: Any, level: float = 0.95, axis: int = 0) -> tuple[np.ndarra
 def new_figure(size: tuple[float, float]):
     """A matplotlib Figure with an Agg canvas and constrained layout, outside pyplot (no global state). It shows
     itself as a PNG when it is a notebook cell's value (``_repr_png_``), instead of ``<Figure size ...>``."""
-    import io
-
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -226,10 +227,6 @@ def training_curves(run: str | Path, out_path: str | Path | None = None, columns
     :func:`easytune_lab.runs.training_series`) in one figure, one panel each, titled with the run's name or folder,
     stage, profile and seed. ``run``: a run directory or a name (``easytune runs``). Saved as PNG when ``out_path``
     is given; shown inline as a notebook cell's value. Returns the Figure."""
-    import json
-
-    from ..runs import MANIFEST, describe_run, resolve_run, training_series
-
     run_dir = resolve_run(run)
     metrics_path = Path(run_dir) / "metrics.json"
     try:

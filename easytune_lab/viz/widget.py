@@ -15,6 +15,8 @@ import io
 from typing import Any, Sequence
 
 from ..errors import UserError
+from .gif import skeleton_animation
+from .playback import figure_dict
 
 SPEEDS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
@@ -87,8 +89,6 @@ class Player:
     def _init_plotly(self, motions, captions, fps, follow, trace, title) -> None:
         import plotly.graph_objects as go
 
-        from .playback import figure_dict
-
         fig = figure_dict(motions, captions, title=title, fps=fps, follow=follow, trace=trace)
         self._frames = fig["frames"]
         self._traces = list(self._frames[0]["traces"])
@@ -103,8 +103,6 @@ class Player:
 
     def _init_matplotlib(self, motions, captions, follow, trace, title) -> None:
         import ipywidgets as widgets
-
-        from .gif import skeleton_animation
 
         self._mpl_fig, self._mpl_draw, self.num_frames = skeleton_animation(
             motions, captions, follow=follow, trace=trace, title=title)
