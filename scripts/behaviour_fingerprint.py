@@ -18,7 +18,7 @@ import math
 import sys
 from pathlib import Path
 
-SKIP = ("seconds", "time", "memory", "mib", "elapsed", "wall", "throughput", "per_second", "eta", "created",
+SKIP = ("seconds", "time", "memory", "mib", "bytes", "elapsed", "wall", "throughput", "per_second", "eta", "created",
         "date", "pid", "host", "path", "dir", "git", "version")
 
 

@@ -18,7 +18,8 @@ from ..data.text import Vocabulary
 from .backbone import (Backbone, Condition, DiffusionConfig, TimestepEmbedding, keep_mask, masked_mse,
                        training_noise)
 from .schedule import NoiseSchedule
-from .text_encoder import TextConditioner, TextEncoderConfig, sinusoidal_table
+from .embedding import sinusoidal_table
+from .text_encoder import TextConditioner, TextEncoderConfig
 
 
 @dataclass

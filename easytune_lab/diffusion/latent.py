@@ -32,7 +32,8 @@ from ..distributed import as_random
 from .backbone import (Backbone, Condition, DiffusionConfig, TimestepEmbedding, keep_mask, masked_mse,
                        training_noise)
 from .schedule import NoiseSchedule
-from .text_encoder import TextConditioner, TextEncoderConfig, sinusoidal_table
+from .embedding import sinusoidal_table
+from .text_encoder import TextConditioner, TextEncoderConfig
 
 
 def _encoder(d: int, heads: int, ff: int, dropout: float, layers: int) -> TransformerEncoder:

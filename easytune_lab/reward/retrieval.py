@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..diffusion.attention import TransformerEncoder
+from ..diffusion.embedding import sinusoidal_embedding
 from ..errors import UserError
 
 PAD_ID = 0   # data.text.Vocabulary's <pad>
@@ -128,12 +129,9 @@ class CaptionTokenizer:
 # encoders
 
 def sinusoidal(positions: torch.Tensor, dim: int) -> torch.Tensor:
-    """Transformer sinusoidal embedding (Vaswani et al. 2017, §3.5) of integer positions or timesteps."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=positions.device, dtype=torch.float32) / half)
-    args = positions.float()[..., None] * freqs
-    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
-    return F.pad(emb, (0, dim % 2))
+    """Transformer sinusoidal embedding (Vaswani et al. 2017, §3.5) of integer positions or timesteps, sines first
+    (:func:`~easytune_lab.diffusion.embedding.sinusoidal_embedding`)."""
+    return sinusoidal_embedding(positions, dim, "sin_cos")
 
 
 def _encoder(cfg: RewardModelConfig, layers: int) -> TransformerEncoder:
