@@ -1,8 +1,9 @@
-"""Trainer plumbing shared by pretraining, the evaluator, the reward and fine-tuning.
+"""Trainer plumbing: one learning-rate schedule, one checkpoint format, the RNG states a checkpoint carries.
 
-One learning-rate schedule (:func:`lr_at`, and :func:`lr_scheduler` for trainers that keep a ``LambdaLR``), one
-checkpoint format with one writer (:func:`save_checkpoint`) and one reader (:func:`load_checkpoint`), and the RNG
-states a checkpoint carries.
+:func:`lr_at` is the schedule of pretraining (per stage), reward training and fine-tuning (through
+:func:`lr_scheduler`, a ``LambdaLR``); the evaluator trains at a constant rate. Pretraining and fine-tuning write
+and resume checkpoints through :func:`save_checkpoint` and :func:`load_checkpoint` (reward and evaluator training
+have no checkpoints: they run in minutes and are rebuilt from the cache).
 
 A checkpoint is the directory ``RUN/checkpoint/``, built aside and swapped in whole
 (:func:`easytune_lab.runs.checkpoint_writer`), so a run killed at any moment resumes from a complete one::
