@@ -247,7 +247,7 @@ def _to_legacy_finetune_checkpoint(ckpt):
 def test_finetuning_checkpoint_round_trip_and_an_old_format_checkpoint_resumes(smoke_runs, tmp_path, method):
     r, cpu = smoke_runs, torch.device("cpu")
     cfg = finetune_config(method, "smoke", iterations=3, checkpoint_every=1, sample_steps=4, batch_size=2,
-                          warmup=1, lr_schedule="cosine")
+                          warmup=1, lr_schedule="cosine", **({"k": 2} if method == "draft" else {}))
     run_finetune(cfg, r["base"], r["reward"], r["data"], tmp_path / "full", cpu, progress=False)
     for name, legacy in (("new", False), ("old", True)):
         part = tmp_path / name
