@@ -79,8 +79,7 @@ def test_lora_run_saves_merged_weights_that_sample_like_the_adapted_model(runs, 
 
     # the adapted model at the end of the run (its checkpoint) against the merged weights through load_generator
     tuner = lora_tuner(runs, lora_alpha=8)
-    state = json.loads((out / "checkpoint" / "state.json").read_text())
-    tuner.load_state_tensors(load_tensors(out / "checkpoint" / "state.safetensors"), state["numpy_rng"])
+    tuner.load_checkpoint(out)
     texts, lengths = ["a person walks forward", "someone jumps"], [60, 40]
     options = dict(seed=0, sampler="ddim", steps=10)
     live = tuner.generator.sample_normalised(texts, lengths, **options)

@@ -8,7 +8,6 @@ space back to normalised HumanML3D features.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Sequence
 
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from ..distributed import as_random
+from .embedding import sinusoidal_embedding
 from .sampling import Predictor
 from .schedule import NoiseSchedule
 
@@ -56,14 +56,9 @@ def frame_mask(lengths: Sequence[int] | torch.Tensor, max_len: int | None = None
 
 
 def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal features of integer timesteps (DDPM's transformer position embedding of t), (B, dim)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-    return emb
+    """Sinusoidal features of integer timesteps (DDPM's transformer position embedding of t), (B, dim):
+    :func:`~easytune_lab.diffusion.embedding.sinusoidal_embedding`, cosines first."""
+    return sinusoidal_embedding(t, dim, "cos_sin", max_period)
 
 
 class TimestepEmbedding(nn.Module):

@@ -19,7 +19,8 @@ from .registry import BackboneSpec, PretrainConfig
 from .backbone import (Backbone, Condition, DiffusionConfig, TimestepEmbedding, keep_mask, masked_mse,
                        training_noise)
 from .schedule import NoiseSchedule
-from .text_encoder import TextConditioner, TextEncoderConfig, sinusoidal_table
+from .embedding import sinusoidal_table
+from .text_encoder import TextConditioner, TextEncoderConfig
 
 
 @dataclass

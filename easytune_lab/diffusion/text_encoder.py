@@ -9,7 +9,6 @@ that embedding jointly with the denoiser. Captions are split with :func:`easytun
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from .attention import TransformerEncoder
+from .embedding import sinusoidal_table
 from ..data.text import Vocabulary, plain_tokens
 from ..errors import UserError
 
@@ -52,16 +52,6 @@ def tokenize(texts: Sequence[str], vocab: Vocabulary, max_words: int) -> tuple[t
         words = [vocab.sos_id, *(vocab.id(t.word) for t in plain_tokens(text)[:max_words]), vocab.eos_id]
         ids[b, : len(words)] = torch.tensor(words)
     return ids, ids != vocab.pad_id
-
-
-def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
-    """Fixed positional encodings PE(p, 2i) = sin(p / 10000^{2i/d}), PE(p, 2i+1) = cos(...) (Vaswani et al.)."""
-    pos = torch.arange(length, dtype=torch.float32)[:, None]
-    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
-    table = torch.zeros(length, dim)
-    table[:, 0::2] = torch.sin(pos * div)
-    table[:, 1::2] = torch.cos(pos * div)[:, : dim // 2]
-    return table
 
 
 class TextTransformer(nn.Module):

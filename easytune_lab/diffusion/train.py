@@ -6,14 +6,14 @@ A run directory holds::
     RUN/vocab.json            the text vocabulary; RUN/mean.npy, RUN/std.npy the data's normalisation
     RUN/weights.safetensors   final weights
     RUN/metrics.json          loss curve (mean loss per ``log_every`` steps), time
-    RUN/checkpoint/           weights.safetensors + optimizer.safetensors (optimiser moments, RNG states) +
-                              state.json (step, learning rate, optimiser hyper-parameters, scalar RNG state)
+    RUN/checkpoint/           the shared checkpoint format (:mod:`easytune_lab.training`): weights, optimiser
+                              moments and RNG states, state.json (step, stage, learning rate, loss log, config)
 
 Everything random in a step is a function of the step index or of a saved RNG state: the batch order is a
 per-epoch permutation seeded by (seed, epoch); diffusion noise, timesteps and condition dropout come from one
 saved ``torch.Generator``; dataset crops and dropout layers use torch's global RNG, also saved. So resuming from a
 checkpoint reproduces the uninterrupted run bit for bit on CPU. The checkpoint directory is swapped in whole
-(:func:`easytune_lab.runs.checkpoint_writer`): a run killed at any moment resumes from a complete checkpoint.
+(:func:`easytune_lab.training.save_checkpoint`): a run killed at any moment resumes from a complete checkpoint.
 
 Under ``torchrun`` (:mod:`easytune_lab.distributed`) the backbone trains in DistributedDataParallel: every rank draws
 the same global batch (items, crops, captions) and keeps its ``batch_size / world`` rows; the noise, timesteps and
@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import random
 import time
 import typing
 from dataclasses import dataclass
@@ -43,9 +41,10 @@ from .. import distributed as dist
 from ..data.text import Vocabulary
 from ..errors import NonFiniteError, UserError
 from ..io import write_json, write_npy
-from ..runs import (CHECKPOINT, checkpoint_writer, dataset_identity, find_checkpoint, load_state_strict, load_tensors, make_manifest,
-                    manifest_config, read_manifest, read_state_json, save_tensors, weights_file, write_manifest,
-                    WEIGHTS)
+from ..runs import (CHECKPOINT, WEIGHTS, dataset_identity, find_checkpoint, load_state_strict, load_tensors,
+                    make_manifest, manifest_config, read_manifest, save_tensors, weights_file, write_manifest)
+from ..runtime import seed_everything
+from ..training import Checkpoint, has_checkpoint, load_checkpoint, lr_at, save_checkpoint, set_lr
 from .backbone import Backbone
 from .registry import PretrainConfig, backbone_spec, replace_known
 
@@ -101,13 +100,10 @@ def stage_ranges(stages: Sequence[str], fractions: dict, total: int) -> list[tup
 
 
 def learning_rate(config: PretrainConfig, step_in_stage: int, stage_len: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to ``min_lr_ratio · lr`` at the stage end."""
+    """Linear warm-up over ``warmup`` steps (at most a quarter of the stage), then cosine decay to
+    ``min_lr_ratio · lr`` at the stage end (:func:`easytune_lab.training.lr_at` over the stage)."""
     warm = min(config.warmup, max(stage_len // 4, 1))
-    if step_in_stage < warm:
-        return config.lr * (step_in_stage + 1) / warm
-    progress = (step_in_stage - warm) / max(stage_len - warm, 1)
-    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+    return lr_at(step_in_stage, config.lr, warm, stage_len, "cosine", config.min_lr_ratio)
 
 
 def batch_indices(num_items: int, batch_size: int, seed: int, step: int) -> list[int]:
@@ -118,101 +114,6 @@ def batch_indices(num_items: int, batch_size: int, seed: int, step: int) -> list
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     perm = torch.randperm(num_items, generator=gen)
     return perm[k * batch_size:(k + 1) * batch_size].tolist()
-
-
-# ------------------------------------------------------------------------------------------------ checkpoints
-
-def _rng_state(generator: torch.Generator) -> tuple[dict, dict]:
-    np_state = np.random.get_state()
-    tensors = {"rng.torch": torch.get_rng_state(), "rng.train": generator.get_state(),
-               "rng.numpy": torch.from_numpy(np_state[1].astype(np.int64))}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = s
-    py = random.getstate()
-    scalars = {"numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
-               "python": [py[0], list(py[1]), py[2]]}
-    return tensors, scalars
-
-
-def _set_rng_state(tensors: dict, scalars: dict, generator: torch.Generator) -> None:
-    torch.set_rng_state(tensors["rng.torch"])
-    generator.set_state(tensors["rng.train"])
-    kind, pos, has_gauss, cached = scalars["numpy"]
-    np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = scalars["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if torch.cuda.is_available():
-        states = [tensors[k] for k in sorted(t for t in tensors if t.startswith("rng.cuda."))]
-        if states:
-            torch.cuda.set_rng_state_all(states)
-
-
-def save_checkpoint(run_dir: Path, model: Backbone, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-                    state: dict) -> None:
-    """Write RUN/checkpoint/ as a whole: built in a sibling directory (state.json last), then swapped in."""
-    with checkpoint_writer(run_dir) as new:
-        save_tensors(new / WEIGHTS, model.state_dict())
-        opt = optimizer.state_dict()
-        tensors, opt_scalars = {}, {}
-        for idx, entry in opt["state"].items():
-            for key, value in entry.items():
-                if isinstance(value, torch.Tensor):
-                    tensors[f"state.{idx}.{key}"] = value
-                else:
-                    opt_scalars[f"{idx}.{key}"] = value
-        rng_tensors, rng_scalars = _rng_state(generator)
-        tensors.update(rng_tensors)
-        save_tensors(new / "optimizer.safetensors", tensors)
-        groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
-        write_json(new / "state.json", {**state, "param_groups": groups, "optimizer_scalars": opt_scalars,
-                                        "rng": rng_scalars})
-
-
-def load_checkpoint(run_dir: Path, model: Backbone, device: torch.device) -> tuple[dict, dict]:
-    """Load the checkpoint's weights into ``model``; return (state.json, optimizer/RNG tensors)."""
-    ckpt = Path(run_dir) / CHECKPOINT
-    if not (ckpt / "state.json").is_file():
-        raise UserError(f"--resume: {ckpt} has no checkpoint to resume from")
-    load_state_strict(model, load_tensors(ckpt / WEIGHTS, device=str(device)), ckpt / WEIGHTS)
-    state = read_state_json(ckpt / "state.json", ("step", "rng", "log", "param_groups"))
-    path = ckpt / "optimizer.safetensors"
-    tensors = load_tensors(path)
-    missing = [k for k in ("rng.torch", "rng.train", "rng.numpy") if k not in tensors]
-    if missing:
-        raise UserError(f"{path}: not this run's optimiser state (no {', '.join(missing)})")
-    params = None
-    if isinstance(state.get("stage"), str):
-        try:
-            params = model.stage_parameters(state["stage"])  # the optimiser's parameters, in its numbering
-        except (KeyError, ValueError, NotImplementedError):
-            params = None
-    for key, value in tensors.items():
-        if not key.startswith("state."):
-            continue
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise NonFiniteError(f"{path}: optimiser state {key} holds NaN/Inf")
-        idx = key.split(".")[1]
-        if params is not None and value.dim() > 0 and (not idx.isdigit() or int(idx) >= len(params)
-                                                       or tuple(value.shape) != tuple(params[int(idx)].shape)):
-            raise UserError(f"{path}: optimiser state {key} does not fit this run's parameters "
-                            f"(shape {tuple(value.shape)})")
-    return state, tensors
-
-
-def _restore_optimizer(optimizer: torch.optim.Optimizer, state: dict, tensors: dict) -> None:
-    per_param: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("state."):
-            _, idx, name = key.split(".", 2)
-            per_param.setdefault(int(idx), {})[name] = value
-    for key, value in state.get("optimizer_scalars", {}).items():
-        idx, name = key.split(".", 1)
-        per_param.setdefault(int(idx), {})[name] = value
-    try:
-        optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"checkpoint/optimizer.safetensors: does not fit this run's optimiser ({exc})") from None
 
 
 # ------------------------------------------------------------------------------------------------ the loop
@@ -287,43 +188,17 @@ def pretrain(config: PretrainConfig, data: PretrainData, run_dir: str | Path, *,
     """
     from ..runtime import progress_bar as tqdm
 
-    run_dir = Path(run_dir)
-    device = torch.device(device)
-    ctx = dist.context()
+    run_dir, device, ctx = Path(run_dir), torch.device(device), dist.context()
     check_world(config, len(data.dataset))
     dist.barrier()  # every rank has validated its input before rank 0 writes anything
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
-    np.random.seed(config.seed % 2**32)
+    seed_everything(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     model = build_backbone(config, data.vocab).to(device, DTYPES[dtype])
     ranges = stage_ranges(model.stages, config.stage_fractions, config.steps)
-    state: dict = {"step": 0, "log": {"step": [], "stage": [], "loss": []}, "elapsed": 0.0}
-    opt_tensors = None
-    has_checkpoint = False
-    if resume:
-        if ctx.is_main:
-            find_checkpoint(run_dir)
-        dist.barrier()
-        has_checkpoint = (run_dir / CHECKPOINT / "state.json").is_file()
-    if has_checkpoint:
-        state, opt_tensors = load_checkpoint(run_dir, model, device)
-        _set_rng_state(opt_tensors, state["rng"], generator)
-    elif init is not None:
-        init(model)
-    manifest = make_manifest("backbone", config, seed=config.seed, device=str(device),
-                             parents={"data": data.source, **(parents or {})},
-                             extra={"backbone": config.backbone, "status": "running",
-                                    "feature_dim": int(np.asarray(data.mean).shape[0]),
-                                    "data_identity": dataset_identity(data.source) if data.source else None,
-                                    "training": {"world_size": ctx.world_size, "accumulate": accumulate,
-                                                 "dtype": dtype}})
+    state, ckpt = _start_or_resume(run_dir, model, generator, resume, device, init)
+    manifest = _manifest(config, data, device, parents, accumulate, dtype)
     if ctx.is_main:
-        write_manifest(run_dir, manifest)  # first: a run killed after this point can be resumed
-        if not has_checkpoint:
-            data.vocab.save(run_dir / "vocab.json")
-            write_npy(run_dir / "mean.npy", np.asarray(data.mean, dtype=np.float32))
-            write_npy(run_dir / "std.npy", np.asarray(data.std, dtype=np.float32))
+        _write_run_start(run_dir, manifest, data, fresh=ckpt is None)
 
     step = int(state["step"])
     end = config.steps if stop_after is None else min(config.steps, stop_after)
@@ -336,61 +211,127 @@ def pretrain(config: PretrainConfig, data: PretrainData, run_dir: str | Path, *,
     while step < end:
         stage, s0, s1 = next(r for r in ranges if r[1] <= step < r[2])
         if stage != current:
-            model.requires_grad_(False)
-            params = model.stage_parameters(stage)
-            for p in params:
-                p.requires_grad_(True)
-            optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-            if opt_tensors is not None and state.get("stage") == stage:  # resumed inside this stage
-                _restore_optimizer(optimizer, state, opt_tensors)
-            elif step == s0:
-                model.prepare_stage(stage, (_batches(data, config, device, s0 + k, DTYPES[dtype]) for k in range(8)))
-            opt_tensors = None
-            current = stage
-            wrapped = dist.wrap_ddp(_StageLoss(model), device)  # after requires_grad is set for this stage
+            optimizer, wrapped = _enter_stage(model, stage, s0, step, config, data, device, dtype, ckpt)
+            ckpt, current = None, stage  # the checkpoint's optimiser state belongs to the first stage entered
         lr = learning_rate(config, step - s0, s1 - s0)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        total = torch.zeros((), dtype=torch.float64)
-        for micro in range(accumulate):
-            batch = _shard_batch(data, config, device, step * accumulate + micro, DTYPES[dtype])
-            noise = dist.ShardedRandom(generator)
-            with dist.no_sync(wrapped, micro < accumulate - 1), dist.rank_rng(config.seed, step, micro, device=device):
-                loss = wrapped(stage, batch, noise)
-                global_loss = dist.all_reduce_mean(loss.detach())
-                if not torch.isfinite(global_loss):
-                    _stop_nonfinite(run_dir, manifest, float(global_loss), step, stage)
-                (loss / accumulate if accumulate > 1 else loss).backward()
-            total += global_loss.double().cpu()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], config.grad_clip)
-        optimizer.step()
-        model.after_step(stage)
+        set_lr(optimizer, lr)
+        window.append(_train_step(model, wrapped, optimizer, stage, step, config, data, device, dtype, generator,
+                                  accumulate, lambda value: _stop_nonfinite(run_dir, manifest, value, step, stage)))
         step += 1
-        window.append(float(total) / accumulate)
         bar.update(1)
         bar.set_postfix(stage=stage, loss=f"{window[-1]:.4f}", lr=f"{lr:.2e}")
         if step % config.log_every == 0 or step == s1:
-            state["log"]["step"].append(step)
-            state["log"]["stage"].append(stage)
-            state["log"]["loss"].append(sum(window) / len(window))
-            state["log"].setdefault("lr", []).append(lr)
+            for key, value in (("step", step), ("stage", stage), ("loss", sum(window) / len(window)), ("lr", lr)):
+                state["log"].setdefault(key, []).append(value)
             window = []
         if step % config.checkpoint_every == 0 or step == end:
             state.update(step=step, stage=stage, lr=lr, window=window,
                          elapsed=float(state.get("elapsed", 0.0)) + time.perf_counter() - started)
             started = time.perf_counter()
             if ctx.is_main:
-                save_checkpoint(run_dir, model, optimizer, generator, state)
+                save_checkpoint(run_dir, model.state_dict(), optimizer, state, generators={"train": generator},
+                                config=config)
     bar.close()
+    return _finish(run_dir, model, manifest, state, step, config)
 
+
+def _stage_parameters(model: Backbone, state: dict) -> list | None:
+    """The parameters the checkpoint's optimiser trained (its stage's, in its numbering), or None if unknown."""
+    if not isinstance(state.get("stage"), str):
+        return None
+    try:
+        return model.stage_parameters(state["stage"])
+    except (KeyError, ValueError, NotImplementedError):
+        return None
+
+
+def _start_or_resume(run_dir: Path, model: Backbone, generator: torch.Generator, resume: bool,
+                     device: torch.device, init: Callable[[Backbone], None] | None) -> tuple[dict, Checkpoint | None]:
+    """(training state, checkpoint or None): the checkpoint's weights and RNG states when resuming one, else the
+    initial weights (``init``) and an empty log."""
+    if resume:
+        if dist.is_main():
+            find_checkpoint(run_dir)  # repairs a checkpoint swap cut short by a kill
+        dist.barrier()
+        if has_checkpoint(run_dir):  # none yet: killed before its first checkpoint, start afresh
+            ckpt = load_checkpoint(run_dir, model, required=("step", "log"), generators=("train",),
+                                   params=lambda state: _stage_parameters(model, state), device=device)
+            ckpt.restore_rng({"train": generator})
+            return ckpt.state, ckpt
+    if init is not None:
+        init(model)
+    return {"step": 0, "log": {"step": [], "stage": [], "loss": []}, "elapsed": 0.0}, None
+
+
+def _manifest(config: PretrainConfig, data: PretrainData, device: torch.device, parents: dict | None,
+              accumulate: int, dtype: str) -> dict:
+    return make_manifest("backbone", config, seed=config.seed, device=str(device),
+                         parents={"data": data.source, **(parents or {})},
+                         extra={"backbone": config.backbone, "status": "running",
+                                "feature_dim": int(np.asarray(data.mean).shape[0]),
+                                "data_identity": dataset_identity(data.source) if data.source else None,
+                                "training": {"world_size": dist.world_size(), "accumulate": accumulate,
+                                             "dtype": dtype}})
+
+
+def _write_run_start(run_dir: Path, manifest: dict, data: PretrainData, fresh: bool) -> None:
+    """The manifest first (a run killed after this point can be resumed), then, unless resuming, the vocabulary and
+    normalisation statistics."""
+    write_manifest(run_dir, manifest)
+    if fresh:
+        data.vocab.save(run_dir / "vocab.json")
+        write_npy(run_dir / "mean.npy", np.asarray(data.mean, dtype=np.float32))
+        write_npy(run_dir / "std.npy", np.asarray(data.std, dtype=np.float32))
+
+
+def _enter_stage(model: Backbone, stage: str, s0: int, step: int, config: PretrainConfig, data: PretrainData,
+                 device: torch.device, dtype: str, ckpt: Checkpoint | None):
+    """(optimizer, DDP-wrapped loss) of ``stage``: only its parameters train; the optimiser state is the
+    checkpoint's when resuming inside the stage, and a stage entered at its first step is prepared
+    (:meth:`Backbone.prepare_stage`, e.g. MLD's latent scale) on its first eight batches."""
+    model.requires_grad_(False)
+    params = model.stage_parameters(stage)
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    if ckpt is not None and ckpt.state.get("stage") == stage:  # resumed inside this stage
+        ckpt.restore_optimizer(optimizer)
+    elif step == s0:
+        model.prepare_stage(stage, (_batches(data, config, device, s0 + k, DTYPES[dtype]) for k in range(8)))
+    return optimizer, dist.wrap_ddp(_StageLoss(model), device)  # after requires_grad is set for this stage
+
+
+def _train_step(model: Backbone, wrapped, optimizer: torch.optim.Optimizer, stage: str, step: int,
+                config: PretrainConfig, data: PretrainData, device: torch.device, dtype: str,
+                generator: torch.Generator, accumulate: int, on_nonfinite: Callable[[float], None]) -> float:
+    """One optimiser step of ``stage`` on ``accumulate`` consecutive batches; returns the mean global loss."""
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    total = torch.zeros((), dtype=torch.float64)
+    for micro in range(accumulate):
+        batch = _shard_batch(data, config, device, step * accumulate + micro, DTYPES[dtype])
+        noise = dist.ShardedRandom(generator)
+        with dist.no_sync(wrapped, micro < accumulate - 1), dist.rank_rng(config.seed, step, micro, device=device):
+            loss = wrapped(stage, batch, noise)
+            global_loss = dist.all_reduce_mean(loss.detach())
+            if not torch.isfinite(global_loss):
+                on_nonfinite(float(global_loss))
+            (loss / accumulate if accumulate > 1 else loss).backward()
+        total += global_loss.double().cpu()
+    if config.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], config.grad_clip)
+    optimizer.step()
+    model.after_step(stage)
+    return float(total) / accumulate
+
+
+def _finish(run_dir: Path, model: Backbone, manifest: dict, state: dict, step: int, config: PretrainConfig) -> dict:
+    """Rank 0 writes the final weights (when complete), metrics and manifest status; every rank returns metrics."""
     done = step >= config.steps
     metrics = {"steps": step, "complete": done, "log": state["log"],
                "final_loss": state["log"]["loss"][-1] if state["log"]["loss"] else None,
-               "train_seconds": float(state.get("elapsed", 0.0)), "world_size": ctx.world_size}
-    if ctx.is_main:
+               "train_seconds": float(state.get("elapsed", 0.0)), "world_size": dist.world_size()}
+    if dist.is_main():
         if done:
             save_tensors(run_dir / WEIGHTS, model.state_dict())
         write_json(run_dir / "metrics.json", metrics)

@@ -42,11 +42,11 @@ from ..diffusion.registry import backbone_spec
 from ..memory import memory_probe
 from ..errors import NonFiniteError, UserError
 from ..io import write_json
-from ..runs import (check_resume_parents, checkpoint_writer, config_to_dict, dataset_identity, find_checkpoint,
-                    load_state_strict, load_tensors, make_manifest, read_manifest, read_state_json, save_tensors,
-                    write_manifest)
+from ..runs import (check_resume_parents, config_to_dict, dataset_identity, find_checkpoint, make_manifest,
+                    read_manifest, write_manifest)
 from ..runtime import check_profile
 from ..diffusion.trajectory import BackboneTrajectory
+from ..training import has_checkpoint, load_checkpoint, lr_scheduler, save_checkpoint
 from .adapters import reward_function
 from .choices import GRADIENT_AT, REWARD_SCALES, SCHEDULE_CLOCKS
 from .loop import LoopConfig, StartParameters, TrajectoryStats, run_trajectory
@@ -200,19 +200,8 @@ def make_scheduler(cfg: FinetuneConfig, optimizer: torch.optim.Optimizer, accumu
     """(the LR scheduler, whether it advances after every optimiser step): with ``schedule_clock="updates"`` the
     trainer steps it after each optimiser step, with ``"trajectories"`` once after each trajectory, so warm-up and
     cosine run over :func:`schedule_length` units of that clock."""
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, schedule_length(cfg, accumulate)))
+    scheduler = lr_scheduler(optimizer, cfg.warmup, schedule_length(cfg, accumulate), cfg.lr_schedule)
     return scheduler, cfg.schedule_clock == "updates"
-
-
-def lr_lambda(cfg: FinetuneConfig, total_updates: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if cfg.warmup and step < cfg.warmup:
-            return (step + 1) / cfg.warmup
-        if cfg.lr_schedule == "cosine":
-            progress = min(1.0, (step - cfg.warmup) / max(1, total_updates - cfg.warmup))
-            return 0.5 * (1 + math.cos(math.pi * progress))
-        return 1.0
-    return factor
 
 
 def adamw(params, **options) -> torch.optim.AdamW:
@@ -372,36 +361,20 @@ class Finetuner:
         return float(reward_function(self.reward, traj)(x0_hat, 0).mean())
 
     # ---------------------------------------------------------------------------------------------- state
-    def state_tensors(self) -> dict:
-        tensors = {f"model.{k}": v for k, v in self.backbone.state_dict().items()}
-        for index, p in enumerate(self.params):
-            for name, value in self.optimizer.state.get(p, {}).items():
-                tensors[f"optim.{index}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
-        tensors["rng.noise"] = self.noise.get_state()
-        tensors["rng.torch"] = torch.get_rng_state()
-        return tensors
+    def save_checkpoint(self, out: Path, state: dict) -> None:
+        """Write OUT/checkpoint/ (:func:`easytune_lab.training.save_checkpoint`): the backbone's weights, the
+        optimiser, the lr scheduler, the noise/caption RNGs, the config and ``state`` (iteration, logs)."""
+        save_checkpoint(out, self.backbone.state_dict(), self.optimizer, state, generators={"noise": self.noise},
+                        numpy_generators={"rng": self.rng}, scheduler=self.scheduler, config=self.cfg, name=CHECKPOINT)
 
-    def load_state_tensors(self, tensors: dict, numpy_state: dict, path: str | Path = "checkpoint") -> None:
-        model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-        load_state_strict(self.backbone, model, path)
-        missing = [k for k in ("rng.noise", "rng.torch") if k not in tensors]
-        if missing:
-            raise UserError(f"{path}: not this run's checkpoint state (no {', '.join(missing)})")
-        for key, value in tensors.items():
-            if key.startswith("optim.") and value.is_floating_point() and not bool(torch.isfinite(value).all()):
-                raise NonFiniteError(f"{path}: optimiser state {key} holds NaN/Inf")
-        for p_index, p in enumerate(self.params):
-            state = {}
-            for key, value in tensors.items():
-                prefix = f"optim.{p_index}."
-                if key.startswith(prefix):
-                    name = key[len(prefix):]
-                    state[name] = value.to(self.device) if name != "step" else value
-            if state:
-                self.optimizer.state[p] = state
-        self.noise.set_state(tensors["rng.noise"])
-        torch.set_rng_state(tensors["rng.torch"])
-        self.rng.bit_generator.state = numpy_state
+    def load_checkpoint(self, out: Path) -> dict:
+        """Continue from OUT/checkpoint/ (also a checkpoint of the format before the shared one); return its
+        state (iteration, elapsed, log, evals)."""
+        ckpt = load_checkpoint(out, self.backbone, required=("iteration", "elapsed", "log", "evals", "scheduler"),
+                               generators=("noise",), numpy_generators=("rng",), params=lambda state: self.params,
+                               name=CHECKPOINT)
+        ckpt.restore(self.optimizer, self.scheduler, {"noise": self.noise}, {"rng": self.rng})
+        return ckpt.state
 
 
 def _copy_base_files(base_run: Path, out: Path) -> dict:
@@ -409,15 +382,6 @@ def _copy_base_files(base_run: Path, out: Path) -> dict:
     for name in ("vocab.json", "mean.npy", "std.npy"):
         shutil.copyfile(base_run / name, out / name)
     return base_manifest
-
-
-def save_checkpoint(out: Path, tuner: Finetuner, state: dict) -> None:
-    """Write OUT/checkpoint/ as a whole (built aside, state.json last, then swapped in)."""
-    with checkpoint_writer(out, CHECKPOINT) as ckpt:
-        save_tensors(ckpt / "state.safetensors", tuner.state_tensors())
-        numpy_state = tuner.rng.bit_generator.state
-        write_json(ckpt / "state.json", {**state, "numpy_rng": numpy_state,
-                                         "scheduler": tuner.scheduler.state_dict()})
 
 
 def run_finetune(cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Path, out: Path,
@@ -439,20 +403,11 @@ def run_finetune(cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Pa
 
     from .periodic_eval import PeriodicEvaluator, postfix
 
-    out = Path(out)
-    main = dist.is_main()
-    dist.check_divisible(cfg.batch_size, "--batch-size")
-    if resume and not out.is_dir():
-        raise UserError(f"--resume: {out} does not exist (nothing to resume)")
-    if not resume and out.exists() and any(out.iterdir()):
-        raise UserError(f"--out {out}: exists and is not empty (use --resume to continue it)")
-    if dtype not in ("float32", "float64"):
-        raise UserError(f"--dtype: must be float32 or float64 (got '{dtype}')")
-    if dtype != "float32" and evaluator is not None:
-        raise UserError("--dtype: --evaluator scores float32 motions; evaluate a float64 run afterwards instead")
+    out, main = Path(out), dist.is_main()
+    parents = {"base": base_run, "reward": reward_run, "data": data, "evaluator": evaluator}
+    _check_run_arguments(cfg, out, resume, dtype, evaluator)
     if resume:
-        check_resumable(out, cfg, accumulate, dtype, parents={"base": base_run, "reward": reward_run, "data": data,
-                                                              "evaluator": evaluator})
+        check_resumable(out, cfg, accumulate, dtype, parents=parents)
     tuner = Finetuner(cfg, base_run, reward_run, data, device, accumulate=accumulate,
                       dtype=getattr(torch, dtype) if dtype != "float32" else None)
     periodic = None if evaluator is None else PeriodicEvaluator(evaluator, data, device, cfg.eval_motions,
@@ -465,35 +420,9 @@ def run_finetune(cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Pa
             entry.update(periodic(tuner.generator))
         return entry
 
-    log: dict = {"iteration": [], "reward": [], "final_reward": [], "loss": [], "peak_bytes": [],
-                 "optimizer_steps": [], "time": [], "grad_norm": []}
-    evals: list[dict] = []
-    start_it, elapsed = 0, 0.0
     dist.barrier()  # every rank has validated its input before rank 0 writes anything
-    if resume:
-        if main:
-            find_checkpoint(out, CHECKPOINT)  # repairs a checkpoint swap cut short by a kill
-        dist.barrier()
-        resume = (out / CHECKPOINT / "state.json").is_file()  # none yet: killed early, start afresh
-    if resume:
-        state_path = out / CHECKPOINT / "state.json"
-        state = read_state_json(state_path, ("iteration", "elapsed", "log", "evals", "scheduler", "numpy_rng"))
-        tuner.load_state_tensors(load_tensors(out / CHECKPOINT / "state.safetensors", device="cpu"),
-                                 state["numpy_rng"], out / CHECKPOINT / "state.safetensors")
-        tuner.scheduler.load_state_dict(state["scheduler"])
-        for group, lr in zip(tuner.optimizer.param_groups, tuner.scheduler.get_last_lr()):
-            group["lr"] = lr
-        start_it, elapsed, log, evals = state["iteration"], state["elapsed"], state["log"], state["evals"]
-    base_manifest = read_manifest(base_run, kind="backbone")
-    manifest = make_manifest("backbone", base_manifest["config"], seed=cfg.seed, device=str(device),
-                             parents={"base": str(base_run), "reward": str(reward_run), "data": str(data),
-                                      **({"evaluator": str(evaluator)} if evaluator is not None else {})},
-                             extra={"backbone": base_manifest.get("backbone"), "status": "running",
-                                    "feature_dim": base_manifest.get("feature_dim"),
-                                    "data_identity": dataset_identity(data),
-                                    "finetune": config_to_dict(cfg),
-                                    "training": {"world_size": dist.world_size(), "accumulate": accumulate,
-                                                 "dtype": dtype}})
+    start_it, elapsed, log, evals = _start_or_resume(out, tuner, resume)
+    manifest = _manifest(cfg, parents, device, accumulate, dtype)
     if main:
         write_manifest(out, manifest)  # first: a run killed after this point can be resumed
         _copy_base_files(base_run, out)
@@ -512,15 +441,7 @@ def run_finetune(cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Pa
             _stop_nonfinite(out, manifest, exc, it)
         elapsed += time.perf_counter() - t0
         steps_done += stats.optimizer_steps
-        log["iteration"].append(it + 1)
-        log["reward"].append(float(np.mean(stats.rewards)) if stats.rewards else None)
-        log["final_reward"].append(stats.final_reward if math.isfinite(stats.final_reward) else None)
-        log["loss"].append(float(np.mean(stats.losses)) if stats.losses else None)
-        log["peak_bytes"].append(stats.peak_bytes)
-        log["optimizer_steps"].append(steps_done)
-        log["time"].append({k: round(v, 6) for k, v in stats.time.items()})
-        log["grad_norm"].append(float(np.mean(stats.grad_norms)) if stats.grad_norms else 0.0)
-        log.setdefault("lr", []).append(float(tuner.scheduler.get_last_lr()[0]))  # the schedule's lr after it
+        _log_iteration(log, it + 1, stats, steps_done, float(tuner.scheduler.get_last_lr()[0]))
         bar.update(1)
         last = it + 1 == cfg.iterations
         if ((cfg.eval_every and (it + 1) % cfg.eval_every == 0) or last) and main:
@@ -528,7 +449,7 @@ def run_finetune(cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Pa
         bar.set_postfix(reward=f"{log['reward'][-1]:.3f}", loss=f"{log['loss'][-1]:.3f}",
                         mem=f"{stats.peak_bytes / 2**20:.1f}MiB", **(postfix(evals[-1]) if evals else {}))
         if ((cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0) or last or it + 1 == end) and main:
-            save_checkpoint(out, tuner, {"iteration": it + 1, "elapsed": elapsed, "log": log, "evals": evals})
+            tuner.save_checkpoint(out, {"iteration": it + 1, "elapsed": elapsed, "log": log, "evals": evals})
     bar.close()
     if not main:  # rank 0 writes the results; the others wait for it
         dist.barrier()
@@ -540,13 +461,75 @@ def run_finetune(cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Pa
         write_manifest(out, manifest)
         dist.barrier()
         return {"method": cfg.method, "iterations": end, "complete": False}
+    metrics = _finish(out, tuner, manifest, log, evals, steps_done, elapsed, evaluate)
+    dist.barrier()
+    return metrics
 
+
+def _check_run_arguments(cfg: FinetuneConfig, out: Path, resume: bool, dtype: str, evaluator: Path | None) -> None:
+    """What can be refused before anything is loaded: the batch split, the output directory, the precision."""
+    dist.check_divisible(cfg.batch_size, "--batch-size")
+    if resume and not out.is_dir():
+        raise UserError(f"--resume: {out} does not exist (nothing to resume)")
+    if not resume and out.exists() and any(out.iterdir()):
+        raise UserError(f"--out {out}: exists and is not empty (use --resume to continue it)")
+    if dtype not in ("float32", "float64"):
+        raise UserError(f"--dtype: must be float32 or float64 (got '{dtype}')")
+    if dtype != "float32" and evaluator is not None:
+        raise UserError("--dtype: --evaluator scores float32 motions; evaluate a float64 run afterwards instead")
+
+
+def _start_or_resume(out: Path, tuner: Finetuner, resume: bool) -> tuple[int, float, dict, list]:
+    """(first iteration, elapsed seconds, log, evaluations): the checkpoint's when resuming one (its weights,
+    optimiser, scheduler and RNG states loaded into ``tuner``), else a fresh start."""
+    if resume:
+        if dist.is_main():
+            find_checkpoint(out, CHECKPOINT)  # repairs a checkpoint swap cut short by a kill
+        dist.barrier()
+        if has_checkpoint(out, CHECKPOINT):  # none yet: killed before its first checkpoint, start afresh
+            state = tuner.load_checkpoint(out)
+            return state["iteration"], state["elapsed"], state["log"], state["evals"]
+    log = {"iteration": [], "reward": [], "final_reward": [], "loss": [], "peak_bytes": [], "optimizer_steps": [],
+           "time": [], "grad_norm": []}
+    return 0, 0.0, log, []
+
+
+def _manifest(cfg: FinetuneConfig, parents: dict, device: torch.device, accumulate: bool, dtype: str) -> dict:
+    """The run's manifest: the base backbone's config (so the run loads as a backbone) and the fine-tuning."""
+    base_manifest = read_manifest(parents["base"], kind="backbone")
+    return make_manifest("backbone", base_manifest["config"], seed=cfg.seed, device=str(device),
+                         parents={k: str(v) for k, v in parents.items() if v is not None},
+                         extra={"backbone": base_manifest.get("backbone"), "status": "running",
+                                "feature_dim": base_manifest.get("feature_dim"),
+                                "data_identity": dataset_identity(parents["data"]),
+                                "finetune": config_to_dict(cfg),
+                                "training": {"world_size": dist.world_size(), "accumulate": accumulate,
+                                             "dtype": dtype}})
+
+
+def _log_iteration(log: dict, iteration: int, stats: TrajectoryStats, steps_done: int, lr: float) -> None:
+    """Append one iteration's reward, loss, memory, optimiser steps, time, gradient norm and lr to ``log``."""
+    log["iteration"].append(iteration)
+    log["reward"].append(float(np.mean(stats.rewards)) if stats.rewards else None)
+    log["final_reward"].append(stats.final_reward if math.isfinite(stats.final_reward) else None)
+    log["loss"].append(float(np.mean(stats.losses)) if stats.losses else None)
+    log["peak_bytes"].append(stats.peak_bytes)
+    log["optimizer_steps"].append(steps_done)
+    log["time"].append({k: round(v, 6) for k, v in stats.time.items()})
+    log["grad_norm"].append(float(np.mean(stats.grad_norms)) if stats.grad_norms else 0.0)
+    log.setdefault("lr", []).append(lr)  # the schedule's lr after the iteration
+
+
+def _finish(out: Path, tuner: Finetuner, manifest: dict, log: dict, evals: list, steps_done: int, elapsed: float,
+            evaluate: Callable[[Path], dict] | None) -> dict:
+    """Rank 0 of a complete run: merged weights, metrics.json, manifest status ``complete``; returns the metrics."""
+    cfg = tuner.cfg
     save_weights(out, tuner.backbone, cfg.lora)  # merged weights (+ adapter.safetensors for LoRA)
     peak = max(log["peak_bytes"]) if log["peak_bytes"] else 0
     phases = {k: float(sum(t[k] for t in log["time"])) for k in ("sampling", "reward", "backward", "optimizer")}
     metrics = {"method": cfg.method, "iterations": cfg.iterations, "optimizer_steps": steps_done,
                "train_seconds": elapsed, "time_per_phase": phases, "peak_bytes": peak,
-               "memory_measure": "cuda_max_memory_allocated" if device.type == "cuda" else "autograd_saved_bytes",
+               "memory_measure": "cuda_max_memory_allocated" if tuner.device.type == "cuda" else "autograd_saved_bytes",
                "reward_before": evals[0]["reward"], "reward_after": evals[-1]["reward"],
                "evaluations": evals, "log": log}
     if evaluate is not None:
@@ -554,7 +537,6 @@ def run_finetune(cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Pa
     write_json(out / "metrics.json", metrics)
     manifest["status"] = "complete"
     write_manifest(out, manifest)
-    dist.barrier()
     return metrics
 
 

@@ -37,6 +37,7 @@ from ..data.text import Vocabulary, plain_tokens
 from ..diffusion.attention import TransformerEncoder
 from ..diffusion.backbone import frame_mask as lengths_mask
 from ..diffusion.schedule import NoiseSchedule
+from ..diffusion.embedding import sinusoidal_embedding
 from ..errors import UserError
 from ..runs import (WEIGHTS, check_model_dir, hf_pickle_kwargs, load_state_strict, load_tensors, manifest_config,
                     read_manifest, save_tensors, weights_file)
@@ -127,12 +128,9 @@ class CaptionTokenizer:
 # encoders
 
 def sinusoidal(positions: torch.Tensor, dim: int) -> torch.Tensor:
-    """Transformer sinusoidal embedding (Vaswani et al. 2017, §3.5) of integer positions or timesteps."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=positions.device, dtype=torch.float32) / half)
-    args = positions.float()[..., None] * freqs
-    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
-    return F.pad(emb, (0, dim % 2))
+    """Transformer sinusoidal embedding (Vaswani et al. 2017, §3.5) of integer positions or timesteps, sines first
+    (:func:`~easytune_lab.diffusion.embedding.sinusoidal_embedding`)."""
+    return sinusoidal_embedding(positions, dim, "sin_cos")
 
 
 def _encoder(cfg: RewardModelConfig, layers: int) -> TransformerEncoder:

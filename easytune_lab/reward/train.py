@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -20,6 +19,7 @@ from .. import distributed as dist
 from ..data.humanml import HumanMLDataset, MotionBatch, collate_motions
 from ..errors import UserError
 from ..runtime import check_finite_loss
+from ..training import lr_at, set_lr
 from .metrics import batched_retrieval_metrics, retrieval_metrics
 from .retrieval import CaptionTokenizer, FrozenTextModel, Reward, RewardModelConfig, identical_captions, info_nce, noise_motion
 from .spl import mine_pairs, official_spl_loss, preference_kl, spl_loss
@@ -204,12 +204,7 @@ def _timesteps(cfg: RewardTrainConfig, n: int, device) -> torch.Tensor | None:
     return t.to(device)
 
 
-def _lr_at(step: int, total: int, base: float, warmup: int) -> float:
-    """Linear warm-up then cosine decay to 10 % of the base rate."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+MIN_LR_RATIO = 0.1  # the cosine decays to 10 % of the base rate
 
 
 # ----------------------------------------------------------------------------------------------- loops
@@ -272,8 +267,7 @@ def _run_epochs(reward: Reward, train, train_idx, cfg: RewardTrainConfig, device
             batch = batch.to(device)
             lo, hi = dist.shard_bounds(len(batch))
             local = batch if dist.world_size() == 1 else batch.rows(lo, hi)
-            for g in opt.param_groups:
-                g["lr"] = _lr_at(step, total, lr, warmup)
+            set_lr(opt, lr_at(step, lr, warmup, total, "cosine", MIN_LR_RATIO))
             t = _timesteps(cfg, len(batch), device)
             t_local = None if t is None else t[lo:hi]
             if t is None:
