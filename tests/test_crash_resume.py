@@ -196,9 +196,9 @@ def test_a_nan_reward_stops_finetuning_from_the_command_line(smoke_runs, tmp_pat
 
     real, calls = train.reward_function, []
 
-    def poisoned(reward_model, traj):
+    def poisoned(reward_model, traj, *scale):
         calls.append(1)
-        f = real(reward_model, traj)
+        f = real(reward_model, traj, *scale)
         return (lambda x, t: f(x, t) * float("nan")) if len(calls) == 3 else f  # evaluation, iteration 1, 2
 
     monkeypatch.setattr(train, "reward_function", poisoned)
