@@ -85,8 +85,8 @@ def test_nonfinite_reward_stops_with_a_clear_error(runs, tmp_path, monkeypatch):
 
     real = train.reward_function
 
-    def poisoned(reward_model, traj):
-        f = real(reward_model, traj)
+    def poisoned(reward_model, traj, *scale):
+        f = real(reward_model, traj, *scale)
         return lambda x, t: f(x, t) * float("nan")
 
     monkeypatch.setattr(train, "reward_function", poisoned)
