@@ -15,7 +15,7 @@ from __future__ import annotations
 PACKAGE = "easytune_lab"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "io", "runtime", "runs", "distributed", "memory", "layers", "stats", "reference"),  # shared (bottom)
+    ("errors", "io", "runtime", "runs", "distributed", "memory", "layers", "stats", "reference", "training"),  # shared (bottom)
     ("motion",),                 # skeletons, features, procedural motions
     ("data",),                   # HumanML3D-format directories, captions, vocabulary
     ("diffusion", "reward"),     # backbones and samplers; the retrieval reward
