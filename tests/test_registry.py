@@ -125,3 +125,14 @@ def test_updates_per_trajectory_is_what_the_policy_plans(method, train_steps):
     cfg = finetune_config(method, "smoke", train_steps=train_steps, sample_steps=12)
     plans = method_spec(method).make_policy(cfg.policy).plan(cfg.sample_steps, np.random.default_rng(0))
     assert expected_updates(cfg) == sum(p.update for p in plans)
+
+
+def test_registry_names_keep_their_declared_order_whatever_is_imported_first():
+    from easytune_lab.diffusion.registry import Registry
+
+    reg = Registry("thing", {"a": "json:dumps", "b": "json:loads", "c": "json:JSONDecoder"})
+    reg["c"], reg["a"]                       # resolve out of order
+    reg.register("d", object())
+    assert reg.names() == ("a", "b", "c", "d")
+    reg.unregister("d")
+    assert reg.names() == ("a", "b", "c")

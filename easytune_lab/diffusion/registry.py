@@ -38,21 +38,26 @@ class Registry(Generic[T]):
         self.what = what
         self._lazy = dict(builtin or {})
         self._specs: dict[str, T] = {}
+        self._order: list[str] = list(self._lazy)   # declaration order, whatever has been imported since
 
     def register(self, name: str, spec: T, *, replace: bool = False) -> T:
         if not replace and (name in self._specs or name in self._lazy):
             raise UserError(f"{self.what}: '{name}' is already registered")
         self._lazy.pop(name, None)
         self._specs[name] = spec
+        if name not in self._order:
+            self._order.append(name)
         return spec
 
     def unregister(self, name: str) -> None:
         """Remove a registered (not a built-in) entry, e.g. a plugin at the end of a test."""
         self._specs.pop(name, None)
+        if name not in self._lazy and name in self._order:
+            self._order.remove(name)
 
     def names(self) -> tuple[str, ...]:
         """Every name, built-ins first in their declared order (no module is imported)."""
-        return tuple(dict.fromkeys([*self._lazy, *self._specs]))
+        return tuple(self._order)
 
     def __contains__(self, name: object) -> bool:
         return name in self._specs or name in self._lazy
