@@ -39,13 +39,13 @@ import torch
 
 from .. import distributed as dist
 from ..diffusion.registry import backbone_spec
-from ..memory import memory_probe
+from ..diffusion.trajectory import BackboneTrajectory
 from ..errors import NonFiniteError, UserError
 from ..io import write_json
+from ..memory import memory_probe
 from ..runs import (check_resume_parents, config_to_dict, dataset_identity, find_checkpoint, make_manifest,
                     read_manifest, write_manifest)
 from ..runtime import check_profile
-from ..diffusion.trajectory import BackboneTrajectory
 from ..training import has_checkpoint, load_checkpoint, lr_scheduler, save_checkpoint
 from .adapters import reward_function
 from .choices import GRADIENT_AT, REWARD_SCALES, SCHEDULE_CLOCKS
@@ -53,6 +53,7 @@ from .loop import LoopConfig, StartParameters, TrajectoryStats, run_trajectory
 from .lora import LoraConfig, check_lora, save_weights, trainable_parameters
 from .methods import QUICK_LR_PER_TRAJECTORY, method_spec
 from .policy import TRAIN_STEPS, PolicyConfig
+from .presets import preset as find_preset
 
 CHECKPOINT = "checkpoint"
 
@@ -139,8 +140,6 @@ def finetune_config(method: str, profile: str, preset: str | None = None, **over
     cfg = dataclasses.replace(row, method=method, lr=spec.lr.get(profile, row.lr),
                               policy=spec.policy_config(row.sample_steps), loop=LoopConfig(), lora=LoraConfig())
     if preset:
-        from .presets import preset as find_preset
-
         cfg = dataclasses.replace(with_overrides(cfg, find_preset(preset).overrides(method, profile)), preset=preset)
     cfg = with_overrides(cfg, overrides)
     validate(cfg)
