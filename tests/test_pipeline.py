@@ -152,6 +152,20 @@ def test_main_table_markdown_has_one_row_per_method(tmp_path):
     assert lines[2:] == ["| Base | 0.167 | 41.858 | 0.0 | 0.0 |", "| EasyTune-step | 0.200 | 39.000 | 12.3 | 90.3 |"]
 
 
+def test_main_table_markdown_gives_intervals_over_seeds(tmp_path):
+    import pandas as pd
+
+    from easytune_lab.commands.reproduce import main_table_markdown
+
+    csv = tmp_path / "main_table.csv"
+    pd.DataFrame([{"backbone": "mld", "method": "Base", "seeds": 1, "fid": 4.0, "fid_ci95": None},
+                  {"backbone": "mld", "method": "EasyTune-step", "seeds": 3, "fid": 3.25, "fid_ci95": 0.5}]
+                 ).to_csv(csv, index=False)
+    lines = main_table_markdown(csv).splitlines()
+    assert lines[0] == "| backbone | method | seeds | FID |"
+    assert lines[2:] == ["| mld | Base | 1 | 4.000 |", "| mld | EasyTune-step | 3 | 3.250 ± 0.500 |"]
+
+
 def test_notebook_records_of_a_partial_rerun_keep_the_others(tmp_path):
     from easytune_lab.commands.reproduce import merge_records
 

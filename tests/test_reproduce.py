@@ -35,7 +35,7 @@ def test_smoke_reproduction_leaves_quick_results_unchanged(tmp_path, monkeypatch
     assert {r["notebook"] for r in records["notebooks"]} == {p.stem for p in (ROOT / "notebooks").glob("[0-9]*.ipynb")}
     assert all(r["results"].endswith(f"smoke/{r['notebook']}") for r in records["notebooks"])
     table = (smoke / "04_main_results" / "main_table.md").read_text().splitlines()
-    assert table[0] == "Main table (profile smoke, seed 0)" and table[2].startswith("| method |")
+    assert table[0] == "Main table (profile smoke, seed 0)" and table[2].startswith("| backbone | method | seeds |")
     assert json.loads((smoke / "data" / "summary.json").read_text())["profile"] == "smoke"
     assert len(list((smoke / "playback").glob("*.html"))) == 1
     for png in smoke.rglob("*.png"):    # every figure written, none under another profile's folder

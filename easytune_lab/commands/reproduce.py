@@ -195,14 +195,17 @@ def merge_records(path: Path, records: list[dict], profile: str, seed: int) -> l
     return [kept[name] for name in sorted(kept)]
 
 
-MAIN_COLUMNS = {"method": "method", "r_precision_top1": "top-1", "r_precision_top2": "top-2",
-                "r_precision_top3": "top-3", "fid": "FID", "mm_dist": "MM-Dist", "diversity": "Diversity",
-                "oracle_accuracy": "oracle", "peak_memory_mib": "peak MiB", "train_seconds": "train s"}
+MAIN_COLUMNS = {"backbone": "backbone", "method": "method", "seeds": "seeds", "r_precision_top1": "top-1",
+                "r_precision_top2": "top-2", "r_precision_top3": "top-3", "fid": "FID", "mm_dist": "MM-Dist",
+                "diversity": "Diversity", "oracle_accuracy": "oracle", "peak_memory_mib": "peak MiB",
+                "train_seconds": "train s"}
+_TEXT_COLUMNS = ("backbone", "method", "seeds")
 
 
 def main_table_markdown(csv_path: Path) -> str:
-    """The main table (``main_table.csv``) as a Markdown table, 3 decimals (peak memory and time: 1), under a line
-    naming its profile and seed (the CSV's ``profile``/``seed`` columns)."""
+    """The main table (``main_table.csv``) as a Markdown table, 3 decimals (peak memory and time: 1), a value with a
+    ``<column>_ci95`` column as "mean ± half-width" (the 95 % interval over fine-tuning seeds), under a line naming
+    its profile and seed (the CSV's ``profile``/``seed`` columns)."""
     import pandas as pd
 
     table = pd.read_csv(csv_path)
@@ -210,10 +213,19 @@ def main_table_markdown(csv_path: Path) -> str:
     named = [f"{key} {', '.join(str(v) for v in table[key].unique())}" for key in ("profile", "seed") if key in table]
     head = [f"Main table ({', '.join(named)})", ""] if named else []
     lines = head + ["| " + " | ".join(MAIN_COLUMNS[c] for c in cols) + " |", "|" + "---|" * len(cols)]
-    for _, row in table[cols].iterrows():
-        cells = [str(row[c]) if c == "method" else f"{row[c]:.1f}" if c in ("peak_memory_mib", "train_seconds")
-                 else f"{row[c]:.3f}" for c in cols]
-        lines.append("| " + " | ".join(cells) + " |")
+
+    def cell(row, c: str) -> str:
+        if c in _TEXT_COLUMNS:
+            return str(row[c])
+        if pd.isna(row[c]):
+            return ""
+        digits = 1 if c in ("peak_memory_mib", "train_seconds") else 3
+        text = f"{row[c]:.{digits}f}"
+        half = row.get(c + "_ci95")
+        return text if half is None or pd.isna(half) else f"{text} ± {half:.{digits}f}"
+
+    for _, row in table.iterrows():
+        lines.append("| " + " | ".join(cell(row, c) for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 
