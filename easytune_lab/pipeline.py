@@ -252,13 +252,14 @@ class Workbench:
 
         return self._key("reward", noise_aware=noise_aware, config=profile_configs(self.profile, noise_aware)[0])
 
-    def finetune_config(self, method: str, **overrides):
-        """The :class:`~easytune_lab.finetune.train.FinetuneConfig` that :meth:`finetune` trains with."""
+    def finetune_config(self, method: str, backbone: str | None = None, **overrides):
+        """The :class:`~easytune_lab.finetune.train.FinetuneConfig` that :meth:`finetune` trains ``backbone`` with
+        (its lr the one tuned on that backbone where there is one)."""
         import dataclasses
 
         from .finetune.train import finetune_config
 
-        cfg = finetune_config(method, self.profile, **{"seed": self.seed, **overrides})
+        cfg = finetune_config(method, self.profile, backbone=backbone, **{"seed": self.seed, **overrides})
         if cfg.policy.train_steps == "weighted" and cfg.policy.weighting == "uniform":
             # uniform step weights are all exactly 1 (StepPlan.lr_scale = 1.0): the same training as every step
             # unweighted, so the same cached run instead of a second, identical one (notebooks 04 and 06)
@@ -279,7 +280,7 @@ class Workbench:
             reward = find_preset(overrides["preset"]).reward if overrides.get("preset") else "spl"
         if reward not in rewards:
             raise UserError(f"reward: unknown reward '{reward}' (choose {', '.join(rewards)})")
-        cfg = self.finetune_config(method, **dict(overrides))
+        cfg = self.finetune_config(method, backbone=backbone, **dict(overrides))
         validate(cfg)
         base, reward_run = self.backbone(backbone), self.reward(**rewards[reward])
         # the resolved config is the key (not how it was asked for): equal configs share one run

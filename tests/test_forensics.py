@@ -62,19 +62,22 @@ def test_the_stages_walk_from_official_to_fair_one_factor_at_a_time():
     from easytune_lab.finetune.presets import preset
     from easytune_lab.finetune.train import finetune_config
 
-    def resolved(i, method, profile):
-        overrides, reward = stage_options(i, method, profile)
-        cfg = finetune_config(method, profile, preset="official", **overrides)
+    def resolved(i, method, profile, backbone=None):
+        overrides, reward = stage_options(i, method, profile, backbone=backbone)
+        cfg = finetune_config(method, profile, preset="official", backbone=backbone, **overrides)
         return dataclasses.replace(cfg, preset=""), reward
 
     for profile in ("smoke", "quick"):
         for method in ("easytune", "draft"):
-            first, reward0 = resolved(0, method, profile)
-            assert first == dataclasses.replace(finetune_config(method, profile, preset="official"), preset="")
-            assert reward0 == "spl-official"
-            last, reward = resolved(len(STAGES) - 1, method, profile)
-            assert last == dataclasses.replace(finetune_config(method, profile, preset="fair"), preset="")
-            assert reward == preset("fair").reward
+            for backbone in (None, "mdm", "mld"):   # the fair end takes the lr tuned on the backbone
+                first, reward0 = resolved(0, method, profile, backbone)
+                official = finetune_config(method, profile, preset="official", backbone=backbone)
+                assert first == dataclasses.replace(official, preset="")
+                assert reward0 == "spl-official"
+                last, reward = resolved(len(STAGES) - 1, method, profile, backbone)
+                fair = finetune_config(method, profile, preset="fair", backbone=backbone)
+                assert last == dataclasses.replace(fair, preset="")
+                assert reward == preset("fair").reward
     for i in range(1, len(STAGES)):   # each factor moves at least one of the two methods' runs (at quick)
         before = [resolved(i - 1, m, "quick") for m in ("easytune", "draft")]
         after = [resolved(i, m, "quick") for m in ("easytune", "draft")]

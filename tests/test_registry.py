@@ -136,3 +136,23 @@ def test_registry_names_keep_their_declared_order_whatever_is_imported_first():
     assert reg.names() == ("a", "b", "c", "d")
     reg.unregister("d")
     assert reg.names() == ("a", "b", "c")
+
+
+def test_a_backbone_tuned_lr_applies_to_that_backbone_only():
+    import dataclasses
+
+    from easytune_lab.finetune.methods import METHODS, method_spec, register_method
+    from easytune_lab.finetune.train import PROFILES, finetune_config
+
+    spec = method_spec("draft")
+    tuned = dataclasses.replace(spec, lr={**spec.lr, "quick/toy": 1.25e-3})
+    register_method(tuned, replace=True)
+    try:
+        assert finetune_config("draft", "quick", backbone="toy").lr == 1.25e-3
+        assert finetune_config("draft", "quick", backbone="mdm").lr == spec.tuned_lr("quick")
+        assert finetune_config("draft", "quick").lr == spec.tuned_lr("quick")
+        assert finetune_config("draft", "smoke", backbone="toy").lr == PROFILES["smoke"].lr   # another profile
+        assert finetune_config("draft", "quick", backbone="toy", lr=2e-6).lr == 2e-6         # an override wins
+    finally:
+        register_method(spec, replace=True)
+    assert METHODS["draft"] is spec

@@ -86,20 +86,21 @@ def waterfall_steps(stages: Sequence[tuple[str, Sequence[float]]]) -> list[dict]
 @dataclass(frozen=True)
 class Stage:
     """One factor switched from the authors' configuration toward the fair one. ``changes`` are finetune_config
-    overrides for every method (a callable of (method, profile) where they depend on them); ``reward`` switches the
+    overrides for every method (a callable of (method, profile, backbone) where they depend on them; the backbone
+    is None when the profile's default lrs apply); ``reward`` switches the
     reward the methods fine-tune against. Stages are cumulative: stage i carries the changes of stages 1..i."""
 
     name: str
-    changes: Mapping[str, Any] | Callable[[str, str], Mapping[str, Any]] = field(default_factory=dict)
+    changes: Mapping[str, Any] | Callable[[str, str, str | None], Mapping[str, Any]] = field(default_factory=dict)
     reward: str | None = None
 
-    def resolve(self, method: str, profile: str) -> dict:
-        return dict(self.changes(method, profile) if callable(self.changes) else self.changes)
+    def resolve(self, method: str, profile: str, backbone: str | None = None) -> dict:
+        return dict(self.changes(method, profile, backbone) if callable(self.changes) else self.changes)
 
 
-def _fair(method: str, profile: str, *keys: str) -> dict:
-    """The values the fair preset resolves to for ``keys`` (top-level FinetuneConfig fields)."""
-    cfg = finetune_config(method, profile, preset="fair")
+def _fair(method: str, profile: str, backbone: str | None, *keys: str) -> dict:
+    """The values the fair preset resolves to for ``keys`` (top-level FinetuneConfig fields) on ``backbone``."""
+    cfg = finetune_config(method, profile, preset="fair", backbone=backbone)
     return {k: getattr(cfg, k) for k in keys}
 
 
@@ -107,24 +108,25 @@ def _fair(method: str, profile: str, *keys: str) -> dict:
 STAGES: tuple[Stage, ...] = (
     Stage("official (authors' code)"),
     Stage("schedule counted in trajectories", {"schedule_clock": "trajectories"}),
-    Stage("equal budgets", lambda m, p: _fair(m, p, "iterations")),
-    Stage("each method's tuned lr", lambda m, p: _fair(m, p, "lr")),
-    Stage("our captions per trajectory", lambda m, p: _fair(m, p, "batch_size")),
-    Stage("our guidance in fine-tuning", lambda m, p: _fair(m, p, "guidance")),
+    Stage("equal budgets", lambda m, p, b: _fair(m, p, b, "iterations")),
+    Stage("each method's tuned lr", lambda m, p, b: _fair(m, p, b, "lr")),
+    Stage("our captions per trajectory", lambda m, p, b: _fair(m, p, b, "batch_size")),
+    Stage("our guidance in fine-tuning", lambda m, p, b: _fair(m, p, b, "guidance")),
     Stage("all steps (not the last 10)", {"train_steps": "all", "num_train_steps": 0}),
     Stage("live parameters (not frozen)", {"gradient_at": "live"}),
     Stage("τ-scaled reward (not unit cosine)", {"reward_scale": "tau"}),
     Stage("our SPL (not the authors')", reward="spl"),
-    Stage("our schedule (fair)", lambda m, p: _fair(m, p, "lr_schedule", "warmup")),
+    Stage("our schedule (fair)", lambda m, p, b: _fair(m, p, b, "lr_schedule", "warmup")),
 )
 
 
-def stage_options(stage: int, method: str, profile: str, stages: Sequence[Stage] = STAGES) -> tuple[dict, str]:
-    """(finetune_config overrides on top of ``preset="official"``, reward) of ``stages[stage]`` for ``method``:
-    the changes of stages 1..``stage`` in order."""
+def stage_options(stage: int, method: str, profile: str, stages: Sequence[Stage] = STAGES,
+                  backbone: str | None = None) -> tuple[dict, str]:
+    """(finetune_config overrides on top of ``preset="official"``, reward) of ``stages[stage]`` for ``method`` on
+    ``backbone``: the changes of stages 1..``stage`` in order."""
     overrides: dict = {}
     reward = preset("official").reward
     for s in stages[1:stage + 1]:
-        overrides.update(s.resolve(method, profile))
+        overrides.update(s.resolve(method, profile, backbone))
         reward = s.reward or reward
     return overrides, reward

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..runtime import COUNT, COUNT0, OutputPath, SEED, STEPS_T, integer, real
-from ..runs import add_allow_pickle, add_name_argument, run_path
+from ..runs import add_allow_pickle, add_name_argument, read_manifest, run_path
 from .options import renamed
 
 
@@ -115,7 +115,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from .. import distributed as dist
     from ..finetune.train import finetune_config, run_finetune
 
-    cfg = finetune_config(args.method, args.profile, preset=args.preset, gradient_at=args.gradient_at,
+    check_inputs(args.base, args.reward, args.data, args.evaluator)
+    backbone = read_manifest(args.base, kind="backbone", flag="--base").get("config", {}).get("backbone")
+    cfg = finetune_config(args.method, args.profile, preset=args.preset, backbone=backbone,
+                          gradient_at=args.gradient_at,
                           reward_scale=args.reward_scale, schedule_clock=args.schedule_clock,
                           lr_schedule=args.lr_schedule, warmup=args.warmup, guidance=args.guidance,
                           iterations=args.iterations, sample_steps=args.sample_steps,
@@ -124,7 +127,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                           reg_weight=args.reg_weight, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                           lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, eval_every=args.eval_every,
                           eval_motions=args.eval_motions, checkpoint_every=args.checkpoint_every)
-    check_inputs(args.base, args.reward, args.data, args.evaluator)
     ctx, device = dist.setup(args.device)
     dist.check_divisible(cfg.batch_size, "--batch-size")
     metrics = run_finetune(cfg, args.base, args.reward, args.data, args.out, device, resume=args.resume,

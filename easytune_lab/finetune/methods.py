@@ -29,7 +29,8 @@ class MethodSpec:
     """One fine-tuning method.
 
     ``policy``: its :class:`Policy` class (built with the run's :class:`PolicyConfig`). ``lr``: its tuned learning
-    rate per profile, where it differs from the fine-tuning profile's row. ``policy_defaults``: PolicyConfig fields
+    rate per profile (key ``"quick"``), or per profile and backbone where a backbone was tuned on its own (key
+    ``"quick/mld"``), where it differs from the fine-tuning profile's row (:meth:`tuned_lr`). ``policy_defaults``: PolicyConfig fields
     it sets in every profile; ``default_k(T)``: its K for a trajectory of T steps (DRaFT-K: K = T, i.e. DRaFT-50 at
     T = 50), or None when the method has no K (then ``uses_k`` is False and ``k`` is ignored).
     """
@@ -44,6 +45,12 @@ class MethodSpec:
     @property
     def uses_k(self) -> bool:
         return self.default_k is not None
+
+    def tuned_lr(self, profile: str, backbone: str | None = None, default: float | None = None) -> float | None:
+        """The lr tuned for ``profile`` on ``backbone`` if there is one, else for ``profile``, else ``default``."""
+        if backbone is not None and f"{profile}/{backbone}" in self.lr:
+            return self.lr[f"{profile}/{backbone}"]
+        return self.lr.get(profile, default)
 
     def policy_config(self, num_steps: int) -> PolicyConfig:
         """The method's policy defaults for a profile with T = ``num_steps``."""

@@ -130,14 +130,16 @@ def with_overrides(cfg: FinetuneConfig, overrides: dict) -> FinetuneConfig:
     return dataclasses.replace(cfg, **parts) if parts else cfg
 
 
-def finetune_config(method: str, profile: str, preset: str | None = None, **overrides) -> FinetuneConfig:
-    """The profile's row for ``method`` (its policy defaults and tuned lr from its MethodSpec), then the ``preset``'s
+def finetune_config(method: str, profile: str, preset: str | None = None, backbone: str | None = None,
+                    **overrides) -> FinetuneConfig:
+    """The profile's row for ``method`` (its policy defaults and its lr tuned for the profile, and for ``backbone``
+    where that backbone was tuned on its own: :meth:`MethodSpec.tuned_lr`), then the ``preset``'s
     overrides for the method and profile (:mod:`easytune_lab.finetune.presets`; its name is kept in
     ``FinetuneConfig.preset``), then ``overrides`` (:func:`with_overrides`), validated."""
     check_profile(profile)
     spec = method_spec(method)
     row = PROFILES[profile]
-    cfg = dataclasses.replace(row, method=method, lr=spec.lr.get(profile, row.lr),
+    cfg = dataclasses.replace(row, method=method, lr=spec.tuned_lr(profile, backbone, row.lr),
                               policy=spec.policy_config(row.sample_steps), loop=LoopConfig(), lora=LoraConfig())
     if preset:
         cfg = dataclasses.replace(with_overrides(cfg, find_preset(preset).overrides(method, profile)), preset=preset)
