@@ -22,6 +22,13 @@ from .policy import AlignProp, DRaFT, DRaFTLV, DRTune, EasyTune, EasyTuneChain, 
 #: {2e-6, 2e-5, 6e-5}. The other methods, which also step once per trajectory, take DRaFT's (not tuned on their own).
 QUICK_LR_PER_STEP = 3e-7
 QUICK_LR_PER_TRAJECTORY = 6e-5
+#: The same rule on the quick MLD (the paper's backbone) and the same SPL reward, 120 s per curve, held-out reward
+#: every 2 trajectories (results/quick/finetune/speed_quick_mld.json; a first, shorter grid in
+#: speed_quick_mld_grid1.json showed both methods wanting more than their MDM lrs): EasyTune from {3e-6, 1e-5,
+#: 3e-5}, DRaFT-50 from {2e-4, 6e-4, 2e-3}. EasyTune's pick is its grid's upper edge and its curve is noisy (one
+#: seed, 6 trajectories); DRaFT's is inside its grid.
+QUICK_MLD_LR_PER_STEP = 3e-5
+QUICK_MLD_LR_PER_TRAJECTORY = 6e-4
 
 
 @dataclass(frozen=True)
@@ -78,10 +85,10 @@ def method_spec(name: str) -> MethodSpec:
     return METHODS[name]
 
 
-_PER_TRAJECTORY = {"quick": QUICK_LR_PER_TRAJECTORY}
+_PER_TRAJECTORY = {"quick": QUICK_LR_PER_TRAJECTORY, "quick/mld": QUICK_MLD_LR_PER_TRAJECTORY}
 
 for _spec in (
-    MethodSpec("easytune", EasyTune, lr={"quick": QUICK_LR_PER_STEP},
+    MethodSpec("easytune", EasyTune, lr={"quick": QUICK_LR_PER_STEP, "quick/mld": QUICK_MLD_LR_PER_STEP},
                description="EasyTune-step: stop-gradient on x_t, reward and update at every trained step"),
     MethodSpec("easytune-chain", EasyTuneChain, lr=_PER_TRAJECTORY,
                description="EasyTune without the stop-gradient: one update per trajectory (O(T) memory)"),
