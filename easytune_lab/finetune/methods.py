@@ -22,12 +22,13 @@ from .policy import AlignProp, DRaFT, DRaFTLV, DRTune, EasyTune, EasyTuneChain, 
 #: {2e-6, 2e-5, 6e-5}. The other methods, which also step once per trajectory, take DRaFT's (not tuned on their own).
 QUICK_LR_PER_STEP = 3e-7
 QUICK_LR_PER_TRAJECTORY = 6e-5
-#: The same rule on the quick MLD (the paper's backbone) and the same SPL reward, 120 s per curve, held-out reward
-#: every 2 trajectories (results/quick/finetune/speed_quick_mld.json; a first, shorter grid in
-#: speed_quick_mld_grid1.json showed both methods wanting more than their MDM lrs): EasyTune from {3e-6, 1e-5,
-#: 3e-5}, DRaFT-50 from {2e-4, 6e-4, 2e-3}. EasyTune's pick is its grid's upper edge and its curve is noisy (one
-#: seed, 6 trajectories); DRaFT's is inside its grid.
-QUICK_MLD_LR_PER_STEP = 3e-5
+#: On the quick MLD (the paper's backbone), with the same SPL reward, each lr is scored by its held-out reward
+#: (validation captions) after the profile's whole fine-tuning budget, 16 trajectories, seed 0 (``scripts/tune_lr.py``,
+#: results/quick/finetune/lr_grid_mld.json): EasyTune from {3e-7, 1e-6, 3e-6, 1e-5}, DRaFT-50 from {6e-5, 2e-4,
+#: 6e-4, 2e-3}; both picks are inside their grids. (A first grid scored by the reward after 120 s of training,
+#: about 6 EasyTune trajectories, picked 3e-5, its grid's edge, which then lost reward over 16 trajectories:
+#: speed_quick_mld.json, speed_quick_mld_grid1.json.)
+QUICK_MLD_LR_PER_STEP = 3e-6
 QUICK_MLD_LR_PER_TRAJECTORY = 6e-4
 
 
