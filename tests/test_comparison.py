@@ -29,7 +29,7 @@ def fake_rows(values: dict[str, list[float]], metric: str = "mm_dist") -> list[d
 
 def test_collect_runs_every_seed_of_every_method_and_the_base_once():
     rows = fake_rows({"Base": [20.0], "EasyTune-step": [19.0, 19.5, 18.5], "DRaFT": [19.0, 19.1, 18.9]})
-    assert [(r["method"], r["seed"]) for r in rows] == [("Base", None), ("EasyTune-step", 0), ("EasyTune-step", 1),
+    assert [(r["method"], r["finetune_seed"]) for r in rows] == [("Base", None), ("EasyTune-step", 0), ("EasyTune-step", 1),
                                                         ("EasyTune-step", 2), ("DRaFT", 0), ("DRaFT", 1), ("DRaFT", 2)]
     assert rows[0]["optimizer_steps"] is None and rows[1]["optimizer_steps"] == 10
     with pytest.raises(ValueError, match="seeds"):
@@ -60,9 +60,21 @@ def test_paired_skips_metrics_without_a_direction_and_one_seed_gives_no_verdict(
     rows = fake_rows({"Base": [1.0], "EasyTune-step": [2.0, 2.0, 2.0]}, metric="diversity")
     assert paired(rows, "EasyTune-step") == []
     one = [r for r in fake_rows({"Base": [20.0], "EasyTune-step": [19.0, 19.5, 18.5], "DRaFT": [19.0, 19.4, 18.7]})
-           if r["seed"] in (None, 0)]
+           if r["finetune_seed"] in (None, 0)]
     assert {r["verdict"] for r in paired(one, "EasyTune-step")} == {"one seed: no interval"}
 
 
 def test_every_profile_compares_at_least_three_seeds_except_smoke():
     assert all(n >= 3 for profile, n in SEEDS.items() if profile != "smoke") and SEEDS["smoke"] >= 2
+
+
+def test_rows_keep_their_finetune_seed_through_the_table_writer(tmp_path):
+    import pandas as pd
+
+    from easytune_lab.viz.plots import write_table
+
+    rows = fake_rows({"Base": [20.0], "EasyTune-step": [19.0, 19.5, 18.5]})
+    path = write_table(pd.DataFrame(rows), tmp_path / "per_seed.csv", "smoke", 7, allow_nonfinite=True)
+    table = pd.read_csv(path)
+    assert list(table.seed.unique()) == [7]                      # the notebook's seed, named by the writer
+    assert table.finetune_seed.fillna(-1).tolist() == [-1, 0, 1, 2]

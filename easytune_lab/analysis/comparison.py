@@ -33,8 +33,10 @@ TRAINING = ("peak_bytes", "train_seconds", "optimizer_steps", "reward_before", "
 
 def run_row(backbone: str, arm: str, method: str | None, seed: int | None, run_name: str, evaluation: Mapping,
             training: Mapping | None = None) -> dict:
-    """One row: the arm's T2M metrics (the mean over evaluator replications) and its training measurements."""
-    row = {"backbone": backbone, "method": arm, "finetune": method or "", "seed": seed, "run": run_name}
+    """One row: the arm's T2M metrics (the mean over evaluator replications) and its training measurements;
+    ``finetune_seed`` is None for the base model (``seed`` is left to the table writer, which names the notebook's
+    seed)."""
+    row = {"backbone": backbone, "method": arm, "finetune": method or "", "finetune_seed": seed, "run": run_name}
     for key in METRICS:
         value = evaluation.get(key)
         row[key] = float(value["mean"]) if isinstance(value, Mapping) and value.get("mean") is not None else None
@@ -98,8 +100,8 @@ def paired(rows: Iterable[dict], reference: str, metrics: Mapping[str, bool | No
     for (backbone, arm), group in groups.items():
         if arm == reference or (backbone, reference) not in groups:
             continue
-        ref = {r["seed"]: r for r in groups[(backbone, reference)]}
-        other = {r["seed"]: r for r in group}
+        ref = {r["finetune_seed"]: r for r in groups[(backbone, reference)]}
+        other = {r["finetune_seed"]: r for r in group}
         for metric, higher in metrics.items():
             if higher is None:
                 continue
