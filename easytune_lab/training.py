@@ -1,20 +1,22 @@
-"""Trainer plumbing: one learning-rate schedule, one checkpoint format, the RNG states a checkpoint carries.
+"""Trainer plumbing: one learning-rate schedule, one checkpoint format, one resume path.
 
-:func:`lr_at` is the schedule of pretraining (per stage), reward training and fine-tuning (through
-:func:`lr_scheduler`, a ``LambdaLR``); the evaluator trains at a constant rate. Pretraining and fine-tuning write
-and resume checkpoints through :func:`save_checkpoint` and :func:`load_checkpoint` (reward and evaluator training
-have no checkpoints: they run in minutes and are rebuilt from the cache).
+:func:`lr_at` is the schedule of every trainer: pretraining computes it per stage, fine-tuning through
+:func:`lr_scheduler` (a ``LambdaLR``), reward and evaluator training through :class:`LRSchedule` (the evaluator's
+rate is ``constant``). Every trainer writes and resumes checkpoints through :func:`save_checkpoint` and
+:func:`load_checkpoint`; reward and evaluator training resume through :func:`resume_checkpoint` (see
+:class:`Checkpointing`), which adds the check that the saved config is the run's.
 
 A checkpoint is the directory ``RUN/checkpoint/``, built aside and swapped in whole
 (:func:`easytune_lab.runs.checkpoint_writer`), so a run killed at any moment resumes from a complete one::
 
     weights.safetensors    the model's state dict
+    <name>.safetensors     further state dicts of the model the trainer keeps (the evaluator's best epoch: best)
     optimizer.safetensors  optimiser tensors ``state.<parameter index>.<name>`` and RNG tensors: ``rng.torch``
                            (torch's global generator), ``rng.numpy`` (NumPy's global key), ``rng.cuda.<device>``,
                            ``rng.<name>`` for every named ``torch.Generator`` of the trainer
-    state.json             written last: the trainer's counters and logs (``step`` or ``iteration``, ...),
+    state.json             written last: the trainer's counters and logs (``step``, ``iteration`` or ``epoch``, ...),
                            ``param_groups`` and ``optimizer_scalars`` (the rest of the optimiser's state dict),
-                           ``scheduler`` (a LambdaLR's state, or null), ``rng`` (NumPy's and Python's global
+                           ``scheduler`` (an LR scheduler's state, or null), ``rng`` (NumPy's and Python's global
                            scalars, and ``generators``: the trainer's named ``numpy.random.Generator`` states),
                            ``config`` (the resolved config) and ``format``
 
@@ -29,6 +31,7 @@ raised while loading: before the resumed run writes anything.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -39,10 +42,11 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from . import distributed as dist
 from .errors import NonFiniteError, UserError
 from .io import write_json
-from .runs import (CHECKPOINT, WEIGHTS, checkpoint_writer, config_to_dict, load_state_strict, load_tensors,
-                   read_state_json, save_tensors)
+from .runs import (CHECKPOINT, WEIGHTS, checkpoint_writer, config_to_dict, find_checkpoint, load_state_strict,
+                   load_tensors, read_state_json, save_tensors)
 
 SCHEDULES = ("constant", "cosine")
 OPTIMIZER = "optimizer.safetensors"
@@ -84,6 +88,23 @@ def lr_scheduler(optimizer: torch.optim.Optimizer, warmup: int, total: int, sche
     lr_at(0, 1.0, warmup, total, schedule, min_ratio)  # an unknown schedule is refused here, not at the first step
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_at(step, 1.0, warmup, total, schedule, min_ratio))
+
+
+class LRSchedule(torch.optim.lr_scheduler.LRScheduler):
+    """The learning rate of step s is ``lr_at(s, base_lr, warmup, total, schedule, min_ratio)`` for every parameter
+    group's base rate: the value :func:`lr_at` gives, bit for bit (a ``LambdaLR`` multiplies ``base_lr`` by
+    ``lr_at(s, 1, ...)``, which can differ in the last digit during warm-up). Call ``step()`` after every optimiser
+    step; its ``state_dict()`` is plain JSON (the checkpoint's ``scheduler``)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup: int, total: int, schedule: str = "cosine",
+                 min_ratio: float = 0.0):
+        lr_at(0, 1.0, warmup, total, schedule, min_ratio)  # an unknown schedule is refused here
+        self.warmup, self.total, self.schedule, self.min_ratio = int(warmup), int(total), schedule, float(min_ratio)
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:
+        return [lr_at(self.last_epoch, base, self.warmup, self.total, self.schedule, self.min_ratio)
+                for base in self.base_lrs]
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -144,11 +165,15 @@ def save_checkpoint(run_dir: str | os.PathLike, model_state: Mapping[str, torch.
                     generators: Mapping[str, torch.Generator] = {},
                     numpy_generators: Mapping[str, np.random.Generator] = {},
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, config: Any = None,
+                    extra_weights: Mapping[str, Mapping[str, torch.Tensor]] = {},
                     name: str = CHECKPOINT) -> None:
     """Write ``RUN/<name>/`` as a whole (built aside, ``state.json`` last, then swapped in): the model's state dict,
-    the optimiser, the scheduler, every RNG state, the config and the trainer's ``state`` (counters, logs)."""
+    the optimiser, the scheduler, every RNG state, the config and the trainer's ``state`` (counters, logs).
+    ``extra_weights``: further state dicts of the same model, each written as ``<key>.safetensors``."""
     with checkpoint_writer(run_dir, name) as new:
         save_tensors(new / WEIGHTS, dict(model_state))
+        for key, weights in extra_weights.items():
+            save_tensors(new / f"{key}.safetensors", dict(weights))
         opt = optimizer.state_dict()
         tensors, opt_scalars = {}, {}
         for idx, entry in opt["state"].items():
@@ -177,6 +202,7 @@ class Checkpoint:
     tensors: dict
     legacy: bool = False
     optimizer_file: Path = field(default=Path(OPTIMIZER))
+    weights: dict = field(default_factory=dict)   # the extra state dicts asked for, by name
 
     def restore_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Load the optimiser's moments (and, unless legacy, its hyper-parameters) into ``optimizer``."""
@@ -224,13 +250,15 @@ def has_checkpoint(run_dir: str | os.PathLike, name: str = CHECKPOINT) -> bool:
 def load_checkpoint(run_dir: str | os.PathLike, model: torch.nn.Module, *, required: Sequence[str] = (),
                     generators: Sequence[str] = (), numpy_generators: Sequence[str] = (),
                     params: Callable[[dict], Sequence[torch.Tensor] | None] | None = None,
-                    device: torch.device | str = "cpu", name: str = CHECKPOINT) -> Checkpoint:
+                    extra_weights: Sequence[str] = (), device: torch.device | str = "cpu",
+                    name: str = CHECKPOINT) -> Checkpoint:
     """Read ``RUN/<name>/`` (this format or a legacy fine-tuning one) and load its weights into ``model``.
 
     ``required``: the trainer's keys ``state.json`` must hold; ``generators``/``numpy_generators``: the names of the
     trainer's own generators the checkpoint must hold; ``params(state)``: the parameters the optimiser state must
-    fit (checked by shape), or None. Every file is checked here, so a damaged one is one line naming it before the
-    resumed run writes anything.
+    fit (checked by shape), or None; ``extra_weights``: the further state dicts of ``model`` it must hold (checked
+    against ``model`` like its weights, returned in :attr:`Checkpoint.weights`). Every file is checked here, so a
+    damaged one is one line naming it before the resumed run writes anything.
     """
     ckpt = Path(run_dir) / name
     if not (ckpt / STATE).is_file():
@@ -242,6 +270,10 @@ def load_checkpoint(run_dir: str | os.PathLike, model: torch.nn.Module, *, requi
                                                  for k in numpy_generators):
         raise UserError(f"{ckpt / STATE}: damaged checkpoint state (no RNG state of {', '.join(numpy_generators)})"
                         f"; remove {ckpt} to resume from the start")
+    extra = {}
+    for key in extra_weights:  # each is checked by loading it into the model, which the weights then overwrite
+        extra[key] = load_tensors(ckpt / f"{key}.safetensors", device=str(device))
+        load_state_strict(model, extra[key], ckpt / f"{key}.safetensors")
     load_state_strict(model, load_tensors(ckpt / WEIGHTS, device=str(device)), ckpt / WEIGHTS)
     path = ckpt / OPTIMIZER
     tensors = load_tensors(path)
@@ -249,7 +281,90 @@ def load_checkpoint(run_dir: str | os.PathLike, model: torch.nn.Module, *, requi
     if missing:
         raise UserError(f"{path}: not this run's optimiser state (no {', '.join(missing)})")
     _check_optimizer_tensors(path, tensors, "state.", params(state) if params is not None else None)
-    return Checkpoint(ckpt, state, tensors, optimizer_file=path)
+    return Checkpoint(ckpt, state, tensors, optimizer_file=path, weights=extra)
+
+
+# ------------------------------------------------------------------------------------------------ resume path
+
+@dataclass
+class Checkpointing:
+    """How a trainer checkpoints and resumes (reward and evaluator training; units are the trainer's: epochs).
+
+    ``run_dir``: where ``RUN/checkpoint/`` goes; ``every``: units between checkpoints (one is also written at the
+    end and at ``stop_after``); ``resume``: continue from the checkpoint (:func:`resume_checkpoint`);
+    ``stop_after``: end after that many units with a checkpoint, as an interruption would; ``settings``: JSON
+    values besides the trainer's own config that decide the run (seed, dataset identity, parent runs), saved in
+    the checkpoint's ``config`` and required to be the same on resume. ``resumed`` is the state of the checkpoint
+    the trainer resumed from (None for a fresh start).
+    """
+
+    run_dir: Path
+    every: int = 1
+    resume: bool = False
+    stop_after: int | None = None
+    settings: dict = field(default_factory=dict)
+    resumed: dict | None = None
+
+    def __post_init__(self) -> None:
+        self.run_dir = Path(self.run_dir)
+        if int(self.every) < 1:
+            raise UserError(f"checkpoint_every: must be >= 1 (got {self.every})")
+        if self.stop_after is not None and int(self.stop_after) < 1:
+            raise UserError(f"stop_after: must be >= 1 (got {self.stop_after})")
+
+    def end(self, total: int) -> int:
+        """Where the loop of ``total`` units stops: ``total``, or ``stop_after`` when it comes first."""
+        return total if self.stop_after is None else min(total, int(self.stop_after))
+
+    def due(self, done: int, total: int) -> bool:
+        """Whether a checkpoint is written once ``done`` units are done."""
+        return done % int(self.every) == 0 or done == self.end(total)
+
+
+def _flat(value: Any, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists are leaves)."""
+    if isinstance(value, dict) and value:
+        out = {}
+        for k, v in value.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: value}
+
+
+def resume_checkpoint(run_dir: str | os.PathLike, model: torch.nn.Module, *, config: Any,
+                      optimizer: torch.optim.Optimizer | None = None,
+                      scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                      required: Sequence[str] = (), generators: Mapping[str, torch.Generator] = {},
+                      numpy_generators: Mapping[str, np.random.Generator] = {}, extra_weights: Sequence[str] = (),
+                      params: Callable[[dict], Sequence[torch.Tensor] | None] | None = None,
+                      device: torch.device | str = "cpu", name: str = CHECKPOINT) -> Checkpoint | None:
+    """The resume path: rank 0 repairs a checkpoint swap cut short by a kill (:func:`find_checkpoint`); then, if
+    ``RUN/<name>/`` holds a complete checkpoint, every rank loads it (:func:`load_checkpoint`), checks that it was
+    saved with ``config`` (compared as JSON, naming the settings that differ) and restores the optimiser, the
+    scheduler and every RNG state. None when there is none yet (killed before the first checkpoint): the run
+    starts afresh."""
+    if dist.is_main():
+        find_checkpoint(run_dir, name)
+    dist.barrier()
+    if not has_checkpoint(run_dir, name):
+        return None
+    ckpt = load_checkpoint(run_dir, model, required=(*required, "config"), generators=tuple(generators),
+                           numpy_generators=tuple(numpy_generators), params=params, extra_weights=extra_weights,
+                           device=device, name=name)
+    saved, now = _flat(ckpt.state["config"]), _flat(json.loads(json.dumps(config_to_dict(config))))
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k, "<absent>") != now.get(k, "<absent>"))
+    if changed:
+        shown = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+        raise UserError(f"{ckpt.path}: saved by a run with other settings ({shown}); resuming continues the saved "
+                        f"run with the same settings (or remove {ckpt.path} to start afresh)")
+    if optimizer is not None and not ckpt.state.get("param_groups"):
+        raise UserError(f"{ckpt.path / STATE}: damaged checkpoint state (no optimiser parameter groups); remove "
+                        f"{ckpt.path} to resume from the start")
+    if scheduler is not None and not isinstance(ckpt.state.get("scheduler"), dict):
+        raise UserError(f"{ckpt.path / STATE}: damaged checkpoint state (no scheduler state); remove {ckpt.path} "
+                        "to resume from the start")
+    ckpt.restore(optimizer, scheduler, generators, numpy_generators)
+    return ckpt
 
 
 def _check_optimizer_tensors(path: Path, tensors: dict, prefix: str, params: Sequence[torch.Tensor] | None) -> None:

@@ -232,7 +232,7 @@ class Inputs:
 
 @pytest.fixture(scope="module")
 def inputs(smoke_runs, tmp_path_factory) -> Inputs:
-    """Own copies of the shared runs (damaged in place and restored), an evaluator and two resumable runs."""
+    """Own copies of the shared runs (damaged in place and restored), an evaluator and four resumable runs."""
     root = tmp_path_factory.mktemp("damage")
     roots = {name: root / name for name in ("data", "base", "reward")}
     for name in roots:
@@ -245,7 +245,21 @@ def inputs(smoke_runs, tmp_path_factory) -> Inputs:
                  "--out", str(roots["stopped"]), "--device", "cpu", "--no-progress"]) == 0
     roots["finetuned"] = root / "finetuned"
     assert main(FT(roots, roots["finetuned"])) == 0
+    roots["stopped-evaluator"] = root / "stopped-evaluator"
+    assert main(EV(roots, roots["stopped-evaluator"], "--stop-after", "1")) == 0
+    roots["stopped-reward"] = root / "stopped-reward"
+    assert main(RW(roots, roots["stopped-reward"], "--stop-after", "1")) == 0
     return Inputs(roots)
+
+
+def EV(r, out, *extra) -> list[str]:
+    return ["evaluator", "train", "--data", str(r["data"]), "--profile", "smoke", "--epochs", "2", "--out", str(out),
+            "--device", "cpu", "--no-progress", *extra]
+
+
+def RW(r, out, *extra) -> list[str]:
+    return ["reward", "train", "--data", str(r["data"]), "--profile", "smoke", "--epochs", "2", "--out", str(out),
+            "--device", "cpu", *extra]
 
 
 def FT(r, out, *extra) -> list[str]:
@@ -279,6 +293,9 @@ COMMANDS: dict[str, tuple[Callable, str | None]] = {
                            "--replications", "1", "--out", str(o), "--device", "cpu", "--no-progress"], ".json"),
     "finetune": (lambda r, o: FT(r, o, "--evaluator", str(r["evaluator"]), "--eval-motions", "32"), ""),
     "finetune --resume": (lambda r, o: FT(r, r["finetuned"], "--resume"), None),
+    # resumed at the checkpoint's epoch: everything is read and checked, nothing trained or written
+    "evaluator train --resume": (lambda r, o: EV(r, r["stopped-evaluator"], "--resume", "--stop-after", "1"), None),
+    "reward train --resume": (lambda r, o: RW(r, r["stopped-reward"], "--resume", "--stop-after", "1"), None),
 }
 
 

@@ -12,7 +12,7 @@ import torch
 from .. import distributed as dist
 from ..errors import UserError
 from ..eval.evaluator_train import EVALUATOR_SEED, profile_config, train_evaluator
-from ..runs import add_name_argument
+from ..runs import MANIFEST, add_name_argument
 from ..runtime import COUNT, OutputPath, SECONDS, SEED, check_profile, default_threads
 
 
@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = esub.add_parser("train", help="train the evaluator (writes manifest, weights, vocabulary, val metrics)")
     t.add_argument("--data", required=True, type=Path, help="HumanML3D-format dataset directory")
     t.add_argument("--profile", default="quick", help="smoke | quick | paper (default quick)")
-    t.add_argument("--out", required=True, type=OutputPath(directory=True), help="run directory to write (must be empty or absent)")
+    t.add_argument("--out", required=True, type=OutputPath(directory=True),
+                   help="run directory to write (must be empty or absent; with --resume: the run to continue)")
     t.add_argument("--seed", type=SEED, default=None,
                    help="seed (default: the evaluator's own fixed seed, distinct from the reward model's)")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -32,17 +33,34 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="contrastive loss (default infonce; margin = T2M's margin loss)")
     t.add_argument("--epochs", type=COUNT, default=None, help="override the profile's number of epochs")
     t.add_argument("--max-seconds", type=SECONDS, default=None, help="override the profile's training time budget")
+    t.add_argument("--checkpoint-every", type=COUNT, default=1, help="epochs between checkpoints (default 1)")
+    t.add_argument("--stop-after", type=COUNT, default=None,
+                   help="stop after this many epochs with a checkpoint, as an interruption would (for tests)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue --out from its last checkpoint (from the start if it was killed before the "
+                        "first) with the same options")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_name_argument(t)
     t.set_defaults(func=cmd_train, distributed=True, lock="out")
+
+
+def check_out(out: Path, resume: bool) -> None:
+    """``--out``: absent or empty for a new run; with ``--resume`` an unfinished run (no manifest yet)."""
+    if not resume:
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise UserError(f"--out {out}: exists and is not an empty directory (use --resume to continue it)")
+        return
+    if not out.is_dir():
+        raise UserError(f"--resume: {out} does not exist (nothing to resume)")
+    if (out / MANIFEST).exists():
+        raise UserError(f"--resume: {out} holds a finished run ({MANIFEST}); nothing to resume")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     check_profile(args.profile)
     if not args.data.is_dir():
         raise UserError(f"--data {args.data}: dataset directory not found")
-    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
-        raise UserError(f"--out {args.out}: exists and is not an empty directory")
+    check_out(args.out, args.resume)
     if args.epochs is not None and args.epochs < 1:
         raise UserError(f"--epochs: must be at least 1 (got {args.epochs})")
     if args.max_seconds is not None and args.max_seconds <= 0:
@@ -57,8 +75,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                  if v is not None}
     config = dataclasses.replace(config, **overrides)
     seed = EVALUATOR_SEED if args.seed is None else args.seed
-    metrics = train_evaluator(args.data, config, args.out, seed=seed, device=device, progress=not args.no_progress)
+    metrics = train_evaluator(args.data, config, args.out, seed=seed, device=device, progress=not args.no_progress,
+                              resume=args.resume, stop_after=args.stop_after, checkpoint_every=args.checkpoint_every)
     if not ctx.is_main:
+        return 0
+    if not metrics["complete"]:
+        print(f"evaluator: stopped after {metrics['epochs_run']}/{config.epochs} epochs with a checkpoint "
+              f"(continue with --resume) -> {args.out}")
         return 0
     val = metrics["val"]
     print(f"evaluator: val R-Precision top1 {val['r_precision_top1']:.3f} top3 {val['r_precision_top3']:.3f} "

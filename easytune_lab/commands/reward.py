@@ -2,7 +2,8 @@
 
 Each run directory holds ``manifest.json``, ``weights.safetensors``, ``vocab.json`` and ``metrics.json``
 (training history and retrieval metrics R@1/2/3/5/10 + median rank, text→motion and motion→text, over the
-whole test split and in galleries of 32, at each evaluated noise level).
+whole test split and in galleries of 32, at each evaluated noise level), and ``checkpoint/``, from which
+``--resume`` continues an interrupted ``train`` or ``spl`` run.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="start from this reward run (its weights, vocabulary and model size) instead of a fresh "
                         "reward: with --noise-aware from a plain run (the timestep embedding starts at zero), "
                         "else the run is trained on for the profile's epochs")
+    _checkpoint_options(t)
     add_allow_pickle(t)
     add_name_argument(t)
     t.set_defaults(func=cmd_train, distributed=True, lock="out")
@@ -50,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="ours: pairs mined beyond the top-k, whole train split as gallery; official: the authors' "
                         "train_spm.py loss and settings (in-batch, (1/2,1/2)/(0,1) targets, weight 0.01, lr 1e-5)")
     s.add_argument("--epochs", type=COUNT, default=None, help="override the profile's number of SPL epochs")
+    _checkpoint_options(s)
     add_allow_pickle(s)
     add_name_argument(s)
     s.set_defaults(func=cmd_spl, distributed=True, lock="out")
@@ -84,22 +87,37 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, type=Path, help="HumanML3D-format dataset directory")
     p.add_argument("--profile", default="quick", help="smoke | quick | paper (default quick)")
-    p.add_argument("--out", required=True, type=OutputPath(directory=True), help="output run directory (absent or empty)")
+    p.add_argument("--out", required=True, type=OutputPath(directory=True),
+                   help="output run directory (absent or empty; with --resume: the run to continue)")
     p.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto; under torchrun cuda = one "
                                                     "GPU per rank)")
 
 
+def _checkpoint_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint-every", type=COUNT, default=1, help="epochs between checkpoints (default 1)")
+    p.add_argument("--stop-after", type=COUNT, default=None,
+                   help="stop after this many epochs with a checkpoint, as an interruption would (for tests)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue --out from its last checkpoint (from the start if it was killed before the "
+                        "first) with the same options")
+
+
+def _checkpointing(args: argparse.Namespace) -> dict:
+    return {"resume": args.resume, "stop_after": args.stop_after, "checkpoint_every": args.checkpoint_every}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     stages.train_run(args.data, args.out, args.profile, args.seed, args.device, noise_aware=args.noise_aware,
                      epochs=args.epochs, schedule=args.schedule, text_model=args.text_model, init=args.init,
-                     progress=True)
+                     progress=True, **_checkpointing(args))
     return 0
 
 
 def cmd_spl(args: argparse.Namespace) -> int:
     stages.spl_run(args.reward, args.data, args.out, args.profile, args.seed, args.device, k=args.k,
-                   weight=args.spl_weight, epochs=args.epochs, progress=True, mode=args.spl_mode)
+                   weight=args.spl_weight, epochs=args.epochs, progress=True, mode=args.spl_mode,
+                   **_checkpointing(args))
     return 0
 
 

@@ -10,7 +10,14 @@ Loss (config ``loss``):
 
 The evaluator has its own fixed seed (:data:`EVALUATOR_SEED`), different from the reward model's, so that the judge
 is never the model being optimised. Validation retrieval (R-Precision top-1/2/3 and MM-Dist on the val split, groups
-of 32) is measured after every epoch; the best epoch's weights are kept.
+of 32) is measured after every epoch; the best epoch's weights are kept. The learning rate is constant
+(:func:`easytune_lab.training.lr_at`'s ``constant`` schedule, no warm-up, through
+:class:`~easytune_lab.training.LRSchedule`).
+
+Every ``checkpoint_every`` epochs ``OUT/checkpoint/`` is written in the shared format (:mod:`easytune_lab.training`):
+the weights, the best epoch's weights (``best.safetensors``), the optimiser, the scheduler, the RNG states (torch's
+global generator, which draws the training crops and captions, the loader's shuffling generator, the margin loss's
+shift generator) and the history. A run resumed from it ends with the weights of the uninterrupted run.
 
 Under ``torchrun`` the encoders train in DistributedDataParallel: every rank draws the same global batch, encodes its
 ``batch_size / world`` rows, and the embeddings are all-gathered (with gradients), so the contrastive loss sees the
@@ -36,13 +43,16 @@ from .. import distributed as dist
 from ..data.humanml import HumanMLDataset, MotionBatch, collate_motions
 from ..errors import UserError
 from ..io import write_json
-from ..runs import WEIGHTS, make_manifest, save_tensors, write_manifest
+from ..runs import WEIGHTS, dataset_identity, make_manifest, save_tensors, write_manifest
 from ..runtime import check_finite_loss, check_profile, seed_everything
+from ..runtime import progress_bar as tqdm
+from ..training import Checkpoint, Checkpointing, LRSchedule, resume_checkpoint, save_checkpoint
 from . import metrics as M
 from .evaluator import (EVALUATOR_KIND, NORMALISATION_FILE, VOCABULARY_FILE, EvaluatorConfig,
                         TextMotionEvaluator, save_normalisation)
 
 EVALUATOR_SEED = 2022  # the evaluator's own seed (the reward model and backbones use the run's --seed)
+LR_SCHEDULE = "constant"  # lr_at's schedule of the evaluator: its lr throughout, no warm-up
 
 
 @dataclass
@@ -191,14 +201,22 @@ def retrieval_scores(text: np.ndarray, motion: np.ndarray, seed: int = 0) -> dic
 
 
 def train_evaluator(data_root: str | Path, config: EvaluatorTrainConfig, out_dir: str | Path,
-                    seed: int = EVALUATOR_SEED, device: torch.device | str = "cpu", progress: bool = True) -> dict:
-    """Train on ``DATA/train.txt``, select on ``DATA/val.txt``, write the run directory; returns metrics.json."""
-    from ..runtime import progress_bar as tqdm
+                    seed: int = EVALUATOR_SEED, device: torch.device | str = "cpu", progress: bool = True, *,
+                    resume: bool = False, stop_after: int | None = None, checkpoint_every: int = 1) -> dict:
+    """Train on ``DATA/train.txt``, select on ``DATA/val.txt``, write the run directory; returns metrics.json
+    (with ``complete``).
 
+    ``OUT/checkpoint/`` is written every ``checkpoint_every`` epochs; ``stop_after`` ends the run after that many
+    epochs with a checkpoint, as an interruption would (nothing else is written; ``complete`` is False);
+    ``resume`` continues from ``OUT/checkpoint`` (from the start when there is none yet) with the same config, seed
+    and data, to the weights of an uninterrupted run.
+    """
     if config.loss not in ("infonce", "margin"):
         raise UserError(f"loss: unknown loss '{config.loss}' (choose infonce or margin)")
     device = torch.device(device)
     out_dir = Path(out_dir)
+    plan = Checkpointing(out_dir, checkpoint_every, resume, stop_after,
+                         settings={"seed": seed, "data_identity": dataset_identity(data_root)})
     seed_everything(seed)
     train = HumanMLDataset(data_root, "train", mode="train", max_text_len=config.max_text_len, seed=seed)
     val = HumanMLDataset(data_root, "val", mode="eval", max_text_len=config.max_text_len, vocab=train.vocab,
@@ -218,10 +236,22 @@ def train_evaluator(data_root: str | Path, config: EvaluatorTrainConfig, out_dir
     loader = DataLoader(train, batch_size=config.batch_size, shuffle=True, drop_last=len(train) > config.batch_size,
                         collate_fn=collate_motions, generator=gen)
     shift_rng = np.random.default_rng(seed)
+    schedule = LRSchedule(opt, 0, config.epochs * len(loader), LR_SCHEDULE)
+    saved = {**plan.settings, "train": config}          # the checkpoint's config, the same on resume
+    rngs = {"generators": {"loader": gen}, "numpy_generators": {"shift": shift_rng}}
 
-    history, best, best_state = [], None, None
-    start = time.perf_counter()
-    bar = tqdm(range(config.epochs), desc="evaluator", unit="epoch", disable=not (progress and dist.is_main()))
+    history, best, best_state, done, elapsed = [], None, None, 0, 0.0
+    if plan.resume:
+        ckpt = resume_checkpoint(out_dir, model, config=saved, optimizer=opt, scheduler=schedule,
+                                 required=("epoch", "history", "best", "elapsed"), extra_weights=("best",),
+                                 params=lambda state: list(model.parameters()), device=device, **rngs)
+        if ckpt is not None:
+            history, best, best_state, done, elapsed = _resumed(ckpt)
+            plan.resumed = ckpt.state
+    start = time.perf_counter() - elapsed
+    end, out_of_time = plan.end(config.epochs), False
+    bar = tqdm(range(done, end), total=config.epochs, initial=done, desc="evaluator", unit="epoch",
+               disable=not (progress and dist.is_main()))
     for epoch in bar:
         model.train()
         losses = []
@@ -242,6 +272,7 @@ def train_evaluator(data_root: str | Path, config: EvaluatorTrainConfig, out_dir
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             opt.step()
+            schedule.step()
             losses.append(float(loss.detach()))
         elapsed = time.perf_counter() - start
         if dist.is_main():                                        # validation and selection on rank 0
@@ -255,14 +286,23 @@ def train_evaluator(data_root: str | Path, config: EvaluatorTrainConfig, out_dir
                 best = (key, epoch + 1, scores)
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             bar.set_postfix(loss=f"{np.mean(losses):.3f}", val_top1=f"{scores['r_precision_top1']:.3f}")
+        done = epoch + 1
+        if dist.is_main() and plan.due(done, config.epochs):
+            save_checkpoint(out_dir, model.state_dict(), opt,
+                            {"epoch": done, "history": history, "elapsed": elapsed,
+                             "best": {"key": best[0], "epoch": best[1], "scores": best[2]}},
+                            scheduler=schedule, config=saved, extra_weights={"best": best_state}, **rngs)
         out_of_time = config.max_seconds is not None and elapsed > config.max_seconds
         if dist.broadcast_flag(out_of_time, device):              # rank 0's clock decides for every rank
+            out_of_time = True
             break
     bar.close()
     train_seconds = time.perf_counter() - start
+    if done < config.epochs and not out_of_time:                  # stopped: the checkpoint is the run so far
+        return {"complete": False, "epochs_run": done, "train_seconds": round(train_seconds, 2)}
     if not dist.is_main():                                        # rank 0 writes; the others wait for it
         dist.barrier()
-        return {"epochs_run": epoch + 1, "train_seconds": round(train_seconds, 2)}
+        return {"complete": True, "epochs_run": done, "train_seconds": round(train_seconds, 2)}
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model.load_state_dict(best_state)
@@ -281,4 +321,16 @@ def train_evaluator(data_root: str | Path, config: EvaluatorTrainConfig, out_dir
                                     "world_size": dist.world_size()})
     write_manifest(out_dir, manifest)
     dist.barrier()
-    return metrics
+    return {**metrics, "complete": True}
+
+
+def _resumed(ckpt: Checkpoint) -> tuple[list, tuple, dict, int, float]:
+    """(history, best (key, epoch, scores), best weights, epochs done, seconds) of a loaded checkpoint."""
+    state, best = ckpt.state, ckpt.state["best"]
+    if not isinstance(best, dict) or any(k not in best for k in ("key", "epoch", "scores")) \
+            or not isinstance(state["history"], list) or not isinstance(state["epoch"], int):
+        raise UserError(f"{ckpt.path / 'state.json'}: damaged checkpoint state (epoch, history or best epoch); "
+                        f"remove {ckpt.path} to resume from the start")
+    weights = {k: v.detach().cpu().clone() for k, v in ckpt.weights["best"].items()}
+    return list(state["history"]), (best["key"], best["epoch"], best["scores"]), weights, state["epoch"], \
+        float(state["elapsed"])

@@ -1,6 +1,8 @@
 """Reward runs end to end (what ``easytune reward train|spl|study`` call): train, refine, evaluate, write.
 
-A run directory holds ``manifest.json``, ``weights.safetensors``, ``vocab.json`` and ``metrics.json``.
+A run directory holds ``manifest.json``, ``weights.safetensors``, ``vocab.json`` and ``metrics.json``, and
+``checkpoint/`` (:mod:`easytune_lab.training`'s format, written every ``checkpoint_every`` epochs), from which an
+interrupted run resumes (``resume``) to the weights of an uninterrupted one.
 :func:`study` is the quick-profile experiment behind ``results/quick/reward/``: plain reward vs SPL vs a no-SPL
 control (same extra epochs) over several seeds, and plain vs noise-aware reward across noise levels.
 """
@@ -20,22 +22,27 @@ import torch
 from .. import distributed as dist
 from ..errors import UserError
 from ..io import write_json
-from ..runs import check_model_dir, make_manifest, read_manifest, write_manifest
+from ..runs import MANIFEST, check_model_dir, dataset_identity, make_manifest, read_manifest, write_manifest
 from ..runtime import check_profile, default_threads, parse_int_list, resolve_device, seed_everything
 from ..stats import interval, verdict
+from ..training import Checkpointing
 from .retrieval import load_reward, save_reward
 from .train import (SPL_MODES, evaluate_reward, load_splits, official_spl, profile_configs, refine_spl,
                     train_reward)
 
 
-def _prepare(data: Path, out: Path, profile: str, device: str, seed: int):
+def _prepare(data: Path, out: Path, profile: str, device: str, seed: int, resume: bool = False):
     check_profile(profile)
     if not Path(data).is_dir():
         raise UserError(f"--data {data}: dataset directory not found")
     if not (Path(data) / "train.txt").is_file():
         raise UserError(f"--data {data}: no train.txt (not a HumanML3D-format directory)")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"--out {out}: exists and is not an empty directory")
+    if not resume and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out {out}: exists and is not an empty directory (use --resume to continue it)")
+    if resume and not out.is_dir():
+        raise UserError(f"--resume: {out} does not exist (nothing to resume)")
+    if resume and (out / MANIFEST).exists():
+        raise UserError(f"--resume: {out} holds a finished run ({MANIFEST}); nothing to resume")
     _, dev = dist.setup(device)
     torch.set_num_threads(default_threads())
     seed_everything(seed)
@@ -71,6 +78,25 @@ def _check_sizes(data: Path, cfg, batch_size: int, train_idx, test_idx) -> None:
     dist.check_divisible(effective, "batch size")
 
 
+def _checkpoints(out: Path, data: Path, profile: str, seed: int, parents: dict, resume: bool,
+                 stop_after: int | None, checkpoint_every: int) -> Checkpointing:
+    """Checkpointing of a reward run: besides the training config, the profile, seed, dataset (by content) and
+    parent run must be the same when it resumes."""
+    return Checkpointing(out, checkpoint_every, resume, stop_after,
+                         settings={"profile": profile, "seed": seed, "data_identity": dataset_identity(data),
+                                   "parents": {k: str(Path(v).resolve()) for k, v in parents.items()}})
+
+
+def _stopped(history: list, epochs: int, out: Path, log: Callable[[str], None], what: str) -> dict | None:
+    """The metrics of a run stopped before its last epoch (``stop_after``), or None for a complete one."""
+    if len(history) >= epochs:
+        return None
+    if dist.is_main():
+        log(f"{what} stopped after {len(history)}/{epochs} epochs with a checkpoint (continue with --resume) "
+            f"-> {out}")
+    return {"complete": False, "epochs_done": len(history), "history": history}
+
+
 def _write_run(out: Path, kind: str, config, reward, metrics: dict, seed: int, device, parents=None) -> None:
     if not dist.is_main():                      # rank 0 writes; the others wait for it
         dist.barrier()
@@ -103,14 +129,18 @@ def headline(retrieval: dict) -> str:
 def train_run(data: Path, out: Path, profile: str = "quick", seed: int = 0, device: str = "auto",
               noise_aware: bool = False, epochs: int | None = None, schedule: str | None = None,
               text_model: Path | None = None, init: Path | None = None,
-              log: Callable[[str], None] = print, progress: bool = False) -> dict:
+              log: Callable[[str], None] = print, progress: bool = False, *, resume: bool = False,
+              stop_after: int | None = None, checkpoint_every: int = 1) -> dict:
     """``easytune reward train``: returns the run's metrics (also in ``out/metrics.json``).
 
     ``init``: a reward run to start from instead of a fresh reward (:func:`.train.warm_start`): a plain run that the
-    noise-aware R(x_t, t, c) starts from, or the run to continue for the profile's epochs.
+    noise-aware R(x_t, t, c) starts from, or the run to continue for the profile's epochs. ``out/checkpoint/`` is
+    written every ``checkpoint_every`` epochs; ``stop_after`` ends the run after that many epochs with a checkpoint,
+    as an interruption would (``complete`` False, nothing else written); ``resume`` continues it from there with
+    the same options.
     """
     data, out = Path(data), Path(out)
-    dev = _prepare(data, out, profile, device, seed)
+    dev = _prepare(data, out, profile, device, seed, resume)
     cfg, _ = profile_configs(profile, noise_aware=noise_aware)
     if epochs is not None:
         if epochs < 1:
@@ -131,9 +161,15 @@ def train_run(data: Path, out: Path, profile: str = "quick", seed: int = 0, devi
         _check_width(data, start_from, "--init", init)
     train, test, train_idx, test_idx = load_splits(data, cfg.max_train_items, cfg.max_test_items, seed)
     _check_sizes(data, cfg, cfg.batch_size, train_idx, test_idx)
+    checkpoints = _checkpoints(out, data, profile, seed, {"init": init} if init is not None else {}, resume,
+                               stop_after, checkpoint_every)
     start = time.perf_counter()
-    reward, history = train_reward(train, train_idx, cfg, dev, log=log, seed=seed, init=start_from, progress=progress)
-    seconds = time.perf_counter() - start
+    reward, history = train_reward(train, train_idx, cfg, dev, log=log, seed=seed, init=start_from, progress=progress,
+                                   checkpoints=checkpoints)
+    seconds = time.perf_counter() - start + _seconds_before(checkpoints)
+    stopped = _stopped(history, cfg.epochs, out, log, "reward training")
+    if stopped is not None:
+        return stopped
     retrieval = _evaluate(reward, test, test_idx, dev, cfg.eval_timesteps, cfg.eval_batch)
     metrics = {"profile": profile, "noise_aware": cfg.model.noise_aware, "train_seconds": seconds,
                "train_items": len(train_idx), "test_items": len(test_idx), "history": history,
@@ -142,20 +178,27 @@ def train_run(data: Path, out: Path, profile: str = "quick", seed: int = 0, devi
                reward, metrics, seed, dev, parents={"init": str(Path(init).resolve())} if init is not None else None)
     if retrieval is not None:
         log(f"reward trained in {seconds:.0f} s; {headline(retrieval)}; wrote {out}")
-    return metrics
+    return {**metrics, "complete": True}
+
+
+def _seconds_before(checkpoints: Checkpointing) -> float:
+    """The training seconds of the run before it was resumed (0 for a fresh start)."""
+    return float(checkpoints.resumed["elapsed"]) if checkpoints.resumed is not None else 0.0
 
 
 def spl_run(reward_dir: Path, data: Path, out: Path, profile: str = "quick", seed: int = 0, device: str = "auto",
             k: int | None = None, weight: float | None = None, epochs: int | None = None,
-            log: Callable[[str], None] = print, progress: bool = False, mode: str = "ours") -> dict:
+            log: Callable[[str], None] = print, progress: bool = False, mode: str = "ours", *,
+            resume: bool = False, stop_after: int | None = None, checkpoint_every: int = 1) -> dict:
     """``easytune reward spl``: refine a reward run; ``weight=0`` is the no-SPL control (same extra epochs).
     ``mode``: ``ours`` (the profile's SPL) or ``official`` (the authors' loss and settings,
-    :func:`~easytune_lab.reward.train.official_spl`); ``k``/``weight``/``epochs`` then override either."""
+    :func:`~easytune_lab.reward.train.official_spl`); ``k``/``weight``/``epochs`` then override either.
+    Checkpoints, ``stop_after`` and ``resume`` as in :func:`train_run`."""
     if mode not in SPL_MODES:
         raise UserError(f"spl mode: unknown mode '{mode}' (choose {', '.join(SPL_MODES)})")
 
     reward_dir, data, out = Path(reward_dir), Path(data), Path(out)
-    dev = _prepare(data, out, profile, device, seed)
+    dev = _prepare(data, out, profile, device, seed, resume)
     reward = load_reward(reward_dir, dev, trainable=True)
     _check_width(data, reward, "--reward", reward_dir)
     cfg, spl = profile_configs(profile, noise_aware=reward.cfg.noise_aware)
@@ -181,9 +224,15 @@ def spl_run(reward_dir: Path, data: Path, out: Path, profile: str = "quick", see
         raise UserError(f"--k {spl.k}: the SPL gallery ({spl.gallery}) holds {gallery} motions, so no pair could "
                         f"be mined; k must be below {gallery}")
     before = _evaluate(reward, test, test_idx, dev, (0,), cfg.eval_batch)
+    checkpoints = _checkpoints(out, data, profile, seed, {"reward": reward_dir}, resume, stop_after,
+                               checkpoint_every)
     start = time.perf_counter()
-    history = refine_spl(reward, train, train_idx, cfg, spl, dev, log=log, seed=seed, progress=progress)
-    seconds = time.perf_counter() - start
+    history = refine_spl(reward, train, train_idx, cfg, spl, dev, log=log, seed=seed, progress=progress,
+                         checkpoints=checkpoints)
+    seconds = time.perf_counter() - start + _seconds_before(checkpoints)
+    stopped = _stopped(history, spl.epochs, out, log, "SPL")
+    if stopped is not None:
+        return stopped
     after = _evaluate(reward, test, test_idx, dev, cfg.eval_timesteps, cfg.eval_batch)
     metrics = {"profile": profile, "spl": dataclasses.asdict(spl), "train_seconds": seconds,
                "mined_pairs_per_epoch": [row["mined_pairs"] for row in history], "history": history,
@@ -194,7 +243,7 @@ def spl_run(reward_dir: Path, data: Path, out: Path, profile: str = "quick", see
     if after is not None:
         log(f"SPL ({spl.epochs} epochs, weight {spl.weight}, k {spl.k}; mined pairs per epoch "
             f"{metrics['mined_pairs_per_epoch']}): before {headline(before)}; after {headline(after)}; wrote {out}")
-    return metrics
+    return {**metrics, "complete": True}
 
 
 def _mean_sd(values: Sequence[float]) -> dict:

@@ -3,6 +3,13 @@
 One config dataclass per profile (``smoke`` tiny for tests/CI, ``quick`` a 2-core CPU in minutes, ``paper``
 a GPU at TMR-like sizes). Training reads the dataset through :class:`easytune_lab.data.humanml.HumanMLDataset`
 (``mode="train"``: a random caption and crop per access), evaluation through ``mode="eval"`` (deterministic).
+
+The learning rate of step s is :func:`easytune_lab.training.lr_at` (linear warm-up, cosine to
+:data:`MIN_LR_RATIO` of the base rate), through :class:`~easytune_lab.training.LRSchedule`. Given a
+:class:`~easytune_lab.training.Checkpointing`, the loop (InfoNCE training and SPL refinement alike) writes
+``RUN/checkpoint/`` in the shared format every ``every`` epochs: the weights, the optimiser, the scheduler, the RNG
+states (torch's global generator draws the batch order, the crops and captions, the noise levels and the noise)
+and the history; a run resumed from it ends with the weights of the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -17,9 +24,10 @@ import torch
 
 from .. import distributed as dist
 from ..data.humanml import HumanMLDataset, MotionBatch, collate_motions
+from ..data.text import plain_tokens
 from ..errors import UserError
-from ..runtime import check_finite_loss
-from ..training import lr_at, set_lr
+from ..runtime import check_finite_loss, progress_bar
+from ..training import Checkpointing, LRSchedule, resume_checkpoint, save_checkpoint
 from .metrics import batched_retrieval_metrics, retrieval_metrics
 from .retrieval import CaptionTokenizer, FrozenTextModel, Reward, RewardModelConfig, identical_captions, info_nce, noise_motion
 from .spl import mine_pairs, official_spl_loss, preference_kl, spl_loss
@@ -134,8 +142,6 @@ def _batches(dataset, indices: Sequence[int], batch_size: int, shuffle: bool, dr
 
 def caption_key(text: str) -> str:
     """A caption reduced to its lower-case words (what counts as 'the same caption')."""
-    from ..data.text import plain_tokens
-
     return " ".join(t.word for t in plain_tokens(text))
 
 
@@ -236,9 +242,10 @@ def _caption_similarity(reward: Reward, captions: Sequence[str], device) -> torc
 
 def _run_epochs(reward: Reward, train, train_idx, cfg: RewardTrainConfig, device, epochs: int, batch_size: int,
                 lr: float, warmup: int, spl: SPLConfig | None, log: Callable[[str], None], seed: int = 0,
-                progress: bool = True) -> list[dict]:
+                progress: bool = True, checkpoints: Checkpointing | None = None) -> list[dict]:
     """Train for ``epochs``; under torchrun in DistributedDataParallel. ``progress``: a bar over the optimiser
-    steps with an ETA (rank 0).
+    steps with an ETA (rank 0). ``checkpoints``: where and how often to checkpoint, whether to resume, where to
+    stop (a history shorter than ``epochs``); None: no checkpoints.
 
     Every rank draws the same global batch and embeds its own ``batch_size / world`` rows; the embeddings are
     all-gathered (with gradients), so InfoNCE and SPL mining see the whole global batch as one process would, and
@@ -250,13 +257,22 @@ def _run_epochs(reward: Reward, train, train_idx, cfg: RewardTrainConfig, device
     embedder = dist.wrap_ddp(_Embedder(reward), torch.device(device))
     steps_per_epoch = max(1, len(train_idx) // batch_size)
     total = epochs * steps_per_epoch
-    history, step = [], 0
+    schedule = LRSchedule(opt, warmup, total, "cosine", MIN_LR_RATIO)
+    history, step, done, elapsed = [], 0, 0, 0.0
+    saved = None if checkpoints is None else {**checkpoints.settings, "train": cfg, "spl": spl}
+    if checkpoints is not None and checkpoints.resume:
+        ckpt = resume_checkpoint(checkpoints.run_dir, reward, config=saved, optimizer=opt, scheduler=schedule,
+                                 required=("epoch", "step", "history", "elapsed"), params=lambda state: params,
+                                 device=device)
+        if ckpt is not None:
+            history, step, done, elapsed = _resumed(ckpt)
+            checkpoints.resumed = ckpt.state
+    end = epochs if checkpoints is None else checkpoints.end(epochs)
     gallery = TrainGallery(train, train_idx) if spl is not None and spl.gallery == "train" else None
-    from ..runtime import progress_bar
-
-    bar = progress_bar(total=total, desc="reward SPL" if spl is not None else "reward", unit="step",
+    bar = progress_bar(total=total, initial=step, desc="reward SPL" if spl is not None else "reward", unit="step",
                        disable=not (progress and dist.is_main()))
-    for epoch in range(epochs):
+    lr_used = float(opt.param_groups[0]["lr"])
+    for epoch in range(done, end):
         start = time.perf_counter()
         if gallery is not None:
             gallery.refresh(reward, device)
@@ -267,7 +283,6 @@ def _run_epochs(reward: Reward, train, train_idx, cfg: RewardTrainConfig, device
             batch = batch.to(device)
             lo, hi = dist.shard_bounds(len(batch))
             local = batch if dist.world_size() == 1 else batch.rows(lo, hi)
-            set_lr(opt, lr_at(step, lr, warmup, total, "cosine", MIN_LR_RATIO))
             t = _timesteps(cfg, len(batch), device)
             t_local = None if t is None else t[lo:hi]
             if t is None:
@@ -296,7 +311,9 @@ def _run_epochs(reward: Reward, train, train_idx, cfg: RewardTrainConfig, device
             loss.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            lr_used = float(opt.param_groups[0]["lr"])             # lr_at(step): the rate of this step
             opt.step()
+            schedule.step()
             step += 1
             bar.update(1)
             sums["loss"] += float(loss.detach())
@@ -309,7 +326,7 @@ def _run_epochs(reward: Reward, train, train_idx, cfg: RewardTrainConfig, device
         nb = max(1, sums["batches"])
         row = {"epoch": epoch + 1, "loss": sums["loss"] / nb, "infonce": sums["nce"] / nb,
                "logit_scale": float(reward.logit_scale().detach()), "seconds": time.perf_counter() - start,
-               "lr": float(opt.param_groups[0]["lr"])}
+               "lr": lr_used}
         if spl is not None:
             row.update({"spl_loss": sums["spl"] / nb, "mined_pairs": sums["pairs"],
                         "texts_seen": sums["batches"] * batch_size})
@@ -317,9 +334,24 @@ def _run_epochs(reward: Reward, train, train_idx, cfg: RewardTrainConfig, device
         bar.set_postfix(epoch=epoch + 1, loss=f"{row['loss']:.4g}")
         if dist.is_main() and bar.disable:
             log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        elapsed += row["seconds"]
+        done = epoch + 1
+        if checkpoints is not None and dist.is_main() and checkpoints.due(done, epochs):
+            save_checkpoint(checkpoints.run_dir, reward.state_dict(), opt,
+                            {"epoch": done, "step": step, "history": history, "elapsed": elapsed},
+                            scheduler=schedule, config=saved)
     bar.close()
     reward.eval()
     return history
+
+
+def _resumed(ckpt) -> tuple[list, int, int, float]:
+    """(history, optimiser steps done, epochs done, seconds) of a loaded checkpoint."""
+    state = ckpt.state
+    if not isinstance(state["history"], list) or not all(isinstance(state[k], int) for k in ("epoch", "step")):
+        raise UserError(f"{ckpt.path / 'state.json'}: damaged checkpoint state (epoch, step or history); remove "
+                        f"{ckpt.path} to resume from the start")
+    return list(state["history"]), state["step"], state["epoch"], float(state["elapsed"])
 
 
 def _spl_term(reward: Reward, batch: MotionBatch, positions: torch.Tensor, m: torch.Tensor, c: torch.Tensor,
@@ -410,22 +442,25 @@ def warm_start(start: Reward, cfg: RewardTrainConfig) -> Reward:
 
 
 def train_reward(train, train_idx, cfg: RewardTrainConfig, device, log: Callable[[str], None] = print,
-                 seed: int = 0, init: Reward | None = None, progress: bool = True):
+                 seed: int = 0, init: Reward | None = None, progress: bool = True,
+                 checkpoints: Checkpointing | None = None):
     """Train a reward with InfoNCE (noise-aware if ``cfg.model.noise_aware``); returns (reward, history).
 
-    ``init``: a trained reward to start from (:func:`warm_start`); else a fresh one.
+    ``init``: a trained reward to start from (:func:`warm_start`); else a fresh one. ``checkpoints``: see
+    :func:`_run_epochs` (a run stopped early has fewer than ``cfg.epochs`` rows of history).
     """
     reward = (warm_start(init, cfg) if init is not None else build_reward(train, cfg)).to(device)
     history = _run_epochs(reward, train, train_idx, cfg, device, cfg.epochs, cfg.batch_size, cfg.lr,
-                          cfg.warmup_steps, None, log, seed=seed, progress=progress)
+                          cfg.warmup_steps, None, log, seed=seed, progress=progress, checkpoints=checkpoints)
     return reward, history
 
 
 def refine_spl(reward: Reward, train, train_idx, cfg: RewardTrainConfig, spl: SPLConfig, device,
-               log: Callable[[str], None] = print, seed: int = 0, progress: bool = True) -> list[dict]:
+               log: Callable[[str], None] = print, seed: int = 0, progress: bool = True,
+               checkpoints: Checkpointing | None = None) -> list[dict]:
     """Continue training with L_InfoNCE + weight · L_SPL; the history logs mined pairs per epoch."""
     return _run_epochs(reward, train, train_idx, cfg, device, spl.epochs, spl.batch_size, spl.lr,
-                       warmup=0, spl=spl, log=log, seed=seed, progress=progress)
+                       warmup=0, spl=spl, log=log, seed=seed, progress=progress, checkpoints=checkpoints)
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
