@@ -27,8 +27,11 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from .errors import UserError
+from .runtime import resolve_device
 
 ENV_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
 
@@ -86,8 +89,6 @@ def setup(device: str = "auto") -> tuple[Context, torch.device]:
     same context.
     """
     global _CONTEXT
-    from .runtime import resolve_device
-
     rank, world, local = env_world()
     resolved = resolve_device(device)
     if world == 1:
@@ -100,8 +101,6 @@ def setup(device: str = "auto") -> tuple[Context, torch.device]:
         resolved = torch.device("cuda", local)
         torch.cuda.set_device(resolved)
     backend = "nccl" if resolved.type == "cuda" else "gloo"
-    import torch.distributed as dist
-
     if not dist.is_initialized():
         if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
             raise UserError("MASTER_ADDR/MASTER_PORT: not set; start multi-process runs with torchrun")
@@ -113,8 +112,6 @@ def setup(device: str = "auto") -> tuple[Context, torch.device]:
 def teardown() -> None:
     """Leave the process group (if joined)."""
     global _CONTEXT
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     _CONTEXT = Context()
@@ -140,8 +137,6 @@ def world_size() -> int:
 def barrier() -> None:
     """Wait until every rank gets here (no-op in a single process)."""
     if _CONTEXT.active:
-        import torch.distributed as dist
-
         dist.barrier()
 
 
@@ -247,8 +242,6 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     """The mean of ``values`` over the ranks (a new tensor; ``values`` itself when single-process)."""
     if not _CONTEXT.active:
         return values
-    import torch.distributed as dist
-
     out = values.detach().clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out / _CONTEXT.world_size
@@ -259,16 +252,12 @@ class _GatherRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
-
         parts = [torch.empty_like(x) for _ in range(_CONTEXT.world_size)]
         dist.all_gather(parts, x.contiguous())
         return torch.cat(parts, dim=0)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
-
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         rows = grad.shape[0] // _CONTEXT.world_size
@@ -288,8 +277,6 @@ def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
     """True on every rank if ``flag`` is True on any (a collective stop decision)."""
     if not _CONTEXT.active:
         return bool(flag)
-    import torch.distributed as dist
-
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
@@ -299,8 +286,6 @@ def broadcast_flag(flag: bool, device: torch.device | str = "cpu") -> bool:
     """Rank 0's ``flag`` on every rank (e.g. a wall-clock budget decision that must agree)."""
     if not _CONTEXT.active:
         return bool(flag)
-    import torch.distributed as dist
-
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.broadcast(t, src=0)
     return bool(t.item() > 0)
@@ -315,8 +300,6 @@ def average_gradients(params: Sequence[torch.nn.Parameter]) -> None:
     """
     if not _CONTEXT.active:
         return
-    import torch.distributed as dist
-
     params = [p for p in params if p.requires_grad]
     if not params:
         return
@@ -365,8 +348,6 @@ def wrap_ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """
     if not _CONTEXT.active:
         return module
-    from torch.nn.parallel import DistributedDataParallel
-
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(module, device_ids=ids)
 

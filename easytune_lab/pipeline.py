@@ -21,6 +21,7 @@ build the same key, the first rename wins and the other's copy is discarded.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -31,11 +32,26 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 import numpy as np
+import torch
 
+from .diffusion.generate import load_generator
+from .diffusion.registry import backbone_spec
+from .diffusion.train import pretrain, pretrain_config
+from .diffusion.training_data import load_training_data
 from .errors import UserError
-from .runs import (MANIFEST, config_hash, config_to_dict, project_root, read_manifest, write_manifest,
-                   write_tensorboard)
-from .runtime import check_profile
+from .eval.evaluator import load_evaluator
+from .eval.evaluator_train import EVALUATOR_SEED, profile_config, train_evaluator
+from .eval.protocol import (PROTOCOLS, GroundTruth, ProtocolConfig, evaluate, generated_source, load_actions,
+                            oracle_function)
+from .finetune.presets import preset as find_preset
+from .finetune.train import finetune_config, run_finetune, validate
+from .io import write_json
+from .motion.synth import generate_dataset
+from .reward.pipeline import spl_run, train_run
+from .reward.train import SPL_MODES, official_spl, profile_configs
+from .runs import (MANIFEST, config_hash, config_to_dict, make_manifest, project_root, read_manifest,
+                   write_manifest, write_tensorboard)
+from .runtime import check_profile, resolve_device
 from .viz.plots import run_label
 
 # Size of the procedural dataset per profile. 15 % of it is the test split (see motion.synth.split_ids), and the
@@ -90,8 +106,6 @@ class Workbench:
     _data: Path | None = None
 
     def __post_init__(self) -> None:
-        from .runtime import resolve_device
-
         check_profile(self.profile)
         self.cache = Path(self.cache)
         self.torch_device = resolve_device(self.device)
@@ -110,8 +124,6 @@ class Workbench:
 
     def _build(self, stage: str, key: dict, build: Callable[[Path], None]) -> Path:
         """Return the complete run for ``key``; otherwise build it into a temporary directory and rename it."""
-        import torch
-
         final = self.run_dir(stage, key)
         if is_complete(final):
             return final
@@ -156,8 +168,6 @@ class Workbench:
             if self.user_data is not None:
                 self._data = self.user_data
             else:
-                from .motion.synth import generate_dataset
-
                 n = PROCEDURAL_MOTIONS[self.profile]
                 root = self.cache / "data" / f"procedural-n{n}-seed{DATA_SEED}"
                 if not (root / "dataset.json").is_file():
@@ -171,8 +181,6 @@ class Workbench:
     @property
     def evaluator(self) -> Path:
         """The T2M-style evaluator (its own fixed seed, as T2M's evaluator is shared by every model)."""
-        from .eval.evaluator_train import EVALUATOR_SEED, profile_config, train_evaluator
-
         config = profile_config(self.profile)
         key = self._key("evaluator", config=config, evaluator_seed=EVALUATOR_SEED)
         key["seed"] = None                       # independent of the workbench seed
@@ -187,10 +195,6 @@ class Workbench:
     def backbone(self, kind: str = "mdm") -> Path:
         """A pretrained backbone run of a registered backbone (:mod:`easytune_lab.diffusion.registry`): ``mdm``
         (motion space), ``mld`` (latent), ``lcm`` (distilled from its teacher backbone's run, ``mld``)."""
-        from .diffusion.registry import backbone_spec
-        from .diffusion.train import pretrain, pretrain_config
-        from .diffusion.training_data import load_training_data
-
         spec = backbone_spec(kind)
         teacher = self.backbone(spec.teacher) if spec.teacher else None
         parents = {"teacher": teacher.name} if teacher else {}
@@ -215,9 +219,6 @@ class Workbench:
 
         ``noise_aware``: R(x_t, t, c), started from the plain reward run and trained on for the profile's epochs on
         noised and clean motions (:func:`easytune_lab.reward.train.warm_start`)."""
-        from .reward.pipeline import spl_run, train_run
-        from .reward.train import SPL_MODES, official_spl, profile_configs
-
         if spl_mode not in SPL_MODES:
             raise UserError(f"spl_mode: unknown mode '{spl_mode}' (choose {', '.join(SPL_MODES)})")
         spl_cfg = profile_configs(self.profile, noise_aware=noise_aware)[1]
@@ -248,17 +249,11 @@ class Workbench:
 
     def reward_key(self, noise_aware: bool = False) -> dict:
         """The cache key of the plain (not SPL-refined) reward run: options plus the profile's resolved config."""
-        from .reward.train import profile_configs
-
         return self._key("reward", noise_aware=noise_aware, config=profile_configs(self.profile, noise_aware)[0])
 
     def finetune_config(self, method: str, backbone: str | None = None, **overrides):
         """The :class:`~easytune_lab.finetune.train.FinetuneConfig` that :meth:`finetune` trains ``backbone`` with
         (its lr the one tuned on that backbone where there is one)."""
-        import dataclasses
-
-        from .finetune.train import finetune_config
-
         cfg = finetune_config(method, self.profile, backbone=backbone, **{"seed": self.seed, **overrides})
         if cfg.policy.train_steps == "weighted" and cfg.policy.weighting == "uniform":
             # uniform step weights are all exactly 1 (StepPlan.lr_scale = 1.0): the same training as every step
@@ -271,9 +266,6 @@ class Workbench:
         the ``preset``'s reward if one is given, else ``spl``); ``overrides`` go to
         :func:`~easytune_lab.finetune.train.finetune_config` (``preset`` and known fields of the config, its policy
         and its loop)."""
-        from .finetune.presets import preset as find_preset
-        from .finetune.train import run_finetune, validate
-
         rewards = {"plain": dict(), "spl": dict(spl=True), "spl-official": dict(spl=True, spl_mode="official"),
                    "noise-aware": dict(noise_aware=True)}
         if reward is None:
@@ -297,9 +289,6 @@ class Workbench:
         """The (sampler, sample_steps) a run is evaluated with: a fine-tuned run's own trajectory; for a base
         backbone the trajectory its fine-tuning uses (DDIM with the profile's T; a backbone with a native sampler,
         e.g. LCM: its own sampler and steps), so base and fine-tuned models are compared under the same sampler."""
-        from .diffusion.registry import backbone_spec
-        from .runs import read_manifest
-
         manifest = read_manifest(model, kind="backbone")
         if manifest.get("finetune"):
             return manifest["finetune"]["sampler"], int(manifest["finetune"]["sample_steps"])
@@ -312,13 +301,6 @@ class Workbench:
     def evaluation(self, model: Path | str, replications: int | None = None, protocol: str | None = None) -> dict:
         """T2M metrics of a backbone run (or ``gt``) on the test split, cached as an ``eval`` run; generated with
         :meth:`sampling`; ``protocol`` ``t2m`` (default) or ``legacy`` (:mod:`easytune_lab.eval.protocol`)."""
-        from .diffusion.generate import load_generator
-        from .eval.evaluator import load_evaluator
-        from .eval.protocol import (PROTOCOLS, GroundTruth, ProtocolConfig, evaluate, generated_source,
-                                    load_actions, oracle_function)
-        from .io import write_json
-        from .runs import make_manifest
-
         reps = replications or EVAL_REPLICATIONS[self.profile]
         evaluator = self.evaluator
         model_id = "gt" if str(model) == "gt" else Path(model).name
@@ -396,8 +378,6 @@ def notebook_workbench(profile: str, *, seed: int = 0, device: str = "auto", cac
     ``out_dir`` may name the profile as ``{profile}`` (the notebooks' default is ``results/{profile}/<notebook>``);
     relative paths are resolved from the project root (:func:`project_path`). At the smoke profile (CI shares two
     cores between everyone) torch runs on one thread. ``progress``: training stages show tqdm bars with an ETA."""
-    import torch
-
     check_profile(profile)
     if profile == "smoke":
         os.environ.setdefault("EASYTUNE_THREADS", "1")

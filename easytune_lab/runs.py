@@ -30,7 +30,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import torch
+from filelock import FileLock, Timeout
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
+from . import __version__
 from .errors import NonFiniteError, OutputError, UserError
 from .io import atomic_path, write_error, write_json
 
@@ -77,24 +82,17 @@ def environment_info(device: str | None = None) -> dict:
         "platform": platform.platform(),
         "numpy": np.__version__,
     }
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device.startswith("cuda") and torch.cuda.is_available():
-            info["device_name"] = torch.cuda.get_device_name(0)
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        pass
+    info["torch"] = torch.__version__
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["device_name"] = torch.cuda.get_device_name(0)
     info["device"] = device
     return info
 
 
 def make_manifest(kind: str, config: Any, seed: int | None = None, device: str | None = None,
                   parents: dict[str, str] | None = None, extra: dict | None = None) -> dict:
-    from . import __version__
-
     manifest = {
         "kind": kind,
         "easytune_lab": __version__,
@@ -214,8 +212,6 @@ def load_state_strict(module, state: dict, path: str | os.PathLike, allow_missin
     """``module.load_state_dict(state)`` after checking names, shapes and finiteness against the module the
     manifest's config built: weights of another kind or size are one line naming the file, not a traceback.
     Keys starting with one of ``allow_missing`` may be absent (they keep the module's values)."""
-    import torch
-
     expected = module.state_dict()
     missing = [k for k in expected if k not in state and not k.startswith(allow_missing)]
     unexpected = [k for k in state if k not in expected]
@@ -236,10 +232,6 @@ def load_state_strict(module, state: dict, path: str | os.PathLike, allow_missin
 def save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict | None = None,
                  allow_nonfinite: bool = False) -> None:
     """Save a dict of tensors as safetensors, atomically; NaN/Inf weights are refused unless allowed."""
-    import torch
-    from safetensors import SafetensorError
-    from safetensors.torch import save_file
-
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     if not allow_nonfinite:
         for k, v in tensors.items():
@@ -292,9 +284,6 @@ def load_tensors(path: str | os.PathLike, device: str = "cpu", allow_pickle: boo
     Pickle checkpoints are refused unless ``allow_pickle`` (default: whether the command got ``--allow-pickle``,
     see :func:`pickle_allowed`); then a state dict, or a dict holding one under ``state_dict``/``model``, is read.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = Path(path)
     sys.audit("easytune_lab.read", str(path))  # safetensors reads in Rust, unseen by the interpreter's "open" event
     if not path.is_file():
@@ -310,8 +299,6 @@ def load_tensors(path: str | os.PathLike, device: str = "cpu", allow_pickle: boo
 
 
 def _load_pickle(path: Path, device: str) -> dict:
-    import torch
-
     try:
         obj = torch.load(path, map_location=device, weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any failure to unpickle is the file's problem
@@ -374,8 +361,6 @@ def run_lock(run_dir: str | os.PathLike, flag: str = "--out") -> Iterator[Path]:
     at once with one line naming the holder's pid (:class:`OutputError`). The lock is an OS file lock
     (``filelock``, ``flock`` on POSIX): the kernel drops it when its process dies, so a lock left by a killed run
     is taken over by the next one, and its pid note is simply overwritten."""
-    from filelock import FileLock, Timeout
-
     path = lock_path(run_dir)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,16 @@ HEAVY_OPTIONAL = {
     "transformers", "peft",   # pretrained text encoders, LoRA (extras)
     "bvhio",              # BVH cross-check (dev extra)
     "torch._dynamo",      # torch.compile support, only for --compile
+    "torch.utils.tensorboard",              # needs the tensorboard package (the tb extra)
+    "easytune_lab.finetune.lora_attention",  # imports peft at module level (the lora extra)
+}
+
+# hoisted by a parallel change; remove when merged
+PENDING = {
+    "easytune_lab/analysis/chain.py",
+    "easytune_lab/eval/evaluator_train.py",
+    "easytune_lab/reward/train.py",
+    "easytune_lab/training.py",
 }
 
 
@@ -186,9 +196,8 @@ def test_sibling_packages_do_not_import_each_other_both_ways():
     assert problems == [], "\n".join(problems)
 
 
-@pytest.mark.xfail(strict=False, reason="hoisting pending in files under refactor")
 def test_imports_inside_functions_only_for_heavy_optional_modules():
-    problems = function_level_imports(ROOT)
+    problems = [p for p in function_level_imports(ROOT) if Path(p.split(":")[0]).as_posix() not in PENDING]
     assert problems == [], f"{len(problems)} imports to move to module level:\n" + "\n".join(problems)
 
 

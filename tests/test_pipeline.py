@@ -72,8 +72,6 @@ def test_uniform_step_weights_reuse_the_unweighted_run(wb):
 
 
 def test_interrupted_build_leaves_no_run(wb, monkeypatch):
-    import easytune_lab.finetune.train as train
-
     def interrupted(cfg, base, reward, data, out, device, **kw):
         out.mkdir(parents=True)
         (out / "manifest.json").write_text(json.dumps({"kind": "backbone", "status": "running"}))
@@ -81,7 +79,7 @@ def test_interrupted_build_leaves_no_run(wb, monkeypatch):
         raise KeyboardInterrupt
 
     before = _runs(wb, "finetune-draft")
-    monkeypatch.setattr(train, "run_finetune", interrupted)
+    monkeypatch.setattr(pipeline, "run_finetune", interrupted)   # the name the workbench calls
     with pytest.raises(KeyboardInterrupt):
         wb.finetune("draft", reward="plain", iterations=1)
     assert _runs(wb, "finetune-draft") == before == []

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import argparse
+from contextlib import nullcontext
 from pathlib import Path
 
+import torch
+
 from ..errors import UserError
-from ..runtime import COUNT, OutputPath, SECONDS, SEED, integer
+from ..finetune.bench import ACCUMULATE_SUFFIX, SPEEDUP_PAIRS, memory_benchmark, speed_benchmark, speedup, split_variant
+from ..finetune.methods import METHODS
+from ..finetune.paper_check import paper_check, summary_lines
+from ..finetune.throughput import TRAJECTORIES, throughput_benchmark
+from ..io import write_json
+from ..runtime import (COUNT, OutputPath, SECONDS, SEED, check_json_out, check_profile, integer, parse_int_list,
+                       reference_path, resolve_device)
 from ..runs import add_allow_pickle, run_path
 from .finetune import check_inputs
 from .options import renamed
@@ -94,9 +103,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def parse_methods(text: str, variants: bool = False) -> list[str]:
     """Comma-separated method names; with ``variants`` also ``METHOD+acc`` (updates accumulated per trajectory)."""
-    from ..finetune.bench import ACCUMULATE_SUFFIX, split_variant
-    from ..finetune.methods import METHODS
-
     methods = [m.strip() for m in text.split(",") if m.strip()]
     if not methods:
         raise UserError("--methods: empty list")
@@ -111,8 +117,6 @@ def parse_methods(text: str, variants: bool = False) -> list[str]:
 
 
 def parse_steps(text: str) -> list[int]:
-    from ..runtime import parse_int_list
-
     return parse_int_list(text, "--sample-steps", 1, 1000)
 
 
@@ -137,10 +141,6 @@ def parse_lrs(specs: list[str], methods: list[str]) -> dict[str, list[float]]:
 
 
 def cmd_memory(args: argparse.Namespace) -> int:
-    from ..finetune.bench import memory_benchmark
-    from ..io import write_json
-    from ..runtime import check_json_out, check_profile, resolve_device
-
     methods, steps = parse_methods(args.methods), parse_steps(args.sample_steps)
     check_profile(args.profile)
     check_json_out(args.out)
@@ -156,10 +156,6 @@ def cmd_memory(args: argparse.Namespace) -> int:
 
 
 def cmd_speed(args: argparse.Namespace) -> int:
-    from ..finetune.bench import SPEEDUP_PAIRS, speed_benchmark, speedup
-    from ..io import write_json
-    from ..runtime import check_json_out, check_profile, resolve_device
-
     methods = parse_methods(args.methods, variants=True)
     check_profile(args.profile)
     check_json_out(args.out)
@@ -186,9 +182,6 @@ def cmd_speed(args: argparse.Namespace) -> int:
 
 
 def cmd_paper(args: argparse.Namespace) -> int:
-    from ..finetune.paper_check import paper_check, summary_lines
-    from ..runtime import check_json_out, check_profile, resolve_device
-
     check_profile(args.profile)
     check_json_out(args.out)
     steps = parse_steps(args.sample_steps)
@@ -206,12 +199,6 @@ def cmd_paper(args: argparse.Namespace) -> int:
 
 
 def cmd_throughput(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..finetune.throughput import throughput_benchmark
-    from ..io import write_json
-    from ..runtime import check_json_out, check_profile, resolve_device
-
     check_profile(args.profile)
     check_json_out(args.out)
     if (args.base is None) != (args.reward is None):
@@ -228,8 +215,6 @@ def cmd_throughput(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     labels = None
     if args.trajectories is not None:
-        from ..finetune.throughput import TRAJECTORIES
-
         known = [label for label, _, _ in TRAJECTORIES]
         labels = [x.strip() for x in args.trajectories.split(",") if x.strip()]
         unknown = [x for x in labels if x not in known]
@@ -237,10 +222,6 @@ def cmd_throughput(args: argparse.Namespace) -> int:
             raise UserError(f"--trajectories: unknown or empty {unknown or args.trajectories!r} "
                             f"(choose from {', '.join(known)})")
     device = resolve_device(args.device)
-    from contextlib import nullcontext
-
-    from ..runtime import reference_path
-
     with reference_path() if args.reference_path else nullcontext():
         result = throughput_benchmark(args.profile, device, seed=args.seed, repeats=args.repeats, base=args.base,
                                       reward=args.reward, data=args.data, evaluator=args.evaluator,

@@ -5,18 +5,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import distributed as dist
+from ..data.humanml import load_mean_std
 from ..errors import UserError
+from ..finetune.choices import GRADIENT_AT, REWARD_SCALES, SCHEDULE_CLOCKS
+from ..finetune.methods import METHODS
+from ..finetune.policy import TRAIN_STEPS
+from ..finetune.presets import PRESETS
+from ..finetune.train import finetune_config, run_finetune
+from ..reward.retrieval import REWARD_KINDS
 from ..runtime import COUNT, COUNT0, OutputPath, SEED, STEPS_T, integer, real
-from ..runs import add_allow_pickle, add_name_argument, read_manifest, run_path
+from ..runs import (add_allow_pickle, add_name_argument, read_manifest, read_normalisation, run_path,
+                    weights_file)
 from .options import renamed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..finetune.choices import GRADIENT_AT, REWARD_SCALES, SCHEDULE_CLOCKS
-    from ..finetune.methods import METHODS
-    from ..finetune.policy import TRAIN_STEPS
-    from ..finetune.presets import PRESETS
-
     p = sub.add_parser("finetune", help="fine-tune a backbone run against a reward run")
     p.add_argument("--method", required=True, help=f"a registered method: {', '.join(METHODS.names())}")
     p.add_argument("--base", required=True, type=run_path,
@@ -83,10 +87,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def check_inputs(base: Path, reward: Path, data: Path, evaluator: Path | None = None) -> None:
     """Everything about the named runs and data that can be checked before a run directory is made."""
-    from ..data.humanml import load_mean_std
-    from ..reward.retrieval import REWARD_KINDS
-    from ..runs import read_manifest, read_normalisation, weights_file
-
     base_manifest = read_manifest(base, kind="backbone", flag="--base")
     if base_manifest.get("status") != "complete" or not weights_file(base).is_file():
         raise UserError(f"--base {base}: the run did not finish (status {base_manifest.get('status')})")
@@ -112,9 +112,6 @@ def check_inputs(base: Path, reward: Path, data: Path, evaluator: Path | None = 
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from .. import distributed as dist
-    from ..finetune.train import finetune_config, run_finetune
-
     check_inputs(args.base, args.reward, args.data, args.evaluator)
     backbone = read_manifest(args.base, kind="backbone", flag="--base").get("config", {}).get("backbone")
     cfg = finetune_config(args.method, args.profile, preset=args.preset, backbone=backbone,

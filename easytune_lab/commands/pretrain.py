@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
+from .. import distributed as dist
+from ..diffusion.registry import BACKBONES, backbone_spec
+from ..diffusion.train import check_world, config_from_dict, pretrain, pretrain_config
 from ..diffusion.training_data import load_training_data
 from ..errors import UserError
-from ..runtime import COUNT, OutputPath, SEED, integer, real
-from ..diffusion.registry import BACKBONES
-from ..runs import add_allow_pickle, add_name_argument, run_path
+from ..runs import (add_allow_pickle, add_name_argument, check_model_dir, check_resume_parents, manifest_config,
+                    never_started, read_manifest, run_path)
+from ..runtime import COUNT, OutputPath, SEED, check_profile, integer, real
 from .options import renamed
 
 
@@ -53,8 +57,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _set_dropout(config, dropout: float) -> None:
     """Set every dropout probability of the backbone's config (model, text encoder, VAE)."""
-    import dataclasses
-
     def visit(obj) -> None:
         if not dataclasses.is_dataclass(obj):
             return
@@ -69,12 +71,6 @@ def _set_dropout(config, dropout: float) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from .. import distributed as dist
-    from ..runs import check_resume_parents, manifest_config, never_started, read_manifest
-    from ..runtime import check_profile
-    from ..diffusion.registry import backbone_spec
-    from ..diffusion.train import check_world, config_from_dict, pretrain, pretrain_config
-
     check_profile(args.profile)
     spec = backbone_spec(args.backbone)
     for name in ("iterations", "batch_size", "checkpoint_every", "stop_after", "accumulate"):
@@ -113,8 +109,6 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             raise UserError(f"--out {args.out}: exists and is not empty (use --resume to continue it)")
         seed = args.seed
     if args.text_encoder is not None:
-        from ..runs import check_model_dir
-
         check_model_dir(args.text_encoder, "--text-encoder")
     ctx, device = dist.setup(args.device)
     data = load_training_data(args.data, seed)

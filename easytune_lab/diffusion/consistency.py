@@ -28,12 +28,14 @@ from torch import nn
 from ..data.text import Vocabulary
 from ..errors import UserError
 from ..distributed import as_random
+from ..runs import read_normalisation
 from .registry import BackboneSpec, PretrainConfig
 from .backbone import Backbone, Condition, DiffusionConfig, keep_mask
 from .latent import LatentDenoiser, MLDConfig, MotionVAE
 from .sampling import Predictor, consistency_scalings
 from .schedule import NoiseSchedule
 from .text_encoder import TextConditioner
+from .train import load_backbone
 
 
 @dataclass
@@ -149,16 +151,12 @@ class LCMBackbone(Backbone):
 def teacher_setup(config, data):
     """Point an ``lcm`` PretrainConfig and its data at the teacher run: copy the teacher's MLD config, vocabulary
     and statistics; return ``init(model)`` that copies the teacher's weights into teacher, student and target."""
-    from .train import load_backbone
-
     if not config.teacher:
         raise UserError("--teacher: --backbone lcm distils a finished mld run; name it with --teacher RUN")
     teacher_dir = Path(config.teacher)
     teacher, tconfig, _ = load_backbone(teacher_dir, "cpu")
     if tconfig.backbone != "mld":
         raise UserError(f"--teacher {teacher_dir}: is a '{tconfig.backbone}' run; distillation needs an mld run")
-    from ..runs import read_normalisation
-
     mean, std = read_normalisation(teacher_dir)
     if mean.shape != np.shape(data.mean) or not (np.allclose(mean, data.mean, atol=1e-5)
                                                   and np.allclose(std, data.std, atol=1e-5)):

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..runs import read_normalisation
 from ..runtime import resolve_device
 from .backbone import Backbone
 from .trajectory import BackboneTrajectory, Hook
@@ -98,8 +99,6 @@ def load_generator(run_dir: str | Path, device: str | torch.device = "auto") -> 
     """Load ``RUN`` (a finished ``easytune pretrain`` run) on ``device`` (auto/cpu/cuda)."""
     run_dir = Path(run_dir)
     dev = resolve_device(device) if isinstance(device, str) else device
-    from ..runs import read_normalisation
-
     backbone, config, manifest = load_backbone(run_dir, dev)
     width = manifest.get("feature_dim")
     mean, std = read_normalisation(run_dir, int(width) if isinstance(width, int) else None)

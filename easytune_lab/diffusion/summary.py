@@ -10,6 +10,7 @@ from typing import Sequence
 
 import torch
 
+from ..io import write_json
 from .generate import load_generator
 
 
@@ -53,6 +54,4 @@ def summary_captions() -> list[str]:
 
 
 def write_summary(path: str | Path, summary: dict) -> None:
-    from ..io import write_json
-
     write_json(path, summary)

@@ -9,6 +9,7 @@ that embedding jointly with the denoiser. Captions are split with :func:`easytun
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -20,6 +21,7 @@ from .attention import TransformerEncoder
 from .embedding import sinusoidal_table
 from ..data.text import Vocabulary, plain_tokens
 from ..errors import UserError
+from ..runs import check_model_dir, hf_pickle_kwargs
 
 
 @dataclass
@@ -38,8 +40,6 @@ class TextEncoderConfig:
 
 def build_text_vocabulary(texts: Iterable[str]) -> Vocabulary:
     """Vocabulary of the plain words of ``texts``, most frequent first (ties alphabetical)."""
-    from collections import Counter
-
     counts = Counter(tok.word for text in texts for tok in plain_tokens(text))
     return Vocabulary(sorted(counts, key=lambda w: (-counts[w], w)))
 
@@ -91,8 +91,6 @@ class PretrainedSentenceEncoder:
         except ImportError:
             raise UserError(f"--text-encoder {path}: the 'transformers' package is not installed "
                             "(pip install transformers)") from None
-        from ..runs import check_model_dir, hf_pickle_kwargs
-
         check_model_dir(p, "--text-encoder")
         self.tokenizer = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
         self.model = AutoModel.from_pretrained(str(p), local_files_only=True, **hf_pickle_kwargs()).eval().to(device)

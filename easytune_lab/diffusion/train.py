@@ -43,7 +43,7 @@ from ..errors import NonFiniteError, UserError
 from ..io import write_json, write_npy
 from ..runs import (CHECKPOINT, WEIGHTS, dataset_identity, find_checkpoint, load_state_strict, load_tensors,
                     make_manifest, manifest_config, read_manifest, save_tensors, weights_file, write_manifest)
-from ..runtime import seed_everything
+from ..runtime import progress_bar as tqdm, seed_everything
 from ..training import Checkpoint, has_checkpoint, load_checkpoint, lr_at, save_checkpoint, set_lr
 from .backbone import Backbone
 from .registry import PretrainConfig, backbone_spec, replace_known
@@ -186,8 +186,6 @@ def pretrain(config: PretrainConfig, data: PretrainData, run_dir: str | Path, *,
     the manifest (not in the config, whose hash keys cached runs). Under torchrun every rank calls this; only
     rank 0 writes.
     """
-    from ..runtime import progress_bar as tqdm
-
     run_dir, device, ctx = Path(run_dir), torch.device(device), dist.context()
     check_world(config, len(data.dataset))
     dist.barrier()  # every rank has validated its input before rank 0 writes anything

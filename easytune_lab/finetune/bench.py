@@ -26,6 +26,7 @@ import torch
 
 from ..diffusion.trajectory import denoise
 from ..memory import memory_probe
+from ..runtime import progress_bar as tqdm
 from .methods import method_spec
 from .train import Finetuner, finetune_config
 
@@ -68,8 +69,6 @@ def memory_benchmark(methods: Sequence[str], steps: Sequence[int], profile: str,
     Every method gets the same captions (drawn with ``seed``) and lengths (their ground truth, or ``length``
     frames for all).
     """
-    from ..runtime import progress_bar as tqdm
-
     rows = []
     combos = [(m, t) for t in steps for m in methods]
     for method, num_steps in tqdm(combos, desc="bench memory", disable=not progress):

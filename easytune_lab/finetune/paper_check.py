@@ -31,8 +31,13 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ..data.humanml import HumanMLDataset, collate_motions
+from ..diffusion.train import load_backbone
 from ..diffusion.trajectory import denoise
+from ..io import write_json
 from ..memory import memory_probe
+from ..runs import read_manifest
+from .bench import speed_benchmark
 from .train import Finetuner, finetune_config
 
 CHECK_STEPS = (10, 20, 50)
@@ -132,9 +137,6 @@ def memory_and_time(profile: str, base: Path, reward: Path, data: Path, device: 
 def train_step_seconds(base: Path, data: Path, device: torch.device, batch_size: int, repeats: int = 5,
                        seed: int = 0) -> dict:
     """A plain supervised training step of the backbone (its pretraining loss, backward, AdamW step), warm."""
-    from ..data.humanml import HumanMLDataset, collate_motions
-    from ..diffusion.train import load_backbone
-
     model, config, _ = load_backbone(base, device)
     stage = model.stages[-1]
     model.train()
@@ -163,8 +165,6 @@ def train_step_seconds(base: Path, data: Path, device: torch.device, batch_size:
 def reward_curve(profile: str, base: Path, reward: Path, data: Path, device: torch.device, seconds: float,
                  batch_size: int, eval_captions: int, seed: int = 0, progress: bool = True) -> dict:
     """EasyTune against DRaFT-50, each for ``seconds`` of training, interleaved (the speed benchmark)."""
-    from .bench import speed_benchmark
-
     result = speed_benchmark(CURVE_METHODS, seconds, profile, base, reward, data, device, seed=seed,
                              progress=progress, batch_size=batch_size, eval_captions=eval_captions)
     result.pop("config", None)
@@ -176,9 +176,6 @@ def paper_check(profile: str, base: Path, reward: Path, data: Path, device: torc
                 curve_seconds: float = 60.0, eval_captions: int = 32, seed: int = 0,
                 progress: bool = True) -> dict:
     """All three phases; the JSON at ``out`` is rewritten after each. Returns the final result."""
-    from ..io import write_json
-    from ..runs import read_manifest
-
     start = time.perf_counter()
     result = {
         "check": "easytune bench paper", "complete": False, "profile": profile, "seed": seed,

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ..eval.evaluator import load_evaluator
 from ..eval.protocol import GroundTruth, ProtocolConfig, evaluate, generated_source, load_actions, oracle_function
 
 
@@ -29,8 +30,6 @@ class PeriodicEvaluator:
 
     def __init__(self, evaluator_run: str | Path, data: str | Path, device: torch.device, motions: int,
                  sampler: str, steps: int, seed: int = 0):
-        from ..eval.evaluator import load_evaluator
-
         self.evaluator_run, self.device, self.sampler, self.steps = Path(evaluator_run), device, sampler, steps
         self.ev = load_evaluator(self.evaluator_run, device)
         self.config = ProtocolConfig(split="test", replications=1, seed=seed, max_text_len=self.ev.config.max_text_len)

@@ -34,7 +34,17 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..runtime import check_profile
+from ..data.humanml import HumanMLDataset, collate_motions
+from ..diffusion.text_encoder import build_text_vocabulary
+from ..diffusion.train import batch_indices, build_backbone, load_backbone, pretrain_config
+from ..eval.evaluator import EvaluatorConfig, LoadedEvaluator, TextMotionEvaluator, embed_motions, load_evaluator
+from ..eval.evaluator_train import profile_config
+from ..io import write_npy
+from ..motion.synth import generate_dataset
+from ..reward.retrieval import save_reward
+from ..reward.train import build_reward, profile_configs
+from ..runs import WEIGHTS, make_manifest, save_tensors, write_manifest
+from ..runtime import FAST_PATHS, check_profile, progress_bar
 from .bench import _tuner
 from .loop import run_trajectory
 from .policy import LAST_K, Policy, StepPlan
@@ -96,17 +106,7 @@ def init_runs(profile: str, root: Path, data: Path | None, seed: int, device: to
               num_motions: int = 200) -> dict:
     """The profile's backbone (MDM) and reward at their initialisation, written as runs under ``root`` so the
     fine-tuning code loads them unchanged; a small procedural dataset there unless ``data`` is given."""
-    from ..data.humanml import HumanMLDataset
-    from ..diffusion.text_encoder import build_text_vocabulary
-    from ..diffusion.train import build_backbone, pretrain_config
-    from ..io import write_npy
-    from ..reward.retrieval import save_reward
-    from ..reward.train import build_reward, profile_configs
-    from ..runs import WEIGHTS, make_manifest, save_tensors, write_manifest
-
     if data is None:
-        from ..motion.synth import generate_dataset
-
         data = root / "data"
         generate_dataset(data, num_motions=num_motions, seed=seed, workers=1, progress=False)
     train = HumanMLDataset(data, split="train", mode="train", seed=seed)
@@ -134,10 +134,6 @@ def init_runs(profile: str, root: Path, data: Path | None, seed: int, device: to
 
 
 def _evaluator(profile: str, run: Path | None, data: Path, device: torch.device, seed: int):
-    from ..eval.evaluator import EvaluatorConfig, LoadedEvaluator, TextMotionEvaluator, load_evaluator
-    from ..eval.evaluator_train import profile_config
-    from ..data.humanml import HumanMLDataset
-
     if run is not None:
         return load_evaluator(run, device)
     train = HumanMLDataset(data, split="train", mode="train")
@@ -150,8 +146,6 @@ def _evaluator(profile: str, run: Path | None, data: Path, device: torch.device,
 
 
 def _test_motions(data: Path, n: int) -> list[np.ndarray]:
-    from ..data.humanml import HumanMLDataset
-
     test = HumanMLDataset(data, split="test", mode="eval")
     return [test[i % len(test)].features.numpy() for i in range(n)]
 
@@ -166,13 +160,8 @@ def throughput_benchmark(profile: str, device: torch.device, seed: int = 0, repe
     ``trajectories``: labels of :data:`TRAJECTORIES` to measure (default: all). ``compile``: every denoiser's forward
     through ``torch.compile`` (opt-in; eager after one warning line where unavailable); the warm-up run of each
     measurement then includes the compilation."""
-    from ..eval.evaluator import embed_motions
-    from ..runtime import progress_bar
-
     check_profile(profile)
     chosen = [row for row in TRAJECTORIES if trajectories is None or row[0] in trajectories]
-    from ..runtime import FAST_PATHS
-
     result: dict = {"profile": profile, "seed": seed, "repeats": repeats, "machine": machine_info(device),
                     "fast_paths": dict(FAST_PATHS)}
     with contextlib.ExitStack() as stack:
@@ -276,9 +265,6 @@ def throughput_benchmark(profile: str, device: torch.device, seed: int = 0, repe
 
 def _pretrain_step(profile: str, base: Path, data: Path, device: torch.device, seed: int, repeats: int) -> dict:
     """One optimiser step of backbone pretraining (loss, backward, clip, AdamW) on the profile's batch size."""
-    from ..data.humanml import HumanMLDataset, collate_motions
-    from ..diffusion.train import batch_indices, load_backbone
-
     model, config, _ = load_backbone(base, device)
     ds = HumanMLDataset(data, split="train", mode="train", seed=seed)
     batch = collate_motions([ds[i] for i in batch_indices(len(ds), config.batch_size, seed, 0)]).to(device)

@@ -38,20 +38,25 @@ import numpy as np
 import torch
 
 from .. import distributed as dist
+from ..data.humanml import HumanMLDataset
+from ..diffusion.generate import load_generator
 from ..diffusion.registry import backbone_spec
+from ..diffusion.sampling import Predictor
 from ..diffusion.trajectory import BackboneTrajectory
 from ..errors import NonFiniteError, UserError
 from ..io import write_json
 from ..memory import memory_probe
-from ..runs import (check_resume_parents, config_to_dict, dataset_identity, find_checkpoint, make_manifest,
-                    read_manifest, write_manifest)
-from ..runtime import check_profile
+from ..reward.retrieval import load_reward
+from ..runs import (MANIFEST, check_resume_parents, config_to_dict, dataset_identity, find_checkpoint,
+                    make_manifest, never_started, read_manifest, write_manifest)
+from ..runtime import FAST_PATHS, check_profile, compile_forward, progress_bar as tqdm
 from ..training import has_checkpoint, load_checkpoint, lr_scheduler, save_checkpoint
 from .adapters import reward_function
 from .choices import GRADIENT_AT, REWARD_SCALES, SCHEDULE_CLOCKS
 from .loop import LoopConfig, StartParameters, TrajectoryStats, run_trajectory
 from .lora import LoraConfig, check_lora, save_weights, trainable_parameters
 from .methods import QUICK_LR_PER_TRAJECTORY, method_spec
+from .periodic_eval import PeriodicEvaluator, postfix
 from .policy import TRAIN_STEPS, PolicyConfig
 from .presets import preset as find_preset
 
@@ -209,8 +214,6 @@ def adamw(params, **options) -> torch.optim.AdamW:
     """AdamW, fused into one kernel where torch supports it (``runtime.FAST_PATHS["fused_adamw"]``): the same update
     (to float32 rounding) at a fraction of the for-each-parameter loop's cost, which EasyTune pays once per denoising
     step. Falls back to the plain implementation where the parameters' device or dtype has no fused kernel."""
-    from ..runtime import FAST_PATHS
-
     params = list(params)
     if FAST_PATHS["fused_adamw"]:
         try:
@@ -229,8 +232,6 @@ class Prompts:
 
     @classmethod
     def from_split(cls, root: Path, split: str, max_frames: int) -> "Prompts":
-        from ..data.humanml import HumanMLDataset
-
         ds = HumanMLDataset(root, split, mode="eval")
         captions, lengths = [], []
         for clip in ds.clips:
@@ -252,9 +253,6 @@ class Finetuner:
     def __init__(self, cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Path, device: torch.device,
                  memory: str = "auto", accumulate: bool = False, dtype: torch.dtype | None = None,
                  compile: bool = False):
-        from ..diffusion.generate import load_generator
-        from ..reward.retrieval import load_reward
-
         self.cfg, self.base_run, self.reward_run, self.data, self.device = cfg, base_run, reward_run, data, device
         self.generator = load_generator(base_run, device)
         self.backbone = self.generator.backbone
@@ -265,8 +263,6 @@ class Finetuner:
         self.params = trainable_parameters(self.backbone.net, cfg.lora, cfg.seed)  # all, or LoRA's A and B
         self.compiled = False
         if compile:  # opt-in torch.compile of the denoiser's forward (eager after one warning where unavailable)
-            from ..runtime import compile_forward
-
             self.compiled = compile_forward(self.backbone.net, device)
         # LoopConfig.gradient_at == "start": one buffer of the trainable weights for the whole run (never a model copy)
         self.start_params = StartParameters(self.params) if cfg.loop.gradient_at == "start" else None
@@ -308,8 +304,6 @@ class Finetuner:
     def regulariser(self, traj: BackboneTrajectory):
         if self.base_net is None:
             return None
-        from ..diffusion.sampling import Predictor
-
         base = Predictor(self.base_net, self.backbone.schedule)
 
         def reg(x_t: torch.Tensor, i: int, x0_hat: torch.Tensor) -> torch.Tensor:
@@ -400,10 +394,6 @@ def run_finetune(cfg: FinetuneConfig, base_run: Path, reward_run: Path, data: Pa
     ``evaluator`` (an evaluator run) adds the T2M metrics and the oracle's accuracy on ``cfg.eval_motions`` test
     clips to every evaluation (:mod:`easytune_lab.finetune.periodic_eval`).
     """
-    from ..runtime import progress_bar as tqdm
-
-    from .periodic_eval import PeriodicEvaluator, postfix
-
     out, main = Path(out), dist.is_main()
     parents = {"base": base_run, "reward": reward_run, "data": data, "evaluator": evaluator}
     _check_run_arguments(cfg, out, resume, dtype, evaluator)
@@ -549,8 +539,6 @@ def check_resumable(out: Path, cfg: FinetuneConfig, accumulate: bool, dtype: str
                     parents: dict | None = None) -> None:
     """``--resume`` continues the saved configuration: refuse a different one, naming what differs, and other
     parent runs or another dataset (:func:`~easytune_lab.runs.check_resume_parents`)."""
-    from ..runs import MANIFEST, never_started
-
     if never_started(out):
         return
     if not (out / MANIFEST).is_file():
