@@ -35,7 +35,10 @@ from typing import Callable, Mapping, Protocol, Sequence
 import numpy as np
 import torch
 
+from ..diffusion.generate import load_generator
+from ..diffusion.trajectory import BackboneTrajectory
 from ..errors import UserError
+from ..finetune.adapters import reward_function
 from ..stats import interval
 from .chain import chain_norms, early_late
 
@@ -114,10 +117,6 @@ def run_draws(run: Path, reward, captions: Sequence[tuple[Sequence[str], Sequenc
     ‖v^T ∏ ∂x_{s-1}/∂x_s‖/‖v‖), ``per_draw[direction]`` the :func:`draw_summary` of each, and ``LAST_STEP``
     ``{"prediction", "t", "sqrt_one_minus_alpha_bar"}`` of the trajectory's last step.
     """
-    from ..diffusion.generate import load_generator
-    from ..diffusion.trajectory import BackboneTrajectory
-    from ..finetune.adapters import reward_function
-
     gen = load_generator(run, device)
     gen.backbone.requires_grad_(False)          # gradients with respect to x_t only
     coefficients = {direction: [] for direction in DIRECTIONS}
