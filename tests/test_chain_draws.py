@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from easytune_lab.analysis.chain import chain_coefficients, chain_norms
-from easytune_lab.analysis.chain_draws import (ATTENUATES, GROWS, LAST_STEP, NO_DIFFERENCE, ONE_DRAW,
+from easytune_lab.analysis.chain_draws import (ATTENUATES, CONSTANT_EPS, GROWS, LAST_STEP, NO_DIFFERENCE, ONE_DRAW,
                                                attenuation_verdict, chain_study, draw_captions, draw_summary,
                                                profile_draws, step_intervals, summarize, summary_rows)
 from easytune_lab.errors import UserError
@@ -59,6 +59,44 @@ def test_several_directions_in_one_pass_equal_separate_passes():
     np.testing.assert_allclose(both[0].mean(axis=1), alone_v, rtol=1e-12)
     np.testing.assert_allclose(both[1].mean(axis=1), alone_random, rtol=1e-12)
     assert not np.allclose(both[0], both[1])
+
+
+class _Net:
+    """A denoiser output ``scale · x_t + shift`` in the parameterisation ``prediction``."""
+
+    def __init__(self, prediction, scale, shift=0.0):
+        self.prediction, self.scale, self.shift = prediction, scale, shift
+
+    def __call__(self, x_t, t, cond, drop_text=False):
+        return self.scale * x_t + self.shift
+
+
+def _ddim(net, steps=10):
+    from easytune_lab.diffusion.schedule import NoiseSchedule
+    from easytune_lab.diffusion.trajectory import Trajectory
+
+    return Trajectory(net, NoiseSchedule.create("scaled_linear", 1000), steps, "ddim", None, shape=(3, 4),
+                      dtype=torch.float64)
+
+
+def test_an_eps_network_that_ignores_its_input_gives_the_chain_one_over_sqrt_alpha_bar():
+    traj = _ddim(_Net("eps", 0.0, shift=0.3))
+    got = chain_norms(traj, [None], generator=torch.Generator().manual_seed(0))[0]
+    want = [1 / math.sqrt(traj.schedule.alpha_bar(t)) for t, _ in traj.pairs]
+    np.testing.assert_allclose(got, np.repeat(np.asarray(want)[:, None], 3, axis=1), rtol=1e-10)
+    assert got[0, 0] > 5 and got[-1, 0] == pytest.approx(1 / math.sqrt(traj.schedule.alpha_bar(0)))
+
+
+def test_the_last_ddim_step_is_near_the_identity_for_eps_and_the_network_for_x0():
+    """x_0 = (x_1 − √(1−ᾱ) ε̂)/√ᾱ with ε̂ = a·x_1 has gain (1 − √(1−ᾱ)·a)/√ᾱ; x_0 = x̂0 = a·x_1 has gain a."""
+    for a in (0.5, 4.0):
+        eps = _ddim(_Net("eps", a))
+        ab = eps.schedule.alpha_bar(eps.pairs[-1][0])
+        got = chain_norms(eps, [None], generator=torch.Generator().manual_seed(1))[0, -1]
+        np.testing.assert_allclose(got, abs(1 - math.sqrt(1 - ab) * a) / math.sqrt(ab), rtol=1e-10)
+        assert abs(got[0] - 1) < 0.2                       # √(1−ᾱ) = 0.029 at t = 0: close to the identity
+        x0 = chain_norms(_ddim(_Net("x0", a)), [None], generator=torch.Generator().manual_seed(1))[0, -1]
+        np.testing.assert_allclose(x0, a, rtol=1e-10)      # the network's own Jacobian, no identity term
 
 
 def test_draw_summary_of_a_known_series():
@@ -153,12 +191,16 @@ def test_chain_study_on_a_smoke_backbone_is_paired_and_matches_single_trajectori
     study = chain_study({"base": smoke_runs["base"], "same model": smoke_runs["base"]}, reward, prompts, draws=2,
                         batch=2, sample_steps=4, seed=11, device="cpu")
     base, again = study["runs"]["base"], study["runs"]["same model"]
-    assert study["noise_seeds"] == [11, 12] and len(study["captions"]) == 2 and study["captions"][0] != study["captions"][1]
+    assert study["noise_seeds"] == [11, 12] and len(study["captions"]) == 2
+    assert study["captions"][0] != study["captions"][1]
     for direction in ("reward", "random"):
         table = np.asarray(base["coefficients"][direction])
         assert table.shape == (2, 4) and np.all(np.isfinite(table)) and table.min() > 0
         assert base["coefficients"][direction] == again["coefficients"][direction]   # the same draws for every run
     assert base[LAST_STEP]["prediction"] == "x0" and base[LAST_STEP]["t"] == 0
+    reference = base[CONSTANT_EPS]      # 1/√ᾱ_t: 1 at the last step (t = 0 is not quite clean), larger before
+    assert len(reference) == 4 and reference[-1] == pytest.approx(1.0, abs=1e-3)
+    assert all(a > b for a, b in zip(reference, reference[1:]))
     # draw 1 is one random-direction trajectory of its captions from noise seed 12
     traj = BackboneTrajectory(gen.backbone, study["captions"][1], study["lengths"][1], "ddim", 4, gen.guidance)
     gen.backbone.requires_grad_(False)

@@ -23,7 +23,8 @@ Where the chain starts, the parameterisation matters. DDIM's last step (t_1 → 
 identity up to a term scaled by √(1−ᾱ_1) (:data:`LAST_STEP` records it per run); with x0-prediction (MDM)
 x_0 = x̂0_θ(x_1) and the last step's Jacobian is the network's own ∂x̂0_θ/∂x_1, with no identity term. Likewise an
 ε-network whose output ignored x_t would make every DDIM step x_s = √(ᾱ_s/ᾱ_t) x_t + const, so the chain to step t
-would be exactly 1/√ᾱ_t, growing toward the noisy steps; what a trained network adds to that is what is measured.
+would be exactly 1/√ᾱ_t (:data:`CONSTANT_EPS`), growing toward the noisy steps; what a trained network changes in
+that is what is measured.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ ATTENUATES, GROWS, NO_DIFFERENCE, ONE_DRAW = ("attenuates early steps", "grows t
                                               "no difference measured", "one draw: no interval")
 #: the key of a run's record that describes its last step (prediction type, t_1 and √(1−ᾱ_{t_1}))
 LAST_STEP = "last_step"
+#: the key of a run's per-step reference 1/√ᾱ_{t_i}: the chain of an ε-network whose output ignores x_t
+CONSTANT_EPS = "constant_eps_chain"
 
 
 #: draws of captions and noise per backbone when none are asked for: a few for CI, 8 on a 2-core CPU (quick)
@@ -112,15 +115,16 @@ def run_draws(run: Path, reward, captions: Sequence[tuple[Sequence[str], Sequenc
     drawn from the same generator after the trajectory). ``reward``: a loaded reward model
     (:func:`easytune_lab.reward.retrieval.load_reward`).
 
-    Returns ``{"run", "coefficients", "per_draw", LAST_STEP}``: ``coefficients[direction]`` is a list of ``draws``
-    per-step lists (index 0 the noisiest step; each the mean over the draw's captions of
-    ‖v^T ∏ ∂x_{s-1}/∂x_s‖/‖v‖), ``per_draw[direction]`` the :func:`draw_summary` of each, and ``LAST_STEP``
-    ``{"prediction", "t", "sqrt_one_minus_alpha_bar"}`` of the trajectory's last step.
+    Returns ``{"run", "coefficients", "per_draw", LAST_STEP, CONSTANT_EPS}``: ``coefficients[direction]`` is a list
+    of ``draws`` per-step lists (index 0 the noisiest step; each the mean over the draw's captions of
+    ‖v^T ∏ ∂x_{s-1}/∂x_s‖/‖v‖), ``per_draw[direction]`` the :func:`draw_summary` of each, ``LAST_STEP``
+    ``{"prediction", "t", "sqrt_one_minus_alpha_bar"}`` of the trajectory's last step and ``CONSTANT_EPS`` the
+    per-step chain 1/√ᾱ_{t_i} an ε-network that ignored x_t would give (see the module docstring).
     """
     gen = load_generator(run, device)
     gen.backbone.requires_grad_(False)          # gradients with respect to x_t only
     coefficients = {direction: [] for direction in DIRECTIONS}
-    last = None
+    last = reference = None
     for d, (texts, lengths) in enumerate(captions):
         traj = BackboneTrajectory(gen.backbone, texts, lengths, sampler, sample_steps, gen.guidance)
         vectors = {"reward": reward_gradient(reward_function(reward, traj)), "random": None}
@@ -130,8 +134,10 @@ def run_draws(run: Path, reward, captions: Sequence[tuple[Sequence[str], Sequenc
         t_last = traj.pairs[-1][0]
         last = {"prediction": traj.predictor.prediction, "t": int(t_last),
                 "sqrt_one_minus_alpha_bar": math.sqrt(1.0 - traj.schedule.alpha_bar(t_last))}
+        reference = [1.0 / math.sqrt(traj.schedule.alpha_bar(t)) for t, _ in traj.pairs]
     per_draw = {direction: [draw_summary(c, parts) for c in coefficients[direction]] for direction in DIRECTIONS}
-    return {"run": Path(run).name, "coefficients": coefficients, "per_draw": per_draw, LAST_STEP: last}
+    return {"run": Path(run).name, "coefficients": coefficients, "per_draw": per_draw, LAST_STEP: last,
+            CONSTANT_EPS: reference}
 
 
 def chain_study(runs: Mapping[str, Path], reward, prompts: CaptionSource, *, draws: int, batch: int,
@@ -141,7 +147,8 @@ def chain_study(runs: Mapping[str, Path], reward, prompts: CaptionSource, *, dra
     same ``draws`` draws of ``batch`` captions (:func:`draw_captions` with ``seed``) and noise (seeds ``seed + d``).
 
     Returns ``{"draws", "batch", "sample_steps", "sampler", "seed", "parts", "captions", "lengths", "noise_seeds",
-    "runs"}`` with ``captions[d]``/``lengths[d]`` draw d's captions and motion lengths and ``runs[name]`` the :func:`run_draws` record of each run; :func:`summarize` reads it.
+    "runs"}`` with ``captions[d]``/``lengths[d]`` draw d's captions and motion lengths and ``runs[name]`` the
+    :func:`run_draws` record of each run; :func:`summarize` reads it.
     """
     captions = draw_captions(prompts, draws, batch, seed)
     records = {name: run_draws(run, reward, captions, sample_steps=sample_steps, seed=seed, device=device,
