@@ -20,11 +20,11 @@ early steps" when it lies above 1, "no difference measured" when it contains 1.
 
 Where the chain starts, the parameterisation matters. DDIM's last step (t_1 → clean, ᾱ = 1) returns x̂0. With
 ε-prediction (MLD) x_0 = (x_1 − √(1−ᾱ_1) ε̂_θ(x_1))/√ᾱ_1, whose Jacobian (I − √(1−ᾱ_1) ∂ε̂_θ/∂x_1)/√ᾱ_1 is the
-identity up to a term scaled by √(1−ᾱ_1) (:data:`LAST_STEP` records it per run); with x0-prediction (MDM)
-x_0 = x̂0_θ(x_1) and the last step's Jacobian is the network's own ∂x̂0_θ/∂x_1, with no identity term. Likewise an
-ε-network whose output ignored x_t would make every DDIM step x_s = √(ᾱ_s/ᾱ_t) x_t + const, so the chain to step t
-would be exactly 1/√ᾱ_t (:data:`CONSTANT_EPS`), growing toward the noisy steps; what a trained network changes in
-that is what is measured.
+identity minus the network's Jacobian scaled by √(1−ᾱ_1), divided by √ᾱ_1 ≈ 1 (:data:`LAST_STEP` records
+√(1−ᾱ_1) per run); with x0-prediction (MDM) x_0 = x̂0_θ(x_1) and the last step's Jacobian is the network's own
+∂x̂0_θ/∂x_1, with no identity term. And an ε-network whose output ignored x_t would make every DDIM step
+x_s = √(ᾱ_s/ᾱ_t) x_t + const, so the chain to step t would be exactly 1/√ᾱ_t (:data:`CONSTANT_EPS`), growing toward
+the noisy steps; what a trained network changes in that is what is measured.
 """
 
 from __future__ import annotations
