@@ -33,14 +33,6 @@ HEAVY_OPTIONAL = {
     "easytune_lab.finetune.lora_attention",  # imports peft at module level (the lora extra)
 }
 
-# hoisted by a parallel change; remove when merged
-PENDING = {
-    "easytune_lab/analysis/chain.py",
-    "easytune_lab/eval/evaluator_train.py",
-    "easytune_lab/reward/train.py",
-    "easytune_lab/training.py",
-}
-
 
 @dataclass(frozen=True)
 class Import:
@@ -197,7 +189,7 @@ def test_sibling_packages_do_not_import_each_other_both_ways():
 
 
 def test_imports_inside_functions_only_for_heavy_optional_modules():
-    problems = [p for p in function_level_imports(ROOT) if Path(p.split(":")[0]).as_posix() not in PENDING]
+    problems = function_level_imports(ROOT)
     assert problems == [], f"{len(problems)} imports to move to module level:\n" + "\n".join(problems)
 
 
