@@ -14,6 +14,7 @@ from ..errors import UserError
 from ..eval.evaluator_train import EVALUATOR_SEED, profile_config, train_evaluator
 from ..runs import MANIFEST, add_name_argument
 from ..runtime import COUNT, OutputPath, SECONDS, SEED, check_profile, default_threads
+from .options import add_checkpoint_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,12 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="contrastive loss (default infonce; margin = T2M's margin loss)")
     t.add_argument("--epochs", type=COUNT, default=None, help="override the profile's number of epochs")
     t.add_argument("--max-seconds", type=SECONDS, default=None, help="override the profile's training time budget")
-    t.add_argument("--checkpoint-every", type=COUNT, default=1, help="epochs between checkpoints (default 1)")
-    t.add_argument("--stop-after", type=COUNT, default=None,
-                   help="stop after this many epochs with a checkpoint, as an interruption would (for tests)")
-    t.add_argument("--resume", action="store_true",
-                   help="continue --out from its last checkpoint (from the start if it was killed before the "
-                        "first) with the same options")
+    add_checkpoint_options(t)
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_name_argument(t)
     t.set_defaults(func=cmd_train, distributed=True, lock="out")

@@ -17,6 +17,7 @@ from ..pipeline import results_dir
 from ..reward import pipeline as stages  # called as stages.<name>, so that tests can replace a stage
 from ..runs import add_allow_pickle, add_name_argument, run_path
 from ..runtime import COUNT, OutputPath, SEED, check_json_out, integer, real
+from .options import add_checkpoint_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="start from this reward run (its weights, vocabulary and model size) instead of a fresh "
                         "reward: with --noise-aware from a plain run (the timestep embedding starts at zero), "
                         "else the run is trained on for the profile's epochs")
-    _checkpoint_options(t)
+    add_checkpoint_options(t)
     add_allow_pickle(t)
     add_name_argument(t)
     t.set_defaults(func=cmd_train, distributed=True, lock="out")
@@ -52,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="ours: pairs mined beyond the top-k, whole train split as gallery; official: the authors' "
                         "train_spm.py loss and settings (in-batch, (1/2,1/2)/(0,1) targets, weight 0.01, lr 1e-5)")
     s.add_argument("--epochs", type=COUNT, default=None, help="override the profile's number of SPL epochs")
-    _checkpoint_options(s)
+    add_checkpoint_options(s)
     add_allow_pickle(s)
     add_name_argument(s)
     s.set_defaults(func=cmd_spl, distributed=True, lock="out")
@@ -92,15 +93,6 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto; under torchrun cuda = one "
                                                     "GPU per rank)")
-
-
-def _checkpoint_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint-every", type=COUNT, default=1, help="epochs between checkpoints (default 1)")
-    p.add_argument("--stop-after", type=COUNT, default=None,
-                   help="stop after this many epochs with a checkpoint, as an interruption would (for tests)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue --out from its last checkpoint (from the start if it was killed before the "
-                        "first) with the same options")
 
 
 def _checkpointing(args: argparse.Namespace) -> dict:
