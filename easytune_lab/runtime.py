@@ -50,13 +50,30 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and ``taskset`` restrict), not the
+    machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
 def default_threads() -> int:
-    """Threads for CPU work: ``EASYTUNE_THREADS``, else the cores shared by the processes torchrun started on
-    this node (all of them in a plain run)."""
-    if "EASYTUNE_THREADS" in os.environ:
-        return int(os.environ["EASYTUNE_THREADS"])
+    """Threads for CPU work: ``EASYTUNE_THREADS``, else ``OMP_NUM_THREADS`` (so that a stage which sets torch's
+    threads itself never overrides what the user asked of every stage), else the available cores shared by the
+    processes torchrun started on this node (all of them in a plain run)."""
+    for name in ("EASYTUNE_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            try:
+                threads = int(value)
+            except ValueError:
+                threads = 0
+            if threads < 1:
+                raise UserError(f"{name}: must be a positive integer (got '{value}')")
+            return threads
     per_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    return max(1, (os.cpu_count() or 1) // per_node)
+    return max(1, available_cores() // per_node)
 
 
 def parse_int_list(text: str, flag: str, low: int, high: int, what: str = "value") -> list[int]:

@@ -17,6 +17,7 @@ from easytune_lab.diffusion.embedding import sinusoidal_embedding, sinusoidal_ta
 from easytune_lab.errors import UserError
 from easytune_lab.finetune.train import finetune_config, run_finetune
 from easytune_lab.runs import load_tensors, save_tensors
+from easytune_lab.runtime import available_cores, default_threads
 from easytune_lab.training import has_checkpoint, load_checkpoint, lr_at, lr_scheduler, save_checkpoint
 
 # ------------------------------------------------------------------------------------------------ the schedule
@@ -275,3 +276,21 @@ def test_a_damaged_old_format_checkpoint_is_one_line_naming_the_file(smoke_runs,
     save_tensors(path, tensors)
     with pytest.raises(UserError, match=f"{path}: not this run's checkpoint state"):
         run_finetune(cfg, r["base"], r["reward"], r["data"], part, torch.device("cpu"), progress=False, resume=True)
+
+
+def test_default_threads_follow_the_users_thread_settings(monkeypatch):
+    """EASYTUNE_THREADS, then OMP_NUM_THREADS, then the available cores shared by torchrun's local processes; a bad
+    value is a one-line UserError naming the variable."""
+    for name in ("EASYTUNE_THREADS", "OMP_NUM_THREADS", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert default_threads() == available_cores() >= 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(available_cores() * 2))
+    assert default_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert default_threads() == 3
+    monkeypatch.setenv("EASYTUNE_THREADS", "5")
+    assert default_threads() == 5
+    for bad in ("0", "-2", "two"):
+        monkeypatch.setenv("EASYTUNE_THREADS", bad)
+        with pytest.raises(UserError, match=f"EASYTUNE_THREADS: must be a positive integer \\(got '{bad}'\\)"):
+            default_threads()

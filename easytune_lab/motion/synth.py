@@ -29,7 +29,7 @@ import torch
 
 from ..errors import UserError
 from ..io import write_json, write_npy, write_text
-from ..runtime import progress_bar as tqdm
+from ..runtime import available_cores, progress_bar as tqdm
 from .actions import FAMILIES, FOOT_JOINTS, FPS, POSE_KEYS, animate, concatenate, pose_to_local_quats
 from .captions import make_captions, texts_file
 from .features import feature_layout, joints_to_features, recover_from_ric
@@ -268,7 +268,7 @@ def generate_dataset(out_dir: str | os.PathLike, num_motions: int = 4000, seed: 
         raise UserError(f"--num-motions: must be at least 20 (got {num_motions})")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UserError(f"--out {out_dir}: exists and is not an empty directory")
-    workers = max(1, min(workers or os.cpu_count() or 1, num_motions))
+    workers = max(1, min(workers or available_cores(), num_motions))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     _remove_stale_temporaries(out_dir)
