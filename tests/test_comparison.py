@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from easytune_lab.analysis.comparison import METRICS, SEEDS, collect, paired, summarise
+from easytune_lab.analysis.comparison import METRICS, SEEDS, collect, paired, select_arms, summarise
 from easytune_lab.stats import t_quantile
 
 
@@ -78,3 +78,12 @@ def test_rows_keep_their_finetune_seed_through_the_table_writer(tmp_path):
     table = pd.read_csv(path)
     assert list(table.seed.unique()) == [7]                      # the notebook's seed, named by the writer
     assert table.finetune_seed.fillna(-1).tolist() == [-1, 0, 1, 2]
+
+
+def test_select_arms_keeps_the_base_and_the_reference_and_refuses_unknown_methods():
+    arms = {"Base": None, "DRaFT": "draft", "AlignProp": "alignprop", "EasyTune-step": "easytune"}
+    assert select_arms(arms, "") == arms
+    assert select_arms(arms, " draft ,") == {"Base": None, "DRaFT": "draft", "EasyTune-step": "easytune"}
+    assert list(select_arms(arms, "alignprop,draft")) == ["Base", "DRaFT", "AlignProp", "EasyTune-step"]
+    with pytest.raises(ValueError, match="^methods: unknown method 'dpo' \\(choose from draft, alignprop, easytune\\)$"):
+        select_arms(arms, "draft,dpo")

@@ -31,6 +31,22 @@ SEEDS = {"smoke": 2, "quick": 3, "paper": 3}
 TRAINING = ("peak_bytes", "train_seconds", "optimizer_steps", "reward_before", "reward_after")
 
 
+def select_arms(arms: Mapping[str, str | None], methods: str,
+                reference: str | None = "easytune") -> dict[str, str | None]:
+    """The arms whose fine-tuning method is in ``methods`` (comma-separated method names; empty: every arm), plus
+    the base model and the ``reference`` method that every arm is compared with. Raises ValueError (one line naming
+    ``methods``) for a name that is no arm's method."""
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    known = [m for m in arms.values() if m]
+    unknown = [m for m in chosen if m not in known]
+    if unknown:
+        raise ValueError(f"methods: unknown method '{unknown[0]}' (choose from {', '.join(known)})")
+    if not chosen:
+        return dict(arms)
+    keep = {*chosen, reference}
+    return {arm: method for arm, method in arms.items() if method is None or method in keep}
+
+
 def run_row(backbone: str, arm: str, method: str | None, seed: int | None, run_name: str, evaluation: Mapping,
             training: Mapping | None = None) -> dict:
     """One row: the arm's T2M metrics (the mean over evaluator replications) and its training measurements;
