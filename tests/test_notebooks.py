@@ -82,3 +82,15 @@ def test_headline_command_shows_the_memory_figure(tmp_path):
     table = (out_dir / "memory.csv").read_text().splitlines()
     assert table[0].startswith("profile,seed,") and table[1].startswith("smoke,0,")
     assert (out_dir / "memory.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.stem)
+def test_papermill_reads_every_parameter_with_its_type_and_help(path):
+    """`papermill --help-notebook` (papermill.inspect_notebook) parses every line of the parameters cell: the names it
+    finds are the cell's names, each with a type and a help comment."""
+    papermill = pytest.importorskip("papermill")
+    names = re.findall(r"^(\w+)\s*:", _params_cell(path), re.M)
+    found = papermill.inspect_notebook(str(path))
+    assert list(found) == names, path.name
+    for name, spec in found.items():
+        assert spec["inferred_type_name"] != "None" and spec["help"], (path.name, name, spec)
