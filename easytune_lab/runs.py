@@ -44,6 +44,19 @@ MIN_STD = 1e-6  # smallest usable normalisation Std: dividing by less turns feat
 WEIGHTS = "weights.safetensors"
 
 
+
+def check_run_out(out: Path, resume: bool) -> None:
+    """``--out`` of a training command: absent or empty for a new run; with ``--resume`` an unfinished run (its
+    directory exists and holds no manifest yet)."""
+    if not resume:
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise UserError(f"--out {out}: exists and is not an empty directory (use --resume to continue it)")
+        return
+    if not out.is_dir():
+        raise UserError(f"--resume: {out} does not exist (nothing to resume)")
+    if (out / MANIFEST).exists():
+        raise UserError(f"--resume: {out} holds a finished run ({MANIFEST}); nothing to resume")
+
 def config_to_dict(config: Any) -> dict:
     """A dataclass config (possibly nested) as a plain JSON-able dict."""
     if dataclasses.is_dataclass(config):

@@ -12,7 +12,7 @@ import torch
 from .. import distributed as dist
 from ..errors import UserError
 from ..eval.evaluator_train import EVALUATOR_SEED, profile_config, train_evaluator
-from ..runs import MANIFEST, add_name_argument
+from ..runs import add_name_argument, check_run_out
 from ..runtime import COUNT, OutputPath, SECONDS, SEED, check_profile, default_threads
 from .options import add_checkpoint_options
 
@@ -40,23 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=cmd_train, distributed=True, lock="out")
 
 
-def check_out(out: Path, resume: bool) -> None:
-    """``--out``: absent or empty for a new run; with ``--resume`` an unfinished run (no manifest yet)."""
-    if not resume:
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise UserError(f"--out {out}: exists and is not an empty directory (use --resume to continue it)")
-        return
-    if not out.is_dir():
-        raise UserError(f"--resume: {out} does not exist (nothing to resume)")
-    if (out / MANIFEST).exists():
-        raise UserError(f"--resume: {out} holds a finished run ({MANIFEST}); nothing to resume")
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     check_profile(args.profile)
     if not args.data.is_dir():
         raise UserError(f"--data {args.data}: dataset directory not found")
-    check_out(args.out, args.resume)
+    check_run_out(args.out, args.resume)
     if args.epochs is not None and args.epochs < 1:
         raise UserError(f"--epochs: must be at least 1 (got {args.epochs})")
     if args.max_seconds is not None and args.max_seconds <= 0:

@@ -22,7 +22,7 @@ import torch
 from .. import distributed as dist
 from ..errors import UserError
 from ..io import write_json
-from ..runs import MANIFEST, check_model_dir, dataset_identity, make_manifest, read_manifest, write_manifest
+from ..runs import check_model_dir, check_run_out, dataset_identity, make_manifest, read_manifest, write_manifest
 from ..runtime import check_profile, default_threads, parse_int_list, resolve_device, seed_everything
 from ..stats import interval, verdict
 from ..training import Checkpointing
@@ -37,12 +37,7 @@ def _prepare(data: Path, out: Path, profile: str, device: str, seed: int, resume
         raise UserError(f"--data {data}: dataset directory not found")
     if not (Path(data) / "train.txt").is_file():
         raise UserError(f"--data {data}: no train.txt (not a HumanML3D-format directory)")
-    if not resume and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"--out {out}: exists and is not an empty directory (use --resume to continue it)")
-    if resume and not out.is_dir():
-        raise UserError(f"--resume: {out} does not exist (nothing to resume)")
-    if resume and (out / MANIFEST).exists():
-        raise UserError(f"--resume: {out} holds a finished run ({MANIFEST}); nothing to resume")
+    check_run_out(out, resume)
     _, dev = dist.setup(device)
     torch.set_num_threads(default_threads())
     seed_everything(seed)
