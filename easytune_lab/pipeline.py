@@ -15,8 +15,9 @@ Every stage is a run directory ``CACHE/runs/<stage>-<hash12>`` where the hash is
 seed, resolved device type, the dataset's identity and the hashes of the runs it builds on. A run is reused only
 when its ``manifest.json`` says ``"status": "complete"``; a build writes into a hidden temporary sibling
 (``.<name>.tmp-<pid>``) and is renamed into place at the end, so an interrupted build leaves no run behind (a
-temporary directory at most, removed by the next build of that key once its process is gone). When two processes
-build the same key, the first rename wins and the other's copy is discarded.
+temporary directory at most, removed by the next build of that key once its process is gone). A build holds the
+run's build lock (:func:`easytune_lab.runs.build_lock`): when two processes ask for the same key at once (two
+notebooks of ``easytune reproduce --jobs 2``), the second waits and then reuses the first one's run.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from .io import write_json
 from .motion.synth import generate_dataset
 from .reward.pipeline import spl_run, train_run
 from .reward.train import SPL_MODES, official_spl, profile_configs
-from .runs import (MANIFEST, config_hash, config_to_dict, make_manifest, project_root, read_manifest,
+from .runs import (MANIFEST, build_lock, config_hash, config_to_dict, make_manifest, project_root, read_manifest,
                    write_manifest, write_tensorboard)
 from .runtime import check_profile, resolve_device
 from .viz.plots import run_label
@@ -59,6 +60,14 @@ from .viz.plots import run_label
 PROCEDURAL_MOTIONS = {"smoke": 300, "quick": 4000, "paper": 4000}
 DATA_SEED = 0          # the procedural dataset is the same for every training seed
 EVAL_REPLICATIONS = {"smoke": 2, "quick": 1, "paper": 20}   # T2M uses 20; quick: one pass over the test split
+#: The rewards a fine-tuning run can train with, as :meth:`Workbench.reward` options.
+FINETUNE_REWARDS = {"plain": dict(), "spl": dict(spl=True), "spl-official": dict(spl=True, spl_mode="official"),
+                "noise-aware": dict(noise_aware=True)}
+#: The runs that most claim notebooks share, each named ``stage[:option]`` (:meth:`Workbench.stage`), in an order
+#: that lets two workers build them side by side (every stage after the one it starts from). ``easytune reproduce
+#: --jobs N`` builds them first, N at a time, before the notebooks run N at a time.
+SHARED_STAGES = ("backbone:mdm", "backbone:mld", "evaluator", "reward:plain", "backbone:lcm", "reward:spl",
+                 "reward:noise-aware", "reward:spl-official")
 
 
 def is_complete(run_dir: Path) -> bool:
@@ -128,6 +137,13 @@ class Workbench:
         if is_complete(final):
             return final
         final.parent.mkdir(parents=True, exist_ok=True)
+        with build_lock(final, self.log):
+            if is_complete(final):          # built by another process while this one waited for the lock
+                self.log(f"[cache] reusing {final.name}, built meanwhile by another process")
+                return final
+            return self._build_locked(stage, key, final, build)
+
+    def _build_locked(self, stage: str, key: dict, final: Path, build: Callable[[Path], None]) -> Path:
         for stale in final.parent.glob(f".{final.name}.tmp-*"):   # left by a build whose process has died
             if not _pid_alive(stale.name.rsplit("-", 1)[1]):
                 shutil.rmtree(stale, ignore_errors=True)
@@ -171,10 +187,12 @@ class Workbench:
                 n = PROCEDURAL_MOTIONS[self.profile]
                 root = self.cache / "data" / f"procedural-n{n}-seed{DATA_SEED}"
                 if not (root / "dataset.json").is_file():
-                    if root.exists():
-                        shutil.rmtree(root)
-                    self.log(f"[cache] generating {n} procedural motions into {root}")
-                    generate_dataset(root, num_motions=n, seed=DATA_SEED, progress=self.progress)
+                    with build_lock(root, self.log):
+                        if not (root / "dataset.json").is_file():   # else generated meanwhile by another process
+                            if root.exists():
+                                shutil.rmtree(root)
+                            self.log(f"[cache] generating {n} procedural motions into {root}")
+                            generate_dataset(root, num_motions=n, seed=DATA_SEED, progress=self.progress)
                 self._data = root
         return self._data
 
@@ -266,15 +284,13 @@ class Workbench:
         the ``preset``'s reward if one is given, else ``spl``); ``overrides`` go to
         :func:`~easytune_lab.finetune.train.finetune_config` (``preset`` and known fields of the config, its policy
         and its loop)."""
-        rewards = {"plain": dict(), "spl": dict(spl=True), "spl-official": dict(spl=True, spl_mode="official"),
-                   "noise-aware": dict(noise_aware=True)}
         if reward is None:
             reward = find_preset(overrides["preset"]).reward if overrides.get("preset") else "spl"
-        if reward not in rewards:
-            raise UserError(f"reward: unknown reward '{reward}' (choose {', '.join(rewards)})")
+        if reward not in FINETUNE_REWARDS:
+            raise UserError(f"reward: unknown reward '{reward}' (choose {', '.join(FINETUNE_REWARDS)})")
         cfg = self.finetune_config(method, backbone=backbone, **dict(overrides))
         validate(cfg)
-        base, reward_run = self.backbone(backbone), self.reward(**rewards[reward])
+        base, reward_run = self.backbone(backbone), self.reward(**FINETUNE_REWARDS[reward])
         # the resolved config is the key (not how it was asked for): equal configs share one run
         key = self._key("finetune", config=cfg, parents={"base": base.name, "reward": reward_run.name})
         if cfg.policy.train_steps == "weighted":   # step weights now scale each update (StepPlan.lr_scale);
@@ -284,6 +300,19 @@ class Workbench:
             run_finetune(cfg, base, reward_run, self.data, out, self.torch_device, progress=self.progress)
 
         return self._build(f"finetune-{method}", key, build)
+
+    def stage(self, name: str) -> Path:
+        """The run of a stage named as in :data:`SHARED_STAGES`: ``evaluator``, ``backbone:KIND`` or
+        ``reward:KIND`` (a key of :data:`FINETUNE_REWARDS`)."""
+        kind, _, option = name.partition(":")
+        if kind == "evaluator" and not option:
+            return self.evaluator
+        if kind == "backbone" and option:
+            return self.backbone(option)
+        if kind == "reward" and option in FINETUNE_REWARDS:
+            return self.reward(**FINETUNE_REWARDS[option])
+        raise UserError(f"stage: unknown stage '{name}' (evaluator, backbone:KIND or reward:"
+                        f"{'|'.join(FINETUNE_REWARDS)})")
 
     def sampling(self, model: Path | str) -> tuple[str, int]:
         """The (sampler, sample_steps) a run is evaluated with: a fine-tuned run's own trajectory; for a base

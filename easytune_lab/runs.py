@@ -396,6 +396,34 @@ def run_lock(run_dir: str | os.PathLike, flag: str = "--out") -> Iterator[Path]:
         lock.release()
 
 
+@contextlib.contextmanager
+def build_lock(run_dir: str | os.PathLike, log=None) -> Iterator[Path]:
+    """Wait for, then hold, the build lock of a cached run (``.NAME.build.lock`` beside it): two processes that
+    ask the run cache for the same run at once (two notebooks of ``easytune reproduce --jobs 2``) build it once;
+    the second waits here, then finds it complete. ``log`` is told once when this process has to wait and for
+    whom. An OS file lock, as :func:`run_lock`: a killed builder's lock is released with its process."""
+    path = Path(os.path.abspath(run_dir))
+    path = path.parent / f".{path.name}.build.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if log is not None:
+            try:
+                holder = path.read_text().split()[0]
+            except (OSError, IndexError):
+                holder = "unknown"
+            log(f"[cache] waiting for {Path(run_dir).name}: process {holder} is building it")
+        lock.acquire()
+    try:
+        with open(path, "w") as fh:
+            fh.write(f"{os.getpid()}\n")
+        yield path
+    finally:
+        lock.release()
+
+
 # ------------------------------------------------------------------------------------------------ resume
 
 PARENT_FLAGS = {"data": "--data", "base": "--base", "reward": "--reward", "teacher": "--teacher",

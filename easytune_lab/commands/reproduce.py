@@ -13,22 +13,34 @@ overwrite another's results.
    records each notebook's status and time. A progress bar counts the notebooks (i of n) with the elapsed time and an
    estimate of the rest from the last recorded times of the same profile. The main table
    (``RESULTS/<profile>/04_main_results/main_table.csv``) is printed at the end.
+3. ``--jobs N`` (N > 1): the runs most notebooks share (:data:`easytune_lab.pipeline.SHARED_STAGES`) are built
+   first, N at a time, then the notebooks run N at a time (longest first, by the last records), each process with
+   cores / N torch threads. The run cache's build lock makes two notebooks that need the same run build it once.
+   ``auto`` is 1 on a GPU and min(cores, 4) on a CPU: small CPU models use a second thread poorly, so two
+   one-thread processes do more per second than one two-thread process (``results/quick/bench/jobs.json``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import multiprocessing
 import os
+import tempfile
 import time
+import uuid
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+
+import torch
 
 from ..data.check import check_dataset
 from ..data.humanml import read_motion
 from ..errors import UserError
 from ..io import write_json, write_text
-from ..pipeline import workbench
-from ..runtime import OutputPath, SEED, check_profile, integer
+from ..pipeline import SHARED_STAGES, workbench
+from ..runtime import OutputPath, SEED, available_cores, check_profile, default_threads, integer
 from ..viz.playback import write_motion_html
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
@@ -48,7 +60,55 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--playbacks", type=integer(0, 10000), default=3, help="number of HTML playbacks to write")
     p.add_argument("--notebooks", default="all",
                    help="comma-separated notebook names or number prefixes to run (e.g. 03,04), 'all' or 'none'")
+    p.add_argument("--jobs", type=jobs_spec, default="auto",
+                   help="notebooks (and shared runs) built at once, each process with cores/JOBS torch threads: "
+                        f"a positive integer or 'auto' (1 on a GPU, min(cores, {MAX_AUTO_JOBS}) on a CPU)")
     p.set_defaults(func=cmd_reproduce, lock="results")
+
+
+#: ``--jobs auto`` on a CPU: at most this many processes (measured on 2 cores only, ``results/quick/bench/jobs.json``).
+MAX_AUTO_JOBS = 4
+
+
+def jobs_spec(text: str) -> str | int:
+    """``--jobs``: ``auto`` or a positive integer."""
+    if text == "auto":
+        return text
+    try:
+        jobs = int(text)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive integer (got '{text}')")
+    return jobs
+
+
+def resolve_jobs(jobs: str | int, device_type: str, tasks: int) -> int:
+    """Processes to run ``tasks`` notebooks with: ``auto`` -> 1 on CUDA, else min(available cores,
+    :data:`MAX_AUTO_JOBS`); never more than ``tasks``."""
+    if jobs == "auto":
+        jobs = 1 if device_type == "cuda" else min(available_cores(), MAX_AUTO_JOBS)
+    return max(1, min(int(jobs), tasks))
+
+
+@contextlib.contextmanager
+def threads_per_job(jobs: int):
+    """Give the processes started in the block cores / ``jobs`` torch threads (``EASYTUNE_THREADS`` and
+    ``OMP_NUM_THREADS``), unless the user set them; yields the thread count."""
+    if jobs <= 1 or any(os.environ.get(name, "").strip() for name in ("EASYTUNE_THREADS", "OMP_NUM_THREADS")):
+        yield default_threads()
+        return
+    threads = max(1, available_cores() // jobs)
+    saved = {name: os.environ.get(name) for name in ("EASYTUNE_THREADS", "OMP_NUM_THREADS")}
+    os.environ.update({name: str(threads) for name in saved})
+    try:
+        yield threads
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def select_notebooks(spec: str, folder: Path = NOTEBOOK_DIR) -> list[Path]:
@@ -79,15 +139,23 @@ def _shown(path: Path) -> str:
 def kernel_manager_class():
     """The Jupyter kernel manager papermill runs notebooks with: local IPC sockets instead of TCP ports where the
     platform has them (the kernel then has no reason to warn that it is "running over TCP without encryption",
-    and nothing listens on a network port); plain TCP elsewhere (Windows)."""
+    and nothing listens on a network port); plain TCP elsewhere (Windows).
+
+    Each kernel's sockets get their own path in the temporary directory: jupyter_client's default is
+    ``kernel-ipc-N`` in the working directory, where two kernels started at once from the same folder (two
+    notebooks of ``--jobs 2``) would bind the same files and read each other's messages."""
     from jupyter_client.manager import KernelManager
-    from traitlets import CaselessStrEnum
+    from traitlets import CaselessStrEnum, default
 
     if os.name != "posix":
         return KernelManager
 
     class IPCKernelManager(KernelManager):
         transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+        @default("ip")
+        def _unique_ipc_path(self) -> str:
+            return os.path.join(tempfile.gettempdir(), f"easytune-kernel-{os.getpid()}-{uuid.uuid4().hex[:12]}")
 
     return IPCKernelManager
 
@@ -131,24 +199,80 @@ def _clock(seconds: float | None) -> str:
         f"{seconds // 60}:{seconds % 60:02d}"
 
 
+def _run_one(nb: Path, executed: Path, params: dict, progress_bar: bool | dict, results_dir: str) -> dict:
+    """Execute one notebook; its record (status, seconds, executed copy, results folder). Runs in a worker
+    process under ``--jobs`` > 1, so it only returns data."""
+    import papermill
+
+    start = time.perf_counter()
+    record = {"notebook": nb.stem, "executed": str(executed), "results": results_dir}
+    try:
+        execute_notebook(nb, executed, params, progress_bar=progress_bar)
+        record["status"] = "ok"
+    except papermill.PapermillExecutionError as exc:
+        record["status"] = "failed"
+        record["error"] = f"{exc.ename}: {exc.evalue}"[:500]
+    record["seconds"] = round(time.perf_counter() - start, 1)
+    return record
+
+
+def _build_stage(profile: str, seed: int, device: str, cache: str, data: str | None, name: str) -> tuple[str, float]:
+    """Worker of :func:`build_shared_stages`: build (or find) one shared run; its name and seconds."""
+    torch.set_num_threads(default_threads())
+    start = time.perf_counter()
+    workbench(profile, seed=seed, device=device, cache=cache, data=data).stage(name)
+    return name, round(time.perf_counter() - start, 1)
+
+
+def _pool(jobs: int) -> ProcessPoolExecutor:
+    # spawn, not fork: the parent has torch's thread pools and tqdm's lock, which a forked child must not inherit
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+
+
+def build_shared_stages(jobs: int, profile: str, seed: int, device: str, cache: Path, data: Path | None,
+                        stages: tuple[str, ...] = SHARED_STAGES) -> dict[str, float]:
+    """Build the runs most notebooks share, ``jobs`` at a time (a stage that starts from another waits for it on
+    the run's build lock); seconds per stage (about 0 for one already cached)."""
+    from tqdm.auto import tqdm
+
+    seconds = {}
+    bar = tqdm(total=len(stages), desc=f"shared runs ({jobs} at a time)", unit="run",
+               bar_format="{desc}: {n_fmt}/{total_fmt} |{bar:20}| elapsed {elapsed}{postfix}")
+    with _pool(jobs) as pool:
+        futures = [pool.submit(_build_stage, profile, seed, device, str(cache.resolve()),
+                               str(Path(data).resolve()) if data is not None else None, name) for name in stages]
+        for future in as_completed(futures):
+            name, took = future.result()
+            seconds[name] = took
+            bar.update(1)
+            bar.write(f"[shared run] {name}: {took} s")
+    bar.close()
+    return {name: seconds[name] for name in stages}
+
+
 def run_notebooks(notebooks: list[Path], results: Path, cache: Path, profile: str, device: str, seed: int,
-                  data: Path | None = None, previous: list[dict] = ()) -> list[dict]:
-    """Execute each notebook with papermill; one record per notebook (status, seconds, executed copy).
+                  data: Path | None = None, previous: list[dict] = (), jobs: int = 1) -> list[dict]:
+    """Execute each notebook with papermill; one record per notebook (status, seconds, executed copy), in
+    notebook order.
 
     ``results`` is this profile's folder (``RESULTS/<profile>``). A tqdm bar counts the notebooks with the elapsed
-    time and an ETA from ``previous`` records (see :func:`remaining_estimate`); papermill's own bar counts the cells
-    of the notebook that is running."""
-    import papermill
+    time and an ETA from ``previous`` records (see :func:`remaining_estimate`; with ``jobs`` > 1 divided by the
+    jobs); with one job papermill's own bar counts the cells of the notebook that is running. ``jobs`` > 1: that
+    many worker processes, the longest notebooks (by ``previous``) first."""
     from tqdm.auto import tqdm
 
     executed_dir = cache / "executed" / f"{profile}-seed{seed}"
     expected = expected_seconds(notebooks, list(previous))
-    records, done = [], []
+    known = [e for e in expected if e is not None]
+    mean = sum(known) / len(known) if known else 0.0
+    order = sorted(range(len(notebooks)), key=lambda i: -(expected[i] if expected[i] is not None else mean)) \
+        if jobs > 1 else list(range(len(notebooks)))
+    records, done = {}, []
     bar = tqdm(total=len(notebooks), desc=f"reproduce {profile}", unit="notebook", position=0,
                bar_format="{desc}: {n_fmt}/{total_fmt} notebooks |{bar:20}| elapsed {elapsed}{postfix}")
-    for i, nb in enumerate(notebooks):
-        bar.set_postfix_str(f"now {nb.stem}, ETA {_clock(remaining_estimate(expected, done))}"
-                            + (" (from the last records)" if any(e is not None for e in expected) else ""))
+
+    def job(i: int) -> tuple:
+        nb = notebooks[i]
         out_dir = (results / nb.stem).resolve()
         executed = executed_dir / nb.name
         executed.parent.mkdir(parents=True, exist_ok=True)
@@ -156,24 +280,40 @@ def run_notebooks(notebooks: list[Path], results: Path, cache: Path, profile: st
                   "cache": str(cache.resolve())}
         if data is not None:
             params["data"] = str(Path(data).resolve())
-        bar.write(f"[notebook {i + 1}/{len(notebooks)}] {nb.stem} ...")
-        start = time.perf_counter()
-        record = {"notebook": nb.stem, "executed": str(executed), "results": _shown(out_dir)}
-        try:
-            execute_notebook(nb, executed, params, progress_bar={"leave": False, "position": 1, "desc": nb.stem})
-            record["status"] = "ok"
-        except papermill.PapermillExecutionError as exc:
-            record["status"] = "failed"
-            record["error"] = f"{exc.ename}: {exc.evalue}"[:500]
-        record["seconds"] = round(time.perf_counter() - start, 1)
+        if jobs == 1:
+            bar.write(f"[notebook {i + 1}/{len(notebooks)}] {nb.stem} ...")
+        progress = {"leave": False, "position": 1, "desc": nb.stem} if jobs == 1 else False
+        return nb, executed, params, progress, _shown(out_dir)
+
+    def finish(i: int, record: dict, running: list[str]) -> None:
+        records[i] = record
         done.append(record["seconds"])
         bar.update(1)
-        bar.write(f"[notebook {i + 1}/{len(notebooks)}] {nb.stem}: {record['status']} in {record['seconds']} s"
-                  + (f" ({record['error']})" if "error" in record else ""))
-        records.append(record)
+        bar.write(f"[notebook {i + 1}/{len(notebooks)}] {record['notebook']}: {record['status']} in "
+                  f"{record['seconds']} s" + (f" ({record['error']})" if "error" in record else ""))
+        eta = remaining_estimate([expected[k] for k in order], [records[k]["seconds"] for k in order if k in records])
+        bar.set_postfix_str((f"now {', '.join(running)}, " if running else "")
+                            + f"ETA {_clock(eta / jobs if eta is not None else None)}")
+
+    bar.set_postfix_str(f"ETA {_clock(remaining_estimate(expected, []) / jobs if known else None)}"
+                        + (" (from the last records)" if known else ""))
+    if jobs == 1:
+        for i in order:
+            bar.set_postfix_str(f"now {notebooks[i].stem}, ETA {_clock(remaining_estimate(expected, done))}"
+                                + (" (from the last records)" if known else ""))
+            finish(i, _run_one(*job(i)), [])
+    else:
+        bar.write(f"[notebooks] {jobs} at a time, longest first: {', '.join(notebooks[i].stem for i in order)}")
+        with _pool(jobs) as pool:
+            futures = {pool.submit(_run_one, *job(i)): i for i in order}
+            for future in as_completed(futures):
+                i = futures[future]
+                records[i] = None
+                # the workers take the queue in order: the running ones are the first unfinished ones
+                finish(i, future.result(), [notebooks[k].stem for k in order if k not in records][:jobs])
     bar.set_postfix_str("done")
     bar.close()
-    return records
+    return [records[i] for i in range(len(notebooks))]
 
 
 def _records(path: Path, profile: str, seed: int) -> list[dict]:
@@ -278,10 +418,21 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     })
 
     previous = _records(results / "notebooks.json", args.profile, args.seed)
-    records = run_notebooks(notebooks, results, args.cache, args.profile, args.device, args.seed, args.data,
-                            previous=previous)
+    jobs = resolve_jobs(args.jobs, wb.torch_device.type, len(notebooks))
+    shared = {}
+    with threads_per_job(jobs) as threads:
+        if jobs > 1:
+            print(f"[jobs] {jobs} processes with {threads} torch thread(s) each")
+            if args.notebooks == "all":
+                start = time.perf_counter()
+                shared = build_shared_stages(jobs, args.profile, args.seed, args.device, args.cache, args.data)
+                shared["all"] = round(time.perf_counter() - start, 1)
+        records = run_notebooks(notebooks, results, args.cache, args.profile, args.device, args.seed, args.data,
+                                previous=previous, jobs=jobs)
     if records:
         write_json(results / "notebooks.json", {"profile": args.profile, "seed": args.seed, "device": args.device,
+                                                "jobs": jobs, "threads_per_job": threads,
+                                                **({"shared_runs_seconds": shared} if shared else {}),
                                                 "notebooks": merge_records(results / "notebooks.json", records,
                                                                            args.profile, args.seed)})
     if any(r["notebook"] == MAIN_TABLE.parts[0] and r["status"] == "ok" for r in records):
