@@ -258,14 +258,15 @@ def run_notebooks(notebooks: list[Path], results: Path, cache: Path, profile: st
     ``results`` is this profile's folder (``RESULTS/<profile>``). A tqdm bar counts the notebooks with the elapsed
     time and an ETA from ``previous`` records (see :func:`remaining_estimate`; with ``jobs`` > 1 divided by the
     jobs); with one job papermill's own bar counts the cells of the notebook that is running. ``jobs`` > 1: that
-    many worker processes, the longest notebooks (by ``previous``) first."""
+    many worker processes, the longest notebooks (by ``previous``; those without a record first) first."""
     from tqdm.auto import tqdm
 
     executed_dir = cache / "executed" / f"{profile}-seed{seed}"
     expected = expected_seconds(notebooks, list(previous))
     known = [e for e in expected if e is not None]
-    mean = sum(known) / len(known) if known else 0.0
-    order = sorted(range(len(notebooks)), key=lambda i: -(expected[i] if expected[i] is not None else mean)) \
+    # longest first, and a notebook with no record before all: it may be the longest, and a long one started last
+    # leaves the other workers idle at the end
+    order = sorted(range(len(notebooks)), key=lambda i: -(expected[i] if expected[i] is not None else float("inf"))) \
         if jobs > 1 else list(range(len(notebooks)))
     records, done = {}, []
     bar = tqdm(total=len(notebooks), desc=f"reproduce {profile}", unit="notebook", position=0,
