@@ -9,6 +9,8 @@ VENV        ?= .venv
 PROFILE     ?= quick
 DEVICE      ?= auto
 SEED        ?= 0
+# processes building runs and running notebooks at once (0: auto, 1 on a GPU, min(cores, 4) on a CPU)
+JOBS        ?= 0
 RESULTS     ?= results
 TORCH_VERSION ?= 2.13.0
 # CPU wheels by default, so that no CUDA build of torch is ever pulled on a CPU machine.
@@ -35,7 +37,7 @@ test: venv
 	$(PY) -m pytest -q --nbval-lax tests notebooks
 
 reproduce: venv
-	$(PY) -m easytune_lab.cli reproduce --profile $(PROFILE) --device $(DEVICE) --seed $(SEED) --results $(RESULTS)
+	$(PY) -m easytune_lab.cli reproduce --profile $(PROFILE) --device $(DEVICE) --seed $(SEED) --jobs $(JOBS) --results $(RESULTS)
 
 # The venv's own `python3` kernel is the project's kernel: the notebooks name it, and it imports easytune_lab.
 lab: venv

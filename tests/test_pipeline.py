@@ -178,3 +178,93 @@ def test_notebook_records_of_a_partial_rerun_keep_the_others(tmp_path):
     assert merge_records(path, [{"notebook": "03_memory", "status": "ok"}], "smoke", 0) == [
         {"notebook": "03_memory", "status": "ok"}]
     assert len(merge_records(path, [{"notebook": "03_memory", "status": "ok"}], "quick", 1)) == 1
+
+
+BUILD_ONE = """
+import sys, time
+from pathlib import Path
+from easytune_lab import pipeline
+from easytune_lab.runs import make_manifest, write_manifest
+
+cache, counter = Path(sys.argv[1]), Path(sys.argv[2])
+wb = pipeline.Workbench(profile="smoke", device="cpu", cache=cache, log=lambda line: print(line, flush=True))
+
+def build(out):
+    with open(counter, "a") as fh:
+        fh.write("built\\n")
+    time.sleep(2.0)                      # long enough for the other process to ask for the same run meanwhile
+    out.mkdir()
+    write_manifest(out, make_manifest("toy", {"n": 1}, seed=0, device="cpu"))
+
+print("RUN", wb._build("toy", {"stage": "toy", "n": 1}, build), flush=True)
+"""
+
+
+def test_two_processes_asking_for_one_run_build_it_once(tmp_path):
+    """Two notebooks of ``reproduce --jobs 2`` that need the same run: one builds it, the other waits on the
+    build lock and reuses it (without the lock both would train it)."""
+    import subprocess
+    import sys
+    import time
+
+    counter = tmp_path / "builds.txt"
+    script = tmp_path / "build_one.py"
+    script.write_text(BUILD_ONE)
+    procs = []
+    for _ in range(2):
+        procs.append(subprocess.Popen([sys.executable, str(script), str(tmp_path / "cache"), str(counter)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        time.sleep(0.3)
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert counter.read_text().splitlines() == ["built"], outputs
+    runs = {line.split(" ", 1)[1] for out in outputs for line in out.splitlines() if line.startswith("RUN ")}
+    assert len(runs) == 1 and pipeline.is_complete(next(iter(runs)))
+    waited = [out for out in outputs if "[cache] waiting for toy-" in out]
+    assert len(waited) == 1 and "built meanwhile by another process" in waited[0], outputs
+
+
+def test_shared_stages_are_stages_the_workbench_builds(wb):
+    """Every name of ``SHARED_STAGES`` resolves to a complete run, and an unknown one is a one-line error."""
+    for name in pipeline.SHARED_STAGES:
+        assert pipeline.is_complete(wb.stage(name)), name
+    assert wb.stage("reward:spl") == wb.reward(spl=True)
+    with pytest.raises(UserError, match="stage: unknown stage 'reward:bogus'"):
+        wb.stage("reward:bogus")
+
+
+def test_jobs_and_threads_per_job(monkeypatch):
+    import os
+
+    from easytune_lab.commands.reproduce import MAX_AUTO_JOBS, resolve_jobs, threads_per_job
+    from easytune_lab.runtime import available_cores
+
+    assert resolve_jobs(0, "cuda", 9) == 1
+    assert resolve_jobs(0, "cpu", 9) == min(available_cores(), MAX_AUTO_JOBS)
+    assert resolve_jobs(5, "cpu", 3) == 3 and resolve_jobs(0, "cpu", 0) == 1
+    for name in ("EASYTUNE_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("easytune_lab.commands.reproduce.available_cores", lambda: 8)
+    with threads_per_job(4) as threads:          # the children started here get 8 / 4 threads
+        assert threads == 2
+        assert os.environ["EASYTUNE_THREADS"] == "2" == os.environ["OMP_NUM_THREADS"]
+    assert "EASYTUNE_THREADS" not in os.environ     # restored after the block
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    with threads_per_job(4) as threads:          # what the user asked for wins
+        assert threads == 3 and "EASYTUNE_THREADS" not in os.environ
+
+
+def test_each_kernel_gets_its_own_ipc_sockets():
+    """Two kernels started at once from one folder must not share socket files (jupyter_client's default is
+    ``kernel-ipc`` in the working directory)."""
+    import os
+    import tempfile
+
+    from easytune_lab.commands.reproduce import kernel_manager_class
+
+    if os.name != "posix":
+        pytest.skip("TCP kernels off POSIX")
+    managers = [kernel_manager_class()() for _ in range(2)]
+    assert all(m.transport == "ipc" for m in managers)
+    assert managers[0].ip != managers[1].ip
+    assert all(os.path.dirname(m.ip) == tempfile.gettempdir() for m in managers)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from easytune_lab.cli import main
-from easytune_lab.commands.reproduce import expected_seconds, main_table_markdown, remaining_estimate
+from easytune_lab.commands.reproduce import expected_seconds, main_table_markdown, remaining_estimate, resolve_jobs
+from easytune_lab.pipeline import SHARED_STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,6 +33,10 @@ def test_smoke_reproduction_leaves_quick_results_unchanged(tmp_path, monkeypatch
     smoke = results / "smoke"
     records = json.loads((smoke / "notebooks.json").read_text())
     assert records["profile"] == "smoke" and all(r["status"] == "ok" for r in records["notebooks"])
+    # --jobs 0 (auto): on a CPU with 2+ cores the shared runs and the notebooks ran 2+ at a time, one thread each
+    jobs = resolve_jobs(0, "cpu", len(records["notebooks"]))
+    assert records["jobs"] == jobs and records["threads_per_job"] == 1
+    assert (set(records["shared_runs_seconds"]) == {*SHARED_STAGES, "all"}) == (jobs > 1)
     assert {r["notebook"] for r in records["notebooks"]} == {p.stem for p in (ROOT / "notebooks").glob("[0-9]*.ipynb")}
     assert all(r["results"].endswith(f"smoke/{r['notebook']}") for r in records["notebooks"])
     table = (smoke / "04_main_results" / "main_table.md").read_text().splitlines()
@@ -40,6 +45,18 @@ def test_smoke_reproduction_leaves_quick_results_unchanged(tmp_path, monkeypatch
     assert len(list((smoke / "playback").glob("*.html"))) == 1
     for png in smoke.rglob("*.png"):    # every figure written, none under another profile's folder
         assert png.stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_one_job_runs_the_notebooks_in_this_process_order(tmp_path, monkeypatch):
+    """``--jobs 1``: no shared-run phase, the notebooks one after the other, the same records."""
+    monkeypatch.setenv("EASYTUNE_THREADS", "1")
+    results = tmp_path / "results"
+    assert main(["reproduce", "--profile", "smoke", "--device", "cpu", "--results", str(results), "--cache",
+                 str(ROOT / ".cache"), "--playbacks", "0", "--notebooks", "03,05", "--jobs", "1"]) == 0
+    records = json.loads((results / "smoke" / "notebooks.json").read_text())
+    assert records["jobs"] == 1 and "shared_runs_seconds" not in records
+    assert [(r["notebook"], r["status"]) for r in records["notebooks"]] == [("03_memory", "ok"), ("05_spl", "ok")]
 
 
 def test_eta_from_the_last_records():

@@ -16,8 +16,9 @@ overwrite another's results.
 3. ``--jobs N`` (N > 1): the runs most notebooks share (:data:`easytune_lab.pipeline.SHARED_STAGES`) are built
    first, N at a time, then the notebooks run N at a time (longest first, by the last records), each process with
    cores / N torch threads. The run cache's build lock makes two notebooks that need the same run build it once.
-   ``auto`` is 1 on a GPU and min(cores, 4) on a CPU: small CPU models use a second thread poorly, so two
-   one-thread processes do more per second than one two-thread process (``results/quick/bench/jobs.json``).
+   ``--jobs 0`` (the default, auto) is 1 on a GPU and min(cores, 4) on a CPU: small CPU models use a second thread
+   poorly, so two one-thread processes do more per second than one two-thread process
+   (``results/quick/bench/jobs.json``).
 """
 
 from __future__ import annotations
@@ -60,33 +61,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--playbacks", type=integer(0, 10000), default=3, help="number of HTML playbacks to write")
     p.add_argument("--notebooks", default="all",
                    help="comma-separated notebook names or number prefixes to run (e.g. 03,04), 'all' or 'none'")
-    p.add_argument("--jobs", type=jobs_spec, default="auto",
-                   help="notebooks (and shared runs) built at once, each process with cores/JOBS torch threads: "
-                        f"a positive integer or 'auto' (1 on a GPU, min(cores, {MAX_AUTO_JOBS}) on a CPU)")
+    p.add_argument("--jobs", type=integer(0, 256), default=0,
+                   help="processes that build the shared runs and run the notebooks at once, each with cores/JOBS "
+                        f"torch threads; 0 (default): auto, 1 on a GPU and min(cores, {MAX_AUTO_JOBS}) on a CPU")
     p.set_defaults(func=cmd_reproduce, lock="results")
 
 
-#: ``--jobs auto`` on a CPU: at most this many processes (measured on 2 cores only, ``results/quick/bench/jobs.json``).
+#: ``--jobs 0`` (auto) on a CPU: at most this many processes (measured on 2 cores only,
+#: ``results/quick/bench/jobs.json``).
 MAX_AUTO_JOBS = 4
 
 
-def jobs_spec(text: str) -> str | int:
-    """``--jobs``: ``auto`` or a positive integer."""
-    if text == "auto":
-        return text
-    try:
-        jobs = int(text)
-    except ValueError:
-        jobs = 0
-    if jobs < 1:
-        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive integer (got '{text}')")
-    return jobs
-
-
-def resolve_jobs(jobs: str | int, device_type: str, tasks: int) -> int:
-    """Processes to run ``tasks`` notebooks with: ``auto`` -> 1 on CUDA, else min(available cores,
-    :data:`MAX_AUTO_JOBS`); never more than ``tasks``."""
-    if jobs == "auto":
+def resolve_jobs(jobs: int, device_type: str, tasks: int) -> int:
+    """Processes to run ``tasks`` notebooks with: ``jobs``, or for 0 (auto) 1 on CUDA and min(available cores,
+    :data:`MAX_AUTO_JOBS`) on a CPU; never more than ``tasks``."""
+    if jobs == 0:
         jobs = 1 if device_type == "cuda" else min(available_cores(), MAX_AUTO_JOBS)
     return max(1, min(int(jobs), tasks))
 
