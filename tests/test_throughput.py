@@ -37,6 +37,22 @@ def test_throughput_bench_reports_every_measure_against_the_sampling_floor(smoke
     assert result["pretrain_step"]["seconds"] > 0 and result["evaluator"]["motions"] == 100
 
 
+def test_throughput_in_two_processes_reports_their_combined_rate(smoke_runs, tmp_path):
+    """``--processes 2`` (what ``reproduce --jobs 2`` does to the CPU): both processes' results, each with the
+    thread count asked for, and per measurement their seconds and combined rate (sum of 1 / seconds)."""
+    out = tmp_path / "two.json"
+    assert main(["bench", "throughput", "--profile", "smoke", "--data", str(smoke_runs["data"]), "--processes", "2",
+                 "--threads", "1", "--repeats", "1", "--trajectories", "draft", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["processes"] == 2 and result["threads_per_process"] == 1 and len(result["runs"]) == 2
+    assert all(run["machine"]["torch_threads"] == 1 for run in result["runs"])
+    assert set(result["combined"]) == {"sampling", "draft", "pretrain_step", "evaluator"}
+    for label, row in result["combined"].items():
+        expected = [(run["trajectories"].get(label) or run[label])["seconds"] for run in result["runs"]]
+        assert row["seconds"] == [round(x, 4) for x in expected]
+        assert abs(row["per_second"] - sum(1 / x for x in expected)) < 1e-9
+
+
 def _recorded_trajectory(smoke_runs, method: str, reference: bool):
     """One smoke trajectory of ``method`` (the profile's lr), with every gradient the optimiser applied."""
     import contextlib

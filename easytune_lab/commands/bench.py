@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -14,8 +16,8 @@ from ..finetune.methods import METHODS
 from ..finetune.paper_check import paper_check, summary_lines
 from ..finetune.throughput import TRAJECTORIES, throughput_benchmark
 from ..io import write_json
-from ..runtime import (COUNT, OutputPath, SECONDS, SEED, check_json_out, check_profile, integer, parse_int_list,
-                       reference_path, resolve_device)
+from ..runtime import (COUNT, OutputPath, SECONDS, SEED, available_cores, check_json_out, check_profile, integer,
+                       parse_int_list, reference_path, resolve_device)
 from ..runs import add_allow_pickle, run_path
 from .finetune import check_inputs
 from .options import renamed
@@ -68,7 +70,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated trajectories to time (default: all of easytune, easytune-last10, draft, "
                         "draft-lv, alignprop, drtune, refl, easytune-chain)")
     t.add_argument("--repeats", type=integer(1, 100), default=3, help="timed runs per measurement (median reported)")
-    t.add_argument("--threads", type=integer(1, 1024), default=None, help="torch CPU threads (default: torch's own)")
+    t.add_argument("--threads", type=integer(1, 1024), default=None,
+                   help="torch CPU threads per process (default: torch's own; with --processes N: cores / N)")
+    t.add_argument("--processes", type=integer(1, 64), default=1,
+                   help="run the benchmark in N processes at once (what reproduce --jobs N does) and report their "
+                        "combined trajectories per second (default 1)")
     t.add_argument("--compile", action="store_true",
                    help="opt-in: torch.compile the denoiser (eager after one warning line where unavailable)")
     t.add_argument("--reference-path", action="store_true",
@@ -198,6 +204,31 @@ def cmd_paper(args: argparse.Namespace) -> int:
     return 0
 
 
+def _throughput_process(kwargs: dict, threads: int, reference: bool) -> dict:
+    torch.set_num_threads(threads)
+    with reference_path() if reference else nullcontext():
+        return throughput_benchmark(**kwargs)
+
+
+def concurrent_throughput(kwargs: dict, processes: int, threads: int, reference: bool = False) -> dict:
+    """:func:`~easytune_lab.finetune.throughput.throughput_benchmark` in ``processes`` spawned processes at once,
+    ``threads`` torch threads each: every process's result, and per measurement the processes' seconds and their
+    combined rate (sum over processes of 1 / seconds; "per_second"). The processes start together and run the same
+    measurements in the same order, so they overlap throughout."""
+    with ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        runs = list(pool.map(_throughput_process, [kwargs] * processes, [threads] * processes,
+                             [reference] * processes))
+    labels = ["sampling", *runs[0]["trajectories"], "pretrain_step", "evaluator"]
+
+    def seconds(run: dict, label: str) -> float:
+        return (run["trajectories"][label] if label in run["trajectories"] else run[label])["seconds"]
+
+    combined = {label: {"seconds": [round(seconds(r, label), 4) for r in runs],
+                        "per_second": sum(1.0 / seconds(r, label) for r in runs)} for label in labels}
+    return {"profile": kwargs["profile"], "processes": processes, "threads_per_process": threads,
+            "machine": runs[0]["machine"], "combined": combined, "runs": runs}
+
+
 def cmd_throughput(args: argparse.Namespace) -> int:
     check_profile(args.profile)
     check_json_out(args.out)
@@ -222,10 +253,19 @@ def cmd_throughput(args: argparse.Namespace) -> int:
             raise UserError(f"--trajectories: unknown or empty {unknown or args.trajectories!r} "
                             f"(choose from {', '.join(known)})")
     device = resolve_device(args.device)
+    kwargs = dict(profile=args.profile, device=device, seed=args.seed, repeats=args.repeats, base=args.base,
+                  reward=args.reward, data=args.data, evaluator=args.evaluator, trajectories=labels,
+                  compile=args.compile, progress=not args.no_progress and args.processes == 1)
+    if args.processes > 1:
+        threads = args.threads or max(1, available_cores() // args.processes)
+        result = concurrent_throughput(kwargs, args.processes, threads, args.reference_path)
+        write_json(args.out, result)
+        print(f"{args.processes} processes x {threads} thread(s): trajectories per second, all processes together")
+        for label, row in result["combined"].items():
+            print(f"{label:>16s} {row['per_second']:7.3f} /s  (seconds per process {row['seconds']})")
+        return 0
     with reference_path() if args.reference_path else nullcontext():
-        result = throughput_benchmark(args.profile, device, seed=args.seed, repeats=args.repeats, base=args.base,
-                                      reward=args.reward, data=args.data, evaluator=args.evaluator,
-                                      trajectories=labels, compile=args.compile, progress=not args.no_progress)
+        result = throughput_benchmark(**kwargs)
     write_json(args.out, result)
     floor = result["sampling"]["seconds"]
     d = result["denoiser"]
